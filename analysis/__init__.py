@@ -1,0 +1,1 @@
+"""smearlens analysis: hooks, probes and tables over checkpoints."""

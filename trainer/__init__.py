@@ -1,0 +1,1 @@
+"""smearlens trainer: data, model, optimisers and the training loop."""

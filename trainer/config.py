@@ -1,0 +1,209 @@
+"""Model and training configs, and the named presets.
+
+`speedrun-124m` is the 2025-09-18 record's shapes and hyperparameters. The small presets keep
+every component (value embeddings, U-net skips, skipped attention and MLP blocks, both gates,
+sliding windows, YaRN) and scale what must scale: the attention scale with the head size (so the
+QK-norm logit bound stays at the record's 12.8, see SPEC) and the window block with the sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from trainer.errors import ConfigError
+
+GATE_DIM = 12  # both sparse gates read the first 12 channels of their input (record)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 50257  # the tokenizer's; embeddings are padded to a multiple of 128
+    n_layers: int = 12
+    n_heads: int = 6
+    d_head: int = 128
+    d_model: int = 768
+    mlp_ratio: int = 4
+    smear: bool = True
+    attn_scale: float = 0.1  # softmax scale before YaRN; QK-norm bounds each logit by scale * d_head
+    block_size: int = 128  # window sizes are counted in blocks of this many tokens
+    initial_window: int = 3  # long window (blocks) before training grows it
+    long_window_layers: tuple[int, ...] = (0, 4, 7)  # these use the long window, others half; the last layer its own
+    no_attn_layers: tuple[int, ...] = (7,)
+    no_mlp_layers: tuple[int, ...] = (0,)
+    n_value_embeds: int = 3  # used by the first and the last n_value_embeds layers (012...012)
+    softcap: float = 30.0  # logits = softcap * sigmoid(z / softcap_div)
+    softcap_div: float = 7.5
+    scalar_pad_to: int = 8  # the record pads the scalars vector for 8 ranks
+    bos_id: int = 50256
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // 128) * 128
+
+    @property
+    def n_scalars(self) -> int:
+        n = 6 * self.n_layers  # skip weights, block lambdas (2), SA lambdas (2), smear lambda + zeros
+        return n + (-n) % self.scalar_pad_to
+
+    def attn_layers(self) -> list[int]:
+        return [i for i in range(self.n_layers) if i not in self.no_attn_layers]
+
+    def value_embed_index(self, layer: int) -> int | None:
+        """Which value embedding layer `layer` uses: 0,1,2 at the start, 0,1,2 at the end, none between."""
+        k = self.n_value_embeds
+        if layer < k:
+            return layer
+        if layer >= self.n_layers - k:
+            return layer - (self.n_layers - k)
+        return None
+
+    def validate(self) -> "ModelConfig":
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"inconsistent model config: {msg}")
+
+        if self.n_heads * self.d_head != self.d_model:
+            raise bad(f"n_heads × d_head = {self.n_heads} × {self.d_head} ≠ d_model = {self.d_model}")
+        if self.n_layers < 2 or self.n_layers % 2:
+            raise bad(f"n_layers = {self.n_layers}: the U-net needs an even number of layers ≥ 2")
+        if self.d_head % 4:
+            raise bad(f"d_head = {self.d_head} must be a multiple of 4 (half-truncated rotary)")
+        if self.d_model < GATE_DIM:
+            raise bad(f"d_model = {self.d_model} is smaller than the gates' {GATE_DIM} input channels")
+        if not 0 <= self.n_value_embeds <= self.n_layers // 2:
+            raise bad(f"n_value_embeds = {self.n_value_embeds} must be in [0, n_layers/2]")
+        for name in ("long_window_layers", "no_attn_layers", "no_mlp_layers"):
+            for i in getattr(self, name):
+                if not 0 <= i < self.n_layers:
+                    raise bad(f"{name} has layer {i}, outside 0..{self.n_layers - 1}")
+        if not 0 < self.vocab_size <= 65536:
+            raise bad(f"vocab_size = {self.vocab_size} must be in 1..65536 (uint16 shards)")
+        if not 0 <= self.bos_id < self.vocab_size:
+            raise bad(f"bos_id = {self.bos_id} is outside the vocabulary of {self.vocab_size}")
+        if self.block_size < 1 or self.attn_scale <= 0 or self.initial_window < 1:
+            raise bad("block_size, initial_window and attn_scale must be positive")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1645
+    batch_size: int = 8  # rows per step, over all ranks
+    seq_len: int = 48 * 1024  # tokens per row; documents inside a row are masked from each other
+    max_doc_len: int = 2048  # documents are truncated to this many tokens (record: train_max_seq_len)
+    adam_lr: float = 0.008
+    adam_betas: tuple[float, float] = (0.8, 0.95)
+    adam_eps: float = 1e-8
+    embed_lr_mul: float = 75.0
+    scalar_lr_mul: float = 5.0
+    head_lr_mul: float = 1.0
+    muon_lr: float = 0.05
+    muon_momentum: tuple[float, float] = (0.85, 0.95)  # warmed up from the first to the second
+    momentum_warmup_steps: int = 300
+    cooldown_frac: float = 0.5  # lr decays linearly to final_lr_frac over this last fraction
+    final_lr_frac: float = 0.1
+    ws_schedule: tuple[int, ...] = (3, 7, 11)  # long window in blocks, one value per third of training
+    ws_validate: int = 13
+    ws_validate_final: int = 20
+    val_every: int = 125
+    val_tokens: int = 10_485_760
+    val_batch_size: int = 8
+    val_seq_len: int = 64 * 1024
+    seed: int = 0
+    n_checkpoints: int = 8  # log-spaced checkpoint steps, plus the last
+    autocast: str = "auto"  # "bf16", "fp32" or "auto" (bf16 on CUDA, fp32 on CPU)
+    compile: bool = False
+
+    def validate(self) -> "TrainConfig":
+        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2 or self.max_doc_len < 2:
+            raise ConfigError("steps, batch_size, seq_len and max_doc_len must be positive")
+        if not 0 <= self.cooldown_frac <= 1:
+            raise ConfigError(f"cooldown_frac = {self.cooldown_frac} must be in [0, 1]")
+        if self.autocast not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"autocast = {self.autocast!r}: choose auto, bf16 or fp32")
+        if not self.ws_schedule:
+            raise ConfigError("ws_schedule is empty")
+        return self
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    train: TrainConfig
+    description: str = ""
+    tokenizer: str = "bpe"  # "gpt2" or "bpe" (a BPE trained on the corpus)
+    bpe_vocab: int = 4096
+
+
+def _small(n_layers: int, d_model: int, n_heads: int, seq_len: int, **model_kw) -> ModelConfig:
+    d_head = d_model // n_heads
+    return ModelConfig(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_model=d_model,
+        attn_scale=0.1 * 128 / d_head,  # keep the record's logit bound of 12.8
+        block_size=max(1, seq_len // 16),  # the record's 2048-token documents are 16 blocks
+        **model_kw,
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "speedrun-124m": Preset(
+        ModelConfig(),
+        TrainConfig(),
+        "the 2025-09-18 record: 12 layers, d=768, 6 heads of 128, GPT-2 vocabulary",
+        tokenizer="gpt2",
+    ),
+    "cpu-small": Preset(
+        _small(6, 128, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
+               n_value_embeds=3, vocab_size=4096, bos_id=0),
+        TrainConfig(steps=1200, batch_size=32, seq_len=128, max_doc_len=128, momentum_warmup_steps=220,
+                    val_every=200, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
+        "CPU demo: 6 layers, d=128, 2 heads of 64, BPE-4096, 4k tokens a step",
+    ),
+    "tiny": Preset(
+        _small(4, 64, 2, 64, long_window_layers=(0,), no_attn_layers=(2,), no_mlp_layers=(0,),
+               n_value_embeds=2, vocab_size=512, bos_id=0),
+        TrainConfig(steps=40, batch_size=8, seq_len=64, max_doc_len=64, momentum_warmup_steps=8,
+                    val_every=20, val_tokens=4096, val_batch_size=8, val_seq_len=64, n_checkpoints=3),
+        "tests: 4 layers, d=64, 2 heads of 32, BPE-512",
+        bpe_vocab=512,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace with our error type for unknown fields, then validated."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"unknown {type(cfg).__name__} field(s): {', '.join(unknown)}")
+    return dataclasses.replace(cfg, **changes).validate()
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, d: dict):
+    """Rebuild a config from JSON (tuples come back as lists); unknown keys are an error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) in metadata: {', '.join(unknown)}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return cls(**fixed).validate()
+    except TypeError as e:
+        raise ConfigError(f"bad {cls.__name__} in metadata: {e}") from None
+
+
+__all__ = ["GATE_DIM", "ModelConfig", "TrainConfig", "Preset", "PRESETS", "get_preset", "replace",
+           "to_dict", "from_dict"]

@@ -90,7 +90,7 @@ class TrainConfig:
     steps: int = 1645
     batch_size: int = 8  # rows per step, over all ranks
     seq_len: int = 48 * 1024  # tokens per row; documents inside a row are masked from each other
-    max_doc_len: int = 2048  # documents are truncated to this many tokens (record: train_max_seq_len)
+    max_doc_len: int | None = 2048  # documents are cut to this many tokens (record); None: to the row
     adam_lr: float = 0.008
     adam_betas: tuple[float, float] = (0.8, 0.95)
     adam_eps: float = 1e-8
@@ -115,7 +115,7 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> "TrainConfig":
-        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2 or self.max_doc_len < 2:
+        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2 or (self.max_doc_len or 2) < 2:
             raise ConfigError("steps, batch_size, seq_len and max_doc_len must be positive")
         if not 0 <= self.cooldown_frac <= 1:
             raise ConfigError(f"cooldown_frac = {self.cooldown_frac} must be in [0, 1]")
@@ -158,14 +158,14 @@ PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(
         _small(6, 128, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
                n_value_embeds=3, vocab_size=4096, bos_id=0),
-        TrainConfig(steps=1200, batch_size=32, seq_len=128, max_doc_len=128, momentum_warmup_steps=220,
+        TrainConfig(steps=1200, batch_size=32, seq_len=128, max_doc_len=None, momentum_warmup_steps=220,
                     val_every=200, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
         "CPU demo: 6 layers, d=128, 2 heads of 64, BPE-4096, 4k tokens a step",
     ),
     "tiny": Preset(
         _small(4, 64, 2, 64, long_window_layers=(0,), no_attn_layers=(2,), no_mlp_layers=(0,),
                n_value_embeds=2, vocab_size=512, bos_id=0),
-        TrainConfig(steps=40, batch_size=8, seq_len=64, max_doc_len=64, momentum_warmup_steps=8,
+        TrainConfig(steps=40, batch_size=8, seq_len=64, max_doc_len=None, momentum_warmup_steps=8,
                     val_every=20, val_tokens=4096, val_batch_size=8, val_seq_len=64, n_checkpoints=3),
         "tests: 4 layers, d=64, 2 heads of 32, BPE-512",
         bpe_vocab=512,

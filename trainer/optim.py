@@ -1,0 +1,100 @@
+"""The record's optimisers and schedules.
+
+Muon (lr 0.05, momentum warmed 0.85→0.95) takes the block matrices and the smear gate; Adam
+(lr 0.008, betas 0.8/0.95) takes embeddings (lr ×75), the head (×1) and the scalars (×5). Both
+share one learning-rate multiplier: flat, then a linear cooldown to 0.1 over the last half.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _adjust_lr, _zeropower_via_newtonschulz
+
+from trainer.config import TrainConfig
+from trainer.model import GPT
+
+
+class Muon(torch.optim.Optimizer):
+    """`torch.optim.Muon` for stacks of matrices.
+
+    torch's Muon only takes 2-D parameters; the record keeps q, k, v and o in one (4, d, d)
+    tensor and orthogonalises each matrix on its own. This applies torch's Newton–Schulz
+    iteration and learning-rate adjustment to every matrix of a stack, with the same Nesterov
+    momentum as torch (and the record).
+    """
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0, ns_steps: int = 5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            lr, mom = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf: Tensor = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - mom)
+                update = p.grad.lerp(buf, mom)
+                matrices = update.reshape(-1, *update.shape[-2:])
+                ortho = torch.stack(
+                    [_zeropower_via_newtonschulz(m, (DEFAULT_A, DEFAULT_B, DEFAULT_C), group["ns_steps"], EPS)
+                     for m in matrices]
+                )
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(ortho.view_as(p).to(p.dtype), alpha=-_adjust_lr(lr, "original", p.shape[-2:]))
+
+
+def build_optimizers(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.Adam, Muon]:
+    """Split parameters as the record does; every parameter lands in exactly one group."""
+    named = dict(model.named_parameters())
+    embeds = [p for n, p in named.items() if n.startswith(("embed.", "value_embeds."))]
+    head = [named["lm_head.weight"]]
+    scalars = [named["scalars"]]
+    muon = [p for n, p in named.items() if (n.startswith("blocks.") and p.ndim >= 2) or n.startswith("smear_gate.")]
+    assert len(embeds) + len(head) + len(scalars) + len(muon) == len(named), "a parameter has no optimiser"
+    groups = [
+        dict(params=embeds, lr=cfg.adam_lr * cfg.embed_lr_mul),
+        dict(params=head, lr=cfg.adam_lr * cfg.head_lr_mul),
+        dict(params=scalars, lr=cfg.adam_lr * cfg.scalar_lr_mul),
+    ]
+    fused = next(model.parameters()).is_cuda
+    adam = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=0.0, fused=fused or None)
+    muon_opt = Muon(muon, lr=cfg.muon_lr, momentum=cfg.muon_momentum[1])
+    for opt in (adam, muon_opt):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return adam, muon_opt
+
+
+def lr_multiplier(step: int, cfg: TrainConfig) -> float:
+    """1 until the cooldown, then linear down to final_lr_frac at the last step."""
+    x = step / cfg.steps
+    if x < 1 - cfg.cooldown_frac:
+        return 1.0
+    w = (1 - x) / cfg.cooldown_frac
+    return w + (1 - w) * cfg.final_lr_frac
+
+
+def muon_momentum(step: int, cfg: TrainConfig) -> float:
+    frac = min(step / max(cfg.momentum_warmup_steps, 1), 1.0)
+    lo, hi = cfg.muon_momentum
+    return (1 - frac) * lo + frac * hi
+
+
+def window_blocks(step: int, cfg: TrainConfig) -> int:
+    """Long window (blocks) for a training step: one schedule entry per equal part of training."""
+    return cfg.ws_schedule[min(int(len(cfg.ws_schedule) * step / (cfg.steps + 1)), len(cfg.ws_schedule) - 1)]
+
+
+def apply_schedules(step: int, cfg: TrainConfig, adam: torch.optim.Optimizer, muon: Muon) -> None:
+    mult = lr_multiplier(step, cfg)
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * mult
+    for group in muon.param_groups:
+        group["momentum"] = muon_momentum(step, cfg)

@@ -1,0 +1,143 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer import checkpoint as ckpt
+from trainer.cli import main as cli_main
+from trainer.config import get_preset
+from trainer.errors import CheckpointError, ConfigError
+from trainer.train import checkpoint_steps, make_run, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_run(data, arm="smear", seed=0, **train):
+    return make_run("tiny", get_preset("tiny"), arm, seed, data, train_overrides=dict(dict(steps=20), **train))
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(str(ckpt.resolve_checkpoint(run_dir) / ckpt.MODEL_FILE))
+
+
+def test_paired_arms_share_initial_weights_and_batches(tiny_data, tmp_path):
+    seen = {}
+    for arm in ("smear", "baseline"):
+        batches, initial = [], {}
+
+        def record(model, step, inputs, **_):
+            batches.append(inputs.clone())
+
+        run = tiny_run(tiny_data, arm, steps=5, n_checkpoints=1)
+        from trainer.model import GPT
+
+        initial = GPT(run.model, seed=run.train.seed).state_dict()
+        train(tmp_path / arm, run, callbacks=(record,), progress=False)
+        seen[arm] = (initial, batches)
+    (s_init, s_batches), (b_init, b_batches) = seen["smear"], seen["baseline"]
+    assert set(s_init) - set(b_init) == {"smear_gate.weight"}
+    assert all(torch.equal(b_init[k], s_init[k]) for k in b_init)
+    assert len(s_batches) == len(b_batches) == 5
+    assert all(torch.equal(a, b) for a, b in zip(s_batches, b_batches))
+    assert all((batch[:, 0] == 0).all() for batch in s_batches)  # every row starts at BOS
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path):
+    whole = tiny_run(tiny_data)
+    train(tmp_path / "whole", whole, progress=False)
+    train(tmp_path / "split", whole, stop_at=10, progress=False)
+    assert ckpt.resolve_checkpoint(tmp_path / "split").name == "step_000010"
+    summary = train(tmp_path / "split", whole, resume=True, progress=False)
+    assert summary["step"] == 20
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    log_a = pd.read_csv(tmp_path / "whole" / "loss.csv")
+    log_b = pd.read_csv(tmp_path / "split" / "loss.csv")
+    assert list(log_b["step"]) == list(range(1, 21))
+    pd.testing.assert_series_equal(log_a["train_loss"], log_b["train_loss"])
+
+
+def test_checkpoints_are_log_spaced_and_loadable_by_a_later_process(tiny_data, tmp_path):
+    run = tiny_run(tiny_data, steps=40, n_checkpoints=4)
+    summary = train(tmp_path / "run", run, progress=False)
+    assert checkpoint_steps(run.train) == [1, 3, 12, 40]
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path / "run")] == [
+        "step_000001", "step_000003", "step_000012", "step_000040"]
+    meta = json.loads((tmp_path / "run" / "step_000040" / ckpt.META_FILE).read_text())
+    assert meta["arm"] == "smear" and meta["seed"] == 0 and meta["tokens"] == 40 * 8 * 64
+    assert meta["val_loss"] == pytest.approx(summary["val_loss"])
+    assert meta["windows"] == [run.train.ws_validate, run.train.ws_validate_final]
+    code = ("import sys, torch; from trainer.checkpoint import load_model; from trainer.train import evaluate, load_run;"
+            "from trainer.data import load_split;"
+            f"m, meta = load_model({str(tmp_path / 'run')!r}); r = load_run({str(tmp_path / 'run')!r});"
+            "print(evaluate(m, load_split(r.data, 'val'), r.train, torch.device('cpu')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert float(out.stdout.strip()) == pytest.approx(summary["val_loss"], rel=1e-6)
+
+
+def test_incomplete_checkpoint_is_ignored(tiny_data, tmp_path):
+    run = tiny_run(tiny_data, steps=4, n_checkpoints=2)
+    train(tmp_path / "run", run, progress=False)
+    (tmp_path / "run" / "step_000004" / ckpt.META_FILE).unlink()  # a write that died before its metadata
+    assert ckpt.resolve_checkpoint(tmp_path / "run").name == "step_000001"
+    summary = train(tmp_path / "run", run, resume=True, progress=False)
+    assert summary["step"] == 4 and ckpt.resolve_checkpoint(tmp_path / "run").name == "step_000004"
+
+
+def test_run_folder_of_another_config_is_refused(tiny_data, tmp_path):
+    train(tmp_path / "run", tiny_run(tiny_data, steps=2, n_checkpoints=1), progress=False)
+    with pytest.raises(ConfigError, match="another arm"):
+        train(tmp_path / "run", tiny_run(tiny_data, "baseline", steps=2), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="another train config"):
+        train(tmp_path / "run", tiny_run(tiny_data, steps=3), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tmp_path / "run", tiny_run(tiny_data, steps=2, n_checkpoints=1), progress=False)
+
+
+def test_checkpoint_with_mismatched_tensors_is_refused(tiny_data, tmp_path):
+    train(tmp_path / "run", tiny_run(tiny_data, steps=1, n_checkpoints=1), progress=False)
+    weights = tmp_path / "run" / "step_000001" / ckpt.MODEL_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        ckpt.load_model(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        ckpt.load_model(tmp_path)
+
+
+def test_two_rank_gloo_step_equals_one_process(tiny_data, tmp_path):
+    common = ["--preset", "tiny", "--arm", "smear", "--data", str(tiny_data), "--steps", "3",
+              "--set", "n_checkpoints=1", "--set", "val_every=0", "--set", "val_tokens=2048"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", "29533",
+                    "-m", "trainer.cli", "train", *common, "--out", str(tmp_path / "two")],
+                   check=True, cwd=REPO, env=env, capture_output=True)
+    assert cli_main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    a, b = final_weights(tmp_path / "one" / "tiny-s0-smear"), final_weights(tmp_path / "two" / "tiny-s0-smear")
+    for name in a:  # gradients summed in another order, then orthogonalised in bf16 (Muon): float noise only
+        torch.testing.assert_close(a[name], b[name], atol=2e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--preset", "huge", "--arm", "smear"], "unknown preset 'huge'"),
+        (["train", "--preset", "tiny", "--arm", "smear", "--set", "n_heads=3"], "n_heads × d_head"),
+        (["train", "--preset", "tiny", "--arm", "smear", "--set", "n_layers=5"], "even number of layers"),
+        (["train", "--preset", "tiny", "--arm", "smear", "--set", "nonsense=1"], "--set nonsense"),
+        (["train", "--preset", "tiny", "--arm", "smear", "--data", "/nonexistent/data"], "/nonexistent/data"),
+    ],
+)
+def test_bad_input_gives_one_line_error(argv, message, tiny_data, capsys):
+    if "--data" not in argv:
+        argv = argv + ["--data", str(tiny_data)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smearlens: error:") and message in err and "\n" not in err

@@ -23,6 +23,7 @@ from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 
 MODEL_FILE, STATE_FILE, META_FILE, RUN_FILE = "model.safetensors", "train_state.pt", "meta.json", "run.json"
+RESUME_KEYS = {"step", "adam", "muon", "loader", "rng"}
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -120,7 +121,7 @@ def load_weights(model: GPT, file: Path) -> None:
     except FileNotFoundError:
         raise CheckpointError(f"{file}: weights file is missing") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{file}: not a readable safetensors file ({first_line(e)})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -137,8 +138,18 @@ def load_train_state(ckpt: Path) -> dict:
     """The resume state; `weights_only=True` refuses any pickle that would run code."""
     file = Path(ckpt) / STATE_FILE
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: resume state is missing") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: not a loadable resume state ({str(e).splitlines()[0]})") from None
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{file}: refused, loading it would need more than plain tensors "
+                              f"({first_line(e)})") from None
+    except Exception as e:  # torch.load fails in many ways on a damaged file; all mean the same here
+        raise CheckpointError(f"{file}: not a loadable resume state ({first_line(e)})") from None
+    if not isinstance(state, dict) or not RESUME_KEYS <= set(state):
+        raise CheckpointError(f"{file}: resume state lacks {sorted(RESUME_KEYS - set(state or {}))}")
+    return state
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

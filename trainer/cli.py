@@ -1,4 +1,4 @@
-"""`smearlens` command line: data, train, train-pair (and the analysis commands as they land)."""
+"""`smearlens` command line: data, train, train-pair, analyze, report, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from analysis.recorder import DEFAULT_EVERY
 from trainer.config import PRESETS, ModelConfig, TrainConfig, get_preset
 from trainer.errors import ConfigError, SmearlensError
 
@@ -57,6 +58,7 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
 
 
 def run_train(args: argparse.Namespace, arms: list[str]) -> None:
+    from analysis.recorder import make_recorder
     from trainer.train import make_run, train
 
     data = ensure_data(args)
@@ -70,7 +72,9 @@ def run_train(args: argparse.Namespace, arms: list[str]) -> None:
         run = make_run(args.preset, get_preset(args.preset), arm, args.seed, data,
                        name=f"{args.run}-{arm}" if (args.run and len(arms) > 1) else args.run,
                        train_overrides=train_over, model_overrides=model_over)
-        summary = train(Path(args.out) / run.name, run, resume=args.resume, stop_at=args.stop_at, device=args.device)
+        recorder = make_recorder(args.record_every)
+        summary = train(Path(args.out) / run.name, run, resume=args.resume, stop_at=args.stop_at, device=args.device,
+                        callbacks=(recorder,) if recorder else ())
         print(json.dumps(summary))
 
 
@@ -111,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this step, to resume later")
         p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
         p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+        p.add_argument("--record-every", type=int, default=DEFAULT_EVERY, metavar="N",
+                       help=f"record per-head previous-token scores and smear stats every N steps "
+                            f"(default {DEFAULT_EVERY}; 0: off)")
 
     p = sub.add_parser("train", help="train one arm")
     train_args(p)
@@ -120,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-pair", help="train both arms from one seed (same initial weights and data order)")
     train_args(p)
     p.set_defaults(func=lambda a: run_train(a, ["smear", "baseline"]))
+
+    from analysis.analyze import add_analyze_parser
+    from analysis.demo import add_demo_parser
+    from analysis.report import add_report_parser
+
+    add_analyze_parser(sub)
+    add_report_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

@@ -111,6 +111,8 @@ class TrainConfig:
     val_seq_len: int = 64 * 1024
     seed: int = 0
     n_checkpoints: int = 8  # log-spaced checkpoint steps, plus the last
+    checkpoint_every: int = 0  # also every this many steps (0: only the log-spaced ones)
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run, or "skip" the step
     autocast: str = "auto"  # "bf16", "fp32" or "auto" (bf16 on CUDA, fp32 on CPU)
     compile: bool = False
 
@@ -119,6 +121,10 @@ class TrainConfig:
             raise ConfigError("steps, batch_size, seq_len and max_doc_len must be positive")
         if not 0 <= self.cooldown_frac <= 1:
             raise ConfigError(f"cooldown_frac = {self.cooldown_frac} must be in [0, 1]")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"on_nonfinite = {self.on_nonfinite!r}: choose stop or skip")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every = {self.checkpoint_every} must be ≥ 0")
         if self.autocast not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"autocast = {self.autocast!r}: choose auto, bf16 or fp32")
         if not self.ws_schedule:

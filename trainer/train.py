@@ -38,7 +38,7 @@ LOG_FILE = "loss.csv"
 
 
 class NonFiniteLoss(SmearlensError):
-    pass
+    """A NaN or infinite loss or gradient, with on_nonfinite="stop"."""
 
 
 @dataclass
@@ -202,7 +202,11 @@ def train(
     elapsed = 0.0
 
     def save(step: int, train_loss: float, val_loss: float | None) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteLoss(f"{run_dir}: non-finite weights after step {step}; not saved, "
+                                f"the newest checkpoint is the last good one")
         if rank == 0:
+            write_log(run_dir, log)  # before the metadata, which marks the checkpoint complete
             meta = dict(run=run.name, preset=run.preset, arm=run.arm, seed=run.seed, data=run.data,
                         tokens=step * tokens_per_step, train_loss=train_loss, val_loss=val_loss,
                         model_config=to_dict(mcfg), train_config=to_dict(cfg), tokenizer=tokenizer_meta,
@@ -210,7 +214,6 @@ def train(
             state = dict(step=step, adam=adam.state_dict(), muon=muon.state_dict(), loader=loader.state_dict(),
                          rng=rng_state())
             ckpt.save_checkpoint(run_dir, step, model, meta, state)
-            write_log(run_dir, log)
         if world > 1:
             dist.barrier()
 
@@ -226,12 +229,18 @@ def train(
             loss = step_model(inputs.to(dev), targets.to(dev), return_type="loss")
         loss.backward()
         loss = loss.detach().view(1)
-        all_reduce_mean_([p.grad for p in model.parameters() if p.grad is not None] + [loss])
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        all_reduce_mean_(grads + [loss])
         train_loss = loss.item()
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"{run_dir}: loss is {train_loss} at step {step + 1}; the newest checkpoint is the last good one")
-        adam.step()
-        muon.step()
+        finite = math.isfinite(train_loss) and bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum()))
+        if finite:
+            adam.step()
+            muon.step()
+        elif cfg.on_nonfinite == "stop":
+            raise NonFiniteLoss(f"{run_dir}: non-finite loss or gradient at step {step + 1} (loss {train_loss}); "
+                                f"the newest checkpoint is the last good one; --set on_nonfinite=skip skips such steps")
+        else:
+            bar.write(f"step {step + 1}: non-finite loss or gradient (loss {train_loss}); step skipped")
         model.zero_grad(set_to_none=True)
         elapsed += time.perf_counter() - t0
         done = step + 1
@@ -241,14 +250,14 @@ def train(
             model.set_windows(cfg.ws_validate, cfg.ws_validate_final)
         if final or (cfg.val_every and done % cfg.val_every == 0):
             val_loss = evaluate(model, val_tokens, cfg, dev)
-        log.append(dict(step=done, tokens=done * tokens_per_step, train_loss=train_loss, val_loss=val_loss,
+        log.append(dict(step=done, tokens=done * tokens_per_step, train_loss=train_loss, val_loss=val_loss, skipped=not finite,
                         lr_mult=adam.param_groups[0]["lr"] / adam.param_groups[0]["initial_lr"],
                         step_seconds=elapsed / max(1, done - start)))
         bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
+        if done in ckpt_steps or done == stop_at or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            save(done, train_loss, val_loss)
         for callback in callbacks:
             callback(model=model, step=done, run=run, run_dir=run_dir, inputs=inputs)
-        if done in ckpt_steps or done == stop_at:
-            save(done, train_loss, val_loss)
         if done == stop_at:
             break
     bar.close()

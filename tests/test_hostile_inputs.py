@@ -133,3 +133,56 @@ def test_wrong_tensor_shape_is_named(saved_checkpoint):
     save_file(weights, str(dst / ckpt.MODEL_FILE))
     with pytest.raises(SmearlensError, match="scalars has shape"):
         ckpt.load_model(dst)
+
+
+def _valid_record_file() -> bytes:
+    from trainer.record import export_record_state_dict
+
+    sd = export_record_state_dict(GPT(get_preset("tiny").model), world_size=1)
+    torch.save(dict(step=3, code="", model=sd, optimizers=[]), WORK / "record.pt")
+    return (WORK / "record.pt").read_bytes()
+
+
+def _import_record(path: Path) -> None:
+    from trainer.record import import_state_dict, read_record_file, record_state_dict
+
+    sd = record_state_dict(read_record_file(path), str(path))
+    import_state_dict(sd, get_preset("tiny").model)
+
+
+@CASES
+@given(data=mutations(_valid_record_file()))
+def test_record_checkpoint_loader(data):
+    accepts_or_refuses(_import_record, WORK / "mutated_record.pt", data)
+
+
+def _valid_table() -> bytes:
+    import pandas as pd
+
+    rows = [dict(run="r", preset="tiny", arm=arm, seed=0, step=1, tokens=512, layer=0, head=h, metric="prev_token",
+                 value=0.1 * h) for arm in ("smear", "baseline") for h in range(2)]
+    pd.DataFrame(rows).to_parquet(WORK / "heads_valid.parquet", index=False)
+    return (WORK / "heads_valid.parquet").read_bytes()
+
+
+def _load_tables(path: Path) -> None:
+    from analysis.stats import load_tables
+
+    load_tables(path.parent, runs_dir=path.parent)
+
+
+@CASES
+@given(data=mutations(_valid_table()))
+def test_table_loader(data):
+    (WORK / "tables").mkdir(exist_ok=True)
+    accepts_or_refuses(_load_tables, WORK / "tables" / "heads.parquet", data)
+
+
+def test_every_torch_load_is_weights_only():
+    """No code path unpickles arbitrary objects: each torch.load call names weights_only=True."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    for path in [*repo.glob("trainer/*.py"), *repo.glob("analysis/*.py"), *repo.glob("benchmarks/*.py")]:
+        for call in re.findall(r"torch\.load\(([^)]*)\)", path.read_text()):
+            assert "weights_only=True" in call, f"{path}: torch.load({call})"

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainer.config import ModelConfig, from_dict
-from trainer.errors import CheckpointError, ConfigError
+from trainer.errors import CheckpointError, ConfigError, one_line
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 
@@ -121,7 +121,7 @@ def load_weights(model: GPT, file: Path) -> None:
     except FileNotFoundError:
         raise CheckpointError(f"{file}: weights file is missing") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({first_line(e)})") from None
+        raise CheckpointError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -143,13 +143,10 @@ def load_train_state(ckpt: Path) -> dict:
         raise CheckpointError(f"{file}: resume state is missing") from None
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{file}: refused, loading it would need more than plain tensors "
-                              f"({first_line(e)})") from None
+                              f"({one_line(e)})") from None
     except Exception as e:  # torch.load fails in many ways on a damaged file; all mean the same here
-        raise CheckpointError(f"{file}: not a loadable resume state ({first_line(e)})") from None
+        raise CheckpointError(f"{file}: not a loadable resume state ({one_line(e)})") from None
     if not isinstance(state, dict) or not RESUME_KEYS <= set(state):
         raise CheckpointError(f"{file}: resume state lacks {sorted(RESUME_KEYS - set(state or {}))}")
     return state
 
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -15,3 +15,13 @@ class DataError(SmearlensError):
 
 class CheckpointError(SmearlensError):
     """A missing, incomplete, malformed or mismatched checkpoint."""
+
+
+class AnalysisError(SmearlensError):
+    """Bad input to a probe or to `analyze`: an unknown metric, a run with no checkpoints, a sequence
+    longer than the model's context, a missing tokenizer or data folder."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (the first), for errors that quote a library's."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

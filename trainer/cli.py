@@ -1,4 +1,4 @@
-"""`smearlens` command line: data, train, train-pair, analyze, report, demo."""
+"""`smearlens` command line: data, train, train-pair, analyze, report, demo, import-record, eval."""
 
 from __future__ import annotations
 
@@ -132,9 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.demo import add_demo_parser
     from analysis.report import add_report_parser
 
+    from trainer.record import add_record_parsers
+
     add_analyze_parser(sub)
     add_report_parser(sub)
     add_demo_parser(sub)
+    add_record_parsers(sub)
     return parser
 
 

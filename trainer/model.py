@@ -3,7 +3,12 @@
 One definition serves training, hooks and analysis. It is a TransformerLens `HookedRootModule`:
 every `HookPoint` is an identity until a hook is attached, and the T×T attention pattern is only
 built (explicit path) when a hook on `attn.hook_attn_scores` or `attn.hook_pattern` asks for it;
-otherwise attention runs fused (SDPA on CPU, flex_attention on CUDA) with the same masks.
+otherwise attention runs fused (SDPA on CPU, flex_attention on CUDA) with the same masks, or in
+query chunks (`attn_impl="chunked"`, memory linear in T, for long probe sequences on a CPU).
+
+TransformerLens's own tools (`run_with_cache`, `run_with_hooks`, `head_detector.detect_head`,
+`patching`) run on it unchanged: it carries `cfg` (a `TransformerLensConfig`), `tokenizer`,
+`to_tokens` and `to_str_tokens`, and `run_with_cache` returns an `ActivationCache`.
 
 Parameter names and shapes follow the record (`embed.weight`, `blocks.{l}.attn.qkvo_w`, `scalars`,
 ...); see tests/test_model.py for the full table of `speedrun-124m`.
@@ -11,6 +16,7 @@ Parameter names and shapes follow the record (`embed.weight`, `blocks.{l}.attn.q
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -18,12 +24,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 
 from trainer.config import GATE_DIM, ModelConfig
+from trainer.errors import AnalysisError
 
-ATTN_IMPLS = ("auto", "explicit", "sdpa", "flex")
+ATTN_IMPLS = ("auto", "explicit", "sdpa", "flex", "chunked")
+# n_ctx: the longest sequence whose T×T attention patterns may be materialised (explicit path, and so
+# every TransformerLens tool, which caches them for all layers). One (T, T) float32 pattern is 1 GiB
+# at 16,384 tokens. The fused and chunked paths take any length: rotary positions have no table to
+# run out of and the sliding windows bound what a token sees; the streaming probes use them.
+N_CTX = 16_384
+CHUNK_QUERIES, CHUNK_ELEMENTS = 256, 2**23  # "chunked" attention: queries per block; most scores held at once
 
 
 def norm(x: Tensor) -> Tensor:
@@ -121,6 +135,47 @@ def flex(q: Tensor, k: Tensor, v: Tensor, mask, scale: float) -> Tensor:
     return flex_attention(q, k, v, block_mask=mask, scale=scale)
 
 
+@functools.lru_cache(maxsize=8)
+def window_band(rows: int, cols: int, diagonal: int, window: int, device: torch.device) -> Tensor:
+    """(rows, cols) bool: column j visible from row i iff diagonal−window ≤ j−i ≤ diagonal. Cached:
+    every full chunk of a layer has the same band, and building it costs as much as the attention."""
+    return torch.ones(rows, cols, dtype=torch.bool, device=device).tril(diagonal).triu(diagonal - window)
+
+
+def band_mask(docs: Tensor, q0: int, q1: int, k0: int, window: int) -> Tensor:
+    """`dense_mask` restricted to queries q0..q1−1 and keys k0..q1−1: (B or 1, 1, q1−q0, q1−k0) bool."""
+    visible = window_band(q1 - q0, q1 - k0, q0 - k0, window, docs.device)
+    if bool((docs[:, k0] == docs[:, q1 - 1]).all()):  # one document spans the block: no document mask
+        return visible[None, None]
+    return (visible & (docs[:, q0:q1, None] == docs[:, None, k0:q1]))[:, None]
+
+
+def chunk_size(B: int, H: int, T: int, window: int) -> int:
+    """Queries per chunk: small blocks stay in cache and waste little work on keys before the window
+    (measured on 2 CPU cores, windows of 768–8,192: 256 queries matched or beat 512–2,048, by up to
+    4×), and one block's scores stay near CHUNK_ELEMENTS numbers however long the window."""
+    span = min(window, T) + 1
+    return max(16, min(T, CHUNK_QUERIES, CHUNK_ELEMENTS // (B * H * span)))
+
+
+def chunked(q: Tensor, k: Tensor, v: Tensor, docs: Tensor, window: int, scale: float) -> Tensor:
+    """Exact masked attention, one block of queries at a time against the keys its window can reach.
+
+    q, k, v are (B, H, T, D). Memory is O(chunk · (chunk + window)) per head instead of O(T²), and
+    the work is O(T · window): the fused CPU path builds a dense (T, T) mask, which at 65,536 tokens
+    alone is 4 GiB.
+    """
+    B, H, T, _ = q.shape
+    C = chunk_size(B, H, T, window)
+    out = torch.empty_like(q)
+    for q0 in range(0, T, C):
+        q1 = min(q0 + C, T)
+        k0 = max(0, q0 - window)
+        out[:, :, q0:q1] = F.scaled_dot_product_attention(
+            q[:, :, q0:q1], k[:, :, k0:q1], v[:, :, k0:q1], attn_mask=band_mask(docs, q0, q1, k0, window), scale=scale)
+    return out
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -151,6 +206,9 @@ class CausalSelfAttention(nn.Module):
             scores = scores.masked_fill(~dense_mask(ctx.docs, window), float("-inf"))
             pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+        elif impl == "chunked":
+            z = chunked(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.docs, window, ctx.scale)
+            z = z.transpose(1, 2)
         else:
             attend = flex if impl == "flex" else sdpa
             z = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.mask(window), ctx.scale)
@@ -199,10 +257,29 @@ class Block(nn.Module):
         return self.hook_resid_post(x)
 
 
+@dataclass
+class LensConfig(TransformerLensConfig):
+    """What TransformerLens's tools read as `model.cfg` (our own settings stay in `model.config`)."""
+
+    tokenizer_prepends_bos: bool = False  # our tokenizers never add BOS: to_tokens does
+    d_vocab_out: int = -1
+    original_architecture: str = "smearlens-gpt"
+
+    @classmethod
+    def from_model_config(cls, c: ModelConfig, n_ctx: int = N_CTX) -> "LensConfig":
+        return cls(d_model=c.d_model, d_head=c.d_head, n_layers=c.n_layers, n_ctx=n_ctx, n_heads=c.n_heads,
+                   d_mlp=c.mlp_ratio * c.d_model, d_vocab=c.padded_vocab, d_vocab_out=c.padded_vocab, device="cpu",
+                   default_prepend_bos=True, positional_embedding_type="rotary", uses_rms_norm=True,
+                   normalization_type="RMSPre", final_rms=True, act_fn="relu_squared",
+                   eps=torch.finfo(torch.float32).eps)
+
+
 class GPT(HookedRootModule):
     def __init__(self, config: ModelConfig, seed: int = 0):
         super().__init__()
         self.config = config = config.validate()
+        self._cfg = LensConfig.from_model_config(config)
+        self.tokenizer = None  # a trainer.tokenizer.Tokenizer, attached by whoever loads the model
         V, d = config.padded_vocab, config.d_model
         self.embed = nn.Embedding(V, d)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, d) for _ in range(config.n_value_embeds))
@@ -281,6 +358,68 @@ class GPT(HookedRootModule):
         sizes[-1] = final_blocks * cfg.block_size
         return sizes
 
+    # ---- TransformerLens protocol ---------------------------------------------------------------
+
+    @property
+    def cfg(self) -> LensConfig:
+        """TransformerLens's view of the model; device and dtype follow the weights."""
+        self._cfg.device, self._cfg.dtype = self.embed.weight.device, self.embed.weight.dtype
+        return self._cfg
+
+    def _tokenizer(self, what: str):
+        tok = self.tokenizer
+        if tok is None:
+            raise AnalysisError(f"{what}: no tokenizer attached (set model.tokenizer, or load the model with "
+                                f"analysis.loading.load_checkpoint_model)")
+        if (tok.vocab_size, tok.bos_id) != (self.config.vocab_size, self.config.bos_id):
+            raise AnalysisError(f"{what}: tokenizer (vocab {tok.vocab_size}, BOS {tok.bos_id}) does not match the model "
+                                f"(vocab {self.config.vocab_size}, BOS {self.config.bos_id})")
+        return tok
+
+    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None, move_to_device: bool = True) -> Tensor:
+        """Text → (B, T) token ids, each row starting with BOS (a new document) unless prepend_bos=False.
+
+        Rows of a list are right-padded with BOS: each pad is a one-token document of its own, which
+        the document mask hides from every real token."""
+        tok = self._tokenizer("to_tokens")
+        bos = self._cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        rows = [([self.config.bos_id] if bos else []) + tok.encode(text)
+                for text in ([input] if isinstance(input, str) else input)]
+        T = max((len(r) for r in rows), default=0)
+        if T == 0:
+            raise AnalysisError("to_tokens: no tokens (empty input and prepend_bos=False)")
+        tokens = torch.full((len(rows), T), self.config.bos_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return tokens.to(self.cfg.device) if move_to_device else tokens
+
+    def to_str_tokens(self, input: str | list[str] | Tensor | list[int], prepend_bos: bool | None = None) -> list:
+        """The text of each token: a list for one sequence, a list of lists for a batch (as TransformerLens)."""
+        tok = self._tokenizer("to_str_tokens")
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(text, prepend_bos) for text in input]
+        ids = self.to_tokens(input, prepend_bos)[0] if isinstance(input, str) else torch.as_tensor(input)
+        if ids.ndim == 2:
+            rows = [[tok.decode_token(i) for i in row] for row in ids.tolist()]
+            return rows[0] if len(rows) == 1 else rows
+        return [tok.decode_token(i) for i in ids.tolist()]
+
+    def to_string(self, tokens: Tensor | list[int]) -> str:
+        return self._tokenizer("to_string").decode(torch.as_tensor(tokens).flatten().tolist())
+
+    def run_with_cache(self, *model_args, remove_batch_dim: bool = False, **kwargs) -> tuple[Tensor, ActivationCache]:
+        """TransformerLens's run_with_cache, returning an `ActivationCache` (the 4.3 base returns a plain
+        dict, which `detect_head` cannot index with its (name, layer, type) keys)."""
+        out, cache = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+    def _check_context(self, T: int, attn_impl: str) -> None:
+        """Only materialised patterns are limited to n_ctx; other paths take any length."""
+        if T > self._cfg.n_ctx and (attn_impl == "explicit" or any(
+                b.attn is not None and b.attn.wants_pattern() for b in self.blocks)):
+            raise AnalysisError(f"sequence of {T} tokens is longer than the model's context n_ctx = {self._cfg.n_ctx} "
+                                f"for attention patterns; raise model.cfg.n_ctx or use the streaming probes")
+
     # ---- forward ------------------------------------------------------------------------------
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
@@ -298,11 +437,15 @@ class GPT(HookedRootModule):
         return_type: str = "logits",
         attn_impl: str = "auto",
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """tokens (B, T) or (T,) → logits (B, T, padded vocab), the mean loss, or both."""
+        """tokens (B, T) or (T,) (or text, via to_tokens) → logits (B, T, padded vocab), the mean loss, or both."""
+        if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
+            tokens = self.to_tokens(tokens)
         if tokens.ndim == 1:
             tokens = tokens[None]
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl {attn_impl!r}: choose one of {ATTN_IMPLS}")
+        if tokens.size(1) > self._cfg.n_ctx:
+            self._check_context(tokens.size(1), attn_impl)
         if attn_impl == "auto":
             attn_impl = "flex" if tokens.is_cuda else "sdpa"
         cfg, n = self.config, self.config.n_layers

@@ -1,0 +1,124 @@
+"""`smearlens demo`: the whole study on the embedded corpus, in one command.
+
+Data → both arms for each seed (two training processes at a time, one per core, the arms of a
+seed side by side) with recording → `analyze` → notebooks, figures and the report. Every stage
+skips what is already done, so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from trainer import checkpoint as ckpt
+from trainer.cli import default_data_dir
+from trainer.config import get_preset
+from trainer.corpus import build_dataset
+from trainer.errors import SmearlensError
+
+DEMO_PRESET = "cpu-small"
+STEP = re.compile(rb"(\d+)/(\d+) \[")
+
+
+def run_name(preset: str, seed: int, arm: str) -> str:
+    return f"{preset}-s{seed}-{arm}"
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    done = ckpt.complete_checkpoints(run_dir)
+    return bool(done) and ckpt.read_meta(done[-1])["step"] >= steps
+
+
+def last_step(log: Path) -> int:
+    """The newest step a child's progress bar printed (its log is its stderr)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            found = STEP.findall(f.read())
+    except OSError:
+        return 0
+    return int(found[-1][0]) if found else 0
+
+
+def train_all(preset: str, seeds: list[int], data: Path, out: Path, steps: int, extra: list[str], jobs: int) -> None:
+    """Train every (seed, arm) not finished yet, `jobs` processes at a time, one progress bar."""
+    todo = [(seed, arm) for seed in seeds for arm in ("baseline", "smear")
+            if not finished(out / run_name(preset, seed, arm), steps)]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    bar = tqdm(total=steps * len(todo), desc=f"training {len(todo)} runs", unit="step", dynamic_ncols=True)
+    running: list[tuple[subprocess.Popen, Path, object]] = []
+    done_steps = 0
+    while todo or running:
+        while todo and len(running) < jobs:
+            seed, arm = todo.pop(0)
+            name = run_name(preset, seed, arm)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            log = out / name / "train.log"
+            cmd = [sys.executable, "-m", "trainer.cli", "train", "--preset", preset, "--arm", arm, "--seed", str(seed),
+                   "--data", str(data), "--out", str(out), "--steps", str(steps), *extra]
+            if ckpt.complete_checkpoints(out / name):
+                cmd.append("--resume")
+            handle = open(log, "ab")
+            running.append((subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env), log, handle))
+        time.sleep(2)
+        for proc, log, handle in list(running):
+            if proc.poll() is None:
+                continue
+            handle.close()
+            running.remove((proc, log, handle))
+            if proc.returncode:
+                for other, _, h in running:
+                    other.terminate()
+                raise SmearlensError(f"training failed (exit {proc.returncode}); see {log}")
+            done_steps += steps
+        bar.n = done_steps + sum(last_step(log) for _, log, _ in running)
+        bar.refresh()
+    bar.close()
+
+
+def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None, out: str | Path = "checkpoints",
+             figures: str | Path = "figures", jobs: int = 2, notebooks: bool = True, extra: list[str] | None = None) -> Path:
+    from analysis.analyze import analyze
+    from analysis.report import write_report
+
+    start = time.perf_counter()
+    p = get_preset(preset)
+    steps = steps or p.train.steps
+    out, figures = Path(out), Path(figures)
+    data = default_data_dir(preset)
+    print(f"[1/4] data: {data}", flush=True)
+    build_dataset(data, None, tokenizer=p.tokenizer, vocab_size=p.bpe_vocab)
+    print(f"[2/4] training {preset}: arms smear and baseline × seeds 0..{seeds - 1}, {steps} steps each", flush=True)
+    train_all(preset, list(range(seeds)), data, out, steps, list(extra or []), jobs)
+    runs = [out / run_name(preset, s, arm) for s in range(seeds) for arm in ("baseline", "smear")]
+    tables = out / "analysis"
+    print(f"[3/4] analysis → {tables}", flush=True)
+    analyze(runs, out=tables)
+    print(f"[4/4] notebooks, figures and report → {figures}", flush=True)
+    command = f"smearlens demo --preset {preset} --seeds {seeds} --steps {steps}"
+    report = write_report(tables, figures, figures / "report.md", commands=[command], preset=preset,
+                          notebooks=notebooks, runs_dir=out)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"demo finished in {minutes:.1f} min; report: {report}", flush=True)
+    return report
+
+
+def add_demo_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("demo", help="the whole study on the embedded corpus: train, record, analyse, report")
+    p.add_argument("--preset", default=DEMO_PRESET)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
+    p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")
+    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    p.add_argument("--no-notebooks", action="store_true", help="draw the figures without executing the notebooks")
+    p.set_defaults(func=lambda a: run_demo(a.preset, a.seeds, a.steps, a.out, a.figures, a.jobs, not a.no_notebooks))
+    return p

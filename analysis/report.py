@@ -1,0 +1,380 @@
+"""`smearlens report`: a markdown write-up of whether the smear frees up heads.
+
+Figures (embedded by relative path), per-seed tables, the statistics with bootstrap CIs and Welch
+p-values, the conclusion they support (including "no significant difference"), and the commands
+and configs that produced them. By default the figures are drawn directly with `analysis.plots`, so
+a report never needs a Jupyter kernel; `--notebooks` executes the notebooks instead (papermill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from analysis import plots, stats
+from analysis.stats import ARMS, DEFAULT_THRESHOLD, Summary, Tables
+from trainer.errors import AnalysisError, SmearlensError
+from trainer.io import atomic_write_text
+
+DEFAULT_TABLES = Path("checkpoints/analysis")
+DEFAULT_FIGURES = Path("figures")
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = ("01_previous_token_heads", "02_smear_gate", "03_freed_heads", "04_inspect")
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown pieces
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _num(v: Any, fmt: str = "{:.3f}") -> str:
+    try:
+        return "—" if v is None or not math.isfinite(float(v)) else fmt.format(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "—"
+    if p == 0:
+        return "0"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def statistics_markdown(summary: Summary) -> str:
+    """The comparisons as a table: claim, means, smear − baseline with its 95% CI, p, n, verdict."""
+    rows = []
+    for r in summary.comparisons.to_dict("records"):
+        fmt = stats.CLAIMS.get(r["claim"], ("", "{:.3f}"))[1]
+        ci = f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
+        rows.append([r["label"], _num(r["mean_baseline"], fmt), _num(r["mean_smear"], fmt), _num(r["diff"], fmt), ci,
+                     _p(r["p_value"]), f"{r['n_baseline']} / {r['n_smear']}" + (" paired" if r["paired"] else ""),
+                     r["verdict"]])
+    table = _md_table(["claim (per run, final step)", "baseline", "smear", "smear − baseline", "95% CI (bootstrap)",
+                       "Welch p", "seeds (b / s)", "verdict"], rows)
+    return table + (f"\n\nSignificant: Welch p < {stats.ALPHA} and a bootstrap 95% CI that excludes 0 "
+                    f"({stats.N_BOOT:,} resamples of seeds, RNG seed {stats.BOOT_SEED}; seeds paired when both "
+                    "arms have the same seeds).")
+
+
+def thresholds_markdown(df: pd.DataFrame) -> str:
+    rows = [[f"{r['threshold']:.2f}", _num(r["mean_baseline"], "{:.2f}"), _num(r["mean_smear"], "{:.2f}"),
+             _num(r["diff"], "{:+.2f}"),
+             f"[{_num(r['ci_low'], '{:.2f}')}, {_num(r['ci_high'], '{:.2f}')}]" if math.isfinite(r["ci_low"]) else "—",
+             _p(r["p_value"]), r["verdict"]] for r in df.to_dict("records")]
+    return _md_table(["threshold", "baseline heads", "smear heads", "difference", "95% CI", "Welch p", "verdict"], rows)
+
+
+def per_seed_markdown(per_seed: pd.DataFrame) -> str:
+    cols = [c for c in stats.CLAIMS if c in per_seed and per_seed[c].notna().any()]
+    rows = []
+    for r in per_seed.to_dict("records"):
+        rows.append([r["arm"], r["seed"], r["run"], r["step"], f"{int(r['tokens']):,}"]
+                    + [_num(r[c], stats.CLAIMS[c][1]) for c in cols])
+    t = float(per_seed["threshold"].iloc[0]) if len(per_seed) else DEFAULT_THRESHOLD
+    return _md_table(["arm", "seed", "run", "step", "tokens"] + [stats.claim_label(c, t) for c in cols], rows)
+
+
+def smear_markdown(tables: Tables | None) -> str:
+    """Final λ and coefficient summary per seed, and the vocabulary's extremes."""
+    if tables is None:
+        return "*No tables (see above).*"
+    smear = tables.get("smear") if tables.get("smear") is not None else tables.get("record_smear")
+    if smear is None or not (smear["arm"] == "smear").any():
+        return "*No smear table: λ and the coefficients are not reported.*"
+    final = stats.smear_final(smear)
+    rows = [[r["seed"], r["run"], r["step"], _num(r["lambda"]), _num(r["gate_mean"]), _num(r["coef_mean"]),
+             f"{_num(r['coef_p05'])} / {_num(r['coef_p50'])} / {_num(r['coef_p95'])}"] for r in final.to_dict("records")]
+    text = _md_table(["seed", "run", "step", "λ", "mean gate σ(w·e)", "mean coefficient on data",
+                      "coefficient 5% / 50% / 95%"], rows)
+    vocab = tables.get("smear_vocab")
+    if vocab is not None and (vocab["arm"] == "smear").any():
+        top, bottom = stats.vocab_extremes(vocab[vocab["arm"] == "smear"], 8)
+        shown = lambda df: ", ".join(f"`{plots.display_token(t)}` {c:.3f}" for t, c in zip(df["text"], df["coefficient"]))
+        text += f"\n\nHighest coefficients (vocabulary, mean over seeds): {shown(top)}.\n\nLowest: {shown(bottom)}."
+    return text
+
+
+def _runs_markdown(tables: Tables) -> str:
+    last = stats.final_rows(tables.heads).drop_duplicates("run").sort_values(["arm", "seed"])
+    rows = [[r["arm"], r["seed"], r["run"], r["step"], f"{int(r['tokens']):,}"] for r in last.to_dict("records")]
+    return _md_table(["arm", "seed", "run", "final step", "tokens seen"], rows)
+
+
+def notebook_statistics(tables: Tables | None, threshold: float = DEFAULT_THRESHOLD,
+                        claims: Sequence[str] | None = None, sweep: bool = False) -> Summary | None:
+    """Notebook cell body: show the comparisons (and the conclusion), or why they are absent."""
+    if tables is None:
+        plots.display_markdown("*Statistics: absent (no tables, see above).*")
+        return None
+    try:
+        summary = stats.summarize(tables, threshold)
+    except SmearlensError as e:
+        plots.display_markdown(f"**Statistics absent:** {e}.")
+        return None
+    shown = summary
+    if claims is not None:
+        keep = summary.comparisons["claim"].isin(list(claims)) if len(summary.comparisons) else []
+        shown = Summary(summary.per_seed, summary.comparisons[keep], summary.thresholds, summary.verdict, threshold)
+    parts = [f"**Conclusion:** {summary.verdict}", "", statistics_markdown(shown)]
+    if sweep:
+        parts += ["", "Previous-token heads at each threshold:", "", thresholds_markdown(summary.thresholds)]
+    parts += ["", "Per-seed values:", "", per_seed_markdown(summary.per_seed)]
+    plots.display_markdown("\n".join(parts))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+
+
+def find_configs(tables: Tables, runs_dir: str | Path | None = None) -> dict[str, dict]:
+    """Each run's manifest (`run.json` in its run folder), for the runs in the heads table."""
+    runs_dir = Path(runs_dir) if runs_dir is not None else (tables.folder.parent if tables.folder else Path("."))
+    out = {}
+    for run in sorted(set(tables.heads["run"].astype(str))):
+        path = runs_dir / run / "run.json"
+        try:
+            out[run] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a missing manifest is reported as such below, not fatal
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def configs_markdown(configs: dict | None, runs: Sequence[str] = ()) -> str:
+    """Settings shared by every run once, then the settings that differ, run by run."""
+    if not configs:
+        return ("*No configs recorded: no `run.json` found in the run folders and none passed "
+                "(`write_report(configs=…)`).*")
+    if not all(isinstance(v, dict) for v in configs.values()):
+        configs = {"config": configs}
+    flat = {name: _flatten(c) for name, c in configs.items()}
+    keys = sorted(set().union(*flat.values()))
+    common = {k: flat[next(iter(flat))].get(k) for k in keys
+              if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat.values()}) == 1}
+    differing = [k for k in keys if k not in common]
+    parts = ["Shared by all runs:", "```json", json.dumps(common, indent=1, default=str), "```"]
+    if differing and len(flat) > 1:
+        parts += ["", "Differing between runs:", "",
+                  _md_table(["run"] + differing, [[n] + [json.dumps(f.get(k), default=str) for k in differing]
+                                                  for n, f in flat.items()])]
+    missing = [r for r in runs if r not in configs]
+    if missing and len(configs) > 1:
+        parts += ["", f"No `run.json` for: {', '.join(missing)}."]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebooks
+
+
+def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoints: str | Path | None = None,
+                  preset: str | None = None, threshold: float = DEFAULT_THRESHOLD,
+                  names: Sequence[str] = NOTEBOOKS, out_dir: str | Path | None = None) -> dict[str, Path | str]:
+    """Execute the notebooks headless (papermill) into `out_dir` (default figures_dir/notebooks).
+
+    Returns, per notebook, the executed copy or why it failed. The notebooks write their figures
+    into figures_dir under the same names the report uses.
+    """
+    try:
+        import papermill as pm
+    except ImportError:
+        raise AnalysisError("papermill is not installed (pip install -e '.[dev]'); run the report without "
+                            "--notebooks to draw the figures directly") from None
+    tables_dir, figures_dir = Path(tables_dir).resolve(), Path(figures_dir).resolve()
+    out_dir = Path(out_dir) if out_dir else figures_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
+    common = dict(figures_dir=str(figures_dir), preset=preset)
+    results: dict[str, Path | str] = {}
+    for name in names:
+        src = NOTEBOOKS_DIR / f"{name}.ipynb"
+        if not src.exists():
+            results[name] = f"{src} is missing"
+            continue
+        params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
+            dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
+        dest = out_dir / f"{name}.ipynb"
+        try:
+            pm.execute_notebook(str(src), str(dest), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                progress_bar=False, kernel_name="python3")
+            results[name] = dest
+        except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
+            results[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
+
+
+def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str | Path,
+                 commands: list[str] | None = None, configs: dict | None = None, *,
+                 preset: str | None = None, threshold: float = DEFAULT_THRESHOLD, notebooks: bool = False,
+                 runs_dir: str | Path | None = None, formats: Sequence[str] = ("png", "svg")) -> Path:
+    """Write the markdown report to `out_path` and return it.
+
+    `formats`: the files each figure is saved as (the first is embedded). Tables that cannot be
+    read raise AnalysisError. Tables that can be read but not analysed
+    together (presets mixed, …) still give a report, which says why its statistics are absent.
+    """
+    tables_dir, figures_dir, out_path = Path(tables_dir), Path(figures_dir), Path(out_path)
+    tables = stats.load_tables(tables_dir, runs_dir=runs_dir, preset=preset, validate=False)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = ["# Does the smear gate free up attention heads?", ""]
+    try:
+        tables.notes = stats.validate_tables(tables)
+    except AnalysisError as e:
+        presets = ", ".join(sorted(set(tables.heads["preset"].astype(str)))) if len(tables.heads) else "none"
+        body = head + [f"*Tables: `{tables_dir}` · presets: {presets} · written {now}*", "",
+                       "## No analysis", "", f"The statistics and figures are absent: {e}.", ""]
+        body += _provenance(commands, configs, tables, runs_dir)
+        atomic_write_text(out_path, "\n".join(body) + "\n")
+        return out_path
+
+    summary = stats.summarize(tables, threshold)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    executed: dict[str, Path | str] = {}
+    if notebooks:
+        started = time.time() - 1
+        executed = run_notebooks(tables_dir, figures_dir, checkpoints=runs_dir, preset=preset, threshold=threshold)
+        fresh = lambda p: p.exists() and p.stat().st_mtime >= started  # an old PNG from another run is not ours
+        drawn = {n: (figures_dir / f"{n}.png") if fresh(figures_dir / f"{n}.png") else
+                 "not drawn by the notebook (see the executed notebook for why)" for n in plots.FIGURES}
+    else:
+        drawn = plots.draw_all(tables, figures_dir, threshold, formats=formats)
+
+    seeds = {arm: tables.seeds(arm) for arm in ARMS}
+    final_steps = sorted(set(stats.final_rows(tables.heads)["step"]))
+    body = head + [
+        f"*Preset `{tables.preset}` · baseline seeds {', '.join(map(str, seeds['baseline'])) or 'none'} · smear seeds "
+        f"{', '.join(map(str, seeds['smear'])) or 'none'} · final step {', '.join(map(str, final_steps))} · "
+        f"previous-token threshold {threshold:g} · written {now}*", "",
+        "## Conclusion", "", summary.verdict, ""]
+    if tables.notes:
+        body += ["Limits of these data:", ""] + [f"- {n}" for n in tables.notes] + [""]
+    body += [
+        "A head's previous-token score is its mean attention from each token to the token just before it "
+        "(within a document); a head scoring ≥ the threshold is a *previous-token head*, and the total "
+        "previous-token mass is the sum of the scores over all heads. Heads count as *freed up* when the "
+        "smear arm has both fewer previous-token heads and less previous-token mass than the baseline, "
+        "significantly across seeds.", "",
+        "## Statistics", "", statistics_markdown(summary), "",
+        "### Previous-token heads at each threshold", "", thresholds_markdown(summary.thresholds), "",
+        "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",
+        "## Figures", ""]
+    for name, spec in plots.FIGURES.items():
+        got = drawn.get(name)
+        body += [f"### {spec.title}", ""]
+        if isinstance(got, Path):
+            body += [f"![{spec.title}]({_rel(got, out_path.parent)})", "", f"*{spec.caption}*", ""]
+        else:
+            body += [f"*Not drawn: {got}.*", ""]
+    body += ["## Smear gate at the last checkpoint", "", smear_markdown(tables), "", "## Runs", "",
+             _runs_markdown(tables), ""]
+    if executed:
+        body += ["## Notebooks", ""] + [f"- `{n}`: " + (f"[executed copy]({_rel(p, out_path.parent)})"
+                                                        if isinstance(p, Path) else f"failed — {p}")
+                                        for n, p in executed.items()] + [""]
+    body += _provenance(commands, configs, tables, runs_dir)
+    atomic_write_text(out_path, "\n".join(body) + "\n")
+    return out_path
+
+
+def _provenance(commands: list[str] | None, configs: dict | None, tables: Tables,
+                runs_dir: str | Path | None) -> list[str]:
+    out = ["## How these numbers were made", "", "Commands:", ""]
+    if commands:
+        out += ["```bash"] + list(commands) + ["```"]
+    else:
+        out += ["*Not recorded: pass `commands` to `write_report` or `--command` to `smearlens report`.*"]
+    files = []
+    for name in list(stats.TABLE_COLUMNS) + list(stats.RECORD_TABLES):
+        df = tables.get(name)
+        if df is not None:
+            files.append(f"`{name}` ({len(df):,} rows)")
+    out += ["", f"Tables from `{tables.folder}`: {', '.join(files)}.", "", "Configs:", ""]
+    runs = sorted(set(tables.heads["run"].astype(str)))
+    out += [configs_markdown(configs if configs is not None else find_configs(tables, runs_dir), runs), ""]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    figures = Path(args.figures)
+    out = Path(args.out) if args.out else figures / "report.md"
+    argv = sys.argv[1:] if sys.argv[1:2] == ["report"] else ["report"]
+    commands = list(args.commands) + [shlex.join(["smearlens"] + argv)]
+    path = write_report(args.tables, figures, out, commands=commands, preset=args.preset, threshold=args.threshold,
+                        notebooks=args.notebooks, runs_dir=args.checkpoints)
+    print(f"wrote {path}")
+
+
+def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `smearlens report` on the CLI's subparsers."""
+    p = subparsers.add_parser("report", help="write the markdown report: figures, statistics, commands, configs")
+    p.add_argument("--tables", default=str(DEFAULT_TABLES), help=f"analysis tables folder (default {DEFAULT_TABLES})")
+    p.add_argument("--figures", default=str(DEFAULT_FIGURES), help=f"figures folder (default {DEFAULT_FIGURES})")
+    p.add_argument("--out", help="report file (default FIGURES/report.md)")
+    p.add_argument("--notebooks", action="store_true",
+                   help="execute the notebooks (papermill) to draw the figures, keeping executed copies")
+    p.add_argument("--preset", help="analyse only this preset's runs when the tables hold several")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--checkpoints", help="folder of run folders, for record_*.parquet and run.json "
+                                         "(default: the parent of --tables)")
+    p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
+                   help="a command that produced the tables, listed in the report (repeatable)")
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `report` on its own (the smearlens CLI registers it via add_report_parser)."""
+    parser = argparse.ArgumentParser(prog="smearlens")
+    add_report_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except SmearlensError as e:
+        print(f"smearlens: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

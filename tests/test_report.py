@@ -1,0 +1,135 @@
+"""`smearlens report`: figures, statistics, verdict, commands and configs in one markdown file."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis import plots, report
+from fixtures.synthetic_tables import make_tables, write_tables
+from trainer.errors import AnalysisError
+
+
+@pytest.fixture(scope="module")
+def good_report(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("report")
+    tables = write_tables(root / "checkpoints" / "analysis")
+    out = report.write_report(tables, root / "figures", root / "reports" / "report.md",
+                              commands=["smearlens train-pair --preset tiny --seed 0", "smearlens report"])
+    return out, out.read_text()
+
+
+def test_report_embeds_every_figure_by_relative_path(good_report):
+    out, text = good_report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == len(plots.FIGURES)
+    for link in links:
+        assert link.startswith("../figures/")
+        path = out.parent / link
+        assert path.stat().st_size > 0 and path.with_suffix(".svg").stat().st_size > 0
+        with Image.open(path) as im:
+            assert im.size[0] > 100
+
+
+def test_report_states_the_verdict_and_the_statistics(good_report):
+    _, text = good_report
+    conclusion = text.split("## Conclusion", 1)[1].split("##", 1)[0]
+    assert "Heads are freed up" in conclusion
+    assert "| previous-token heads (score ≥ 0.4) | 2.00 | 0.00 | -2.00 | [-2.00, -2.00] |" in text
+    assert "95% CI (bootstrap)" in text and "Welch p" in text and "3 / 3 paired" in text
+    assert "### Previous-token heads at each threshold" in text and "| 0.80 |" in text
+    assert "| baseline | 0 | tiny-s0-baseline | 40 | 20,480 | 2.00 |" in text  # per-seed table
+    assert "| 0 | tiny-s0-smear | 40 |" in text  # smear λ per seed
+
+
+def test_report_lists_commands_and_configs(good_report):
+    _, text = good_report
+    prov = text.split("## How these numbers were made", 1)[1]
+    assert "```bash\nsmearlens train-pair --preset tiny --seed 0\nsmearlens report\n```" in prov
+    assert '"model_config.n_layers": 4' in prov  # shared settings, once
+    assert "| tiny-s0-smear | \"smear\" | true |" in prov  # what differs between runs
+    assert "`record_heads`" in prov
+
+
+def test_no_significant_difference_is_reported(tmp_path):
+    frames = make_tables(arms=("baseline",))
+    heads = frames["heads"]
+    smear = heads.assign(arm="smear", run=heads["run"].str.replace("baseline", "smear"))
+    folder = tmp_path / "analysis"
+    folder.mkdir()
+    pd.concat([heads, smear]).to_parquet(folder / "heads.parquet")
+    text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", formats=("png",)).read_text()
+    assert "The numbers do not show heads freed up" in text and "no significant difference (p=1" in text
+    assert "Commands:\n\n*Not recorded" in text
+    assert "*Not drawn: no smear table" in text  # the smear figures say why they are absent
+
+
+@pytest.fixture
+def no_drawing(monkeypatch):
+    """Skip drawing where a test checks only the text (figures are checked above and in test_notebooks)."""
+    monkeypatch.setattr(report.plots, "draw_all", lambda tables, folder, *a, **k: {n: "skipped" for n in plots.FIGURES})
+
+
+def test_one_seed_report_says_why_statistics_are_absent(tmp_path, no_drawing):
+    folder = write_tables(tmp_path / "ck" / "analysis", seeds=(0,))
+    text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", formats=("png",)).read_text()
+    assert "Cannot decide whether heads are freed up" in text
+    assert "absent: fewer than 2 seeds per arm (baseline 1, smear 1)" in text
+    assert "- the baseline arm has 1 seed (0): no significance test" in text
+
+
+def test_mixed_presets_give_a_report_without_statistics(tmp_path):
+    folder = tmp_path / "analysis"
+    folder.mkdir()
+    pd.concat([make_tables(preset="tiny")["heads"], make_tables(preset="cpu-small")["heads"]]) \
+        .to_parquet(folder / "heads.parquet")
+    text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", commands=["x"]).read_text()
+    assert "## No analysis" in text and "mix runs of different presets" in text
+    assert "## Statistics" not in text and "```bash\nx\n```" in text
+    assert not (tmp_path / "figs").exists()
+
+
+def test_unreadable_tables_raise(tmp_path):
+    with pytest.raises(AnalysisError, match="no such tables folder"):
+        report.write_report(tmp_path / "nope", tmp_path / "f", tmp_path / "r.md")
+
+
+def test_notebooks_flag_uses_the_notebooks(tmp_path, monkeypatch):
+    folder = write_tables(tmp_path / "ck" / "analysis")
+    calls = []
+
+    def fake_run(tables_dir, figures_dir, **kw):  # executing notebooks is tested in test_notebooks
+        calls.append(kw)
+        (Path(figures_dir) / "notebooks").mkdir(parents=True, exist_ok=True)
+        plots.draw_all(report.stats.load_tables(tables_dir), figures_dir, names=["prev_token_heatmaps"],
+                       formats=("png",))
+        return {"01_previous_token_heads": Path(figures_dir) / "notebooks" / "01.ipynb", "02_smear_gate": "boom"}
+
+    monkeypatch.setattr(report, "run_notebooks", fake_run)
+    text = report.write_report(folder, tmp_path / "figs", tmp_path / "figs" / "report.md", notebooks=True,
+                               threshold=0.3).read_text()
+    assert calls and calls[0]["threshold"] == 0.3
+    assert "![Previous-token score per head](prev_token_heatmaps.png)" in text
+    assert "not drawn by the notebook" in text
+    assert "[executed copy](notebooks/01.ipynb)" in text and "failed — boom" in text
+
+
+def test_cli_writes_the_report(tmp_path, capsys, no_drawing):
+    folder = write_tables(tmp_path / "ck" / "analysis", seeds=(0, 1))
+    parser = argparse.ArgumentParser(prog="smearlens")
+    report.add_report_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", "--tables", str(folder), "--figures", str(tmp_path / "figs"),
+                              "--command", "smearlens train-pair --preset tiny --seed 0", "--threshold", "0.5"])
+    assert args.command == "report"  # --command does not clobber the subcommand's dest
+    args.func(args)
+    out = tmp_path / "figs" / "report.md"
+    assert f"wrote {out}" in capsys.readouterr().out
+    text = out.read_text()
+    assert "previous-token threshold 0.5" in text and "smearlens train-pair --preset tiny --seed 0" in text
+    assert report.main(["report", "--tables", str(tmp_path / "nope")]) == 2
+    assert "smearlens: error:" in capsys.readouterr().err

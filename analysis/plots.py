@@ -680,7 +680,6 @@ def save(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("
         path = Path(folder) / f"{name}.{fmt}"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
-            tmp.chmod(0o644)  # mkstemp makes files private; figures are for sharing
         out.append(path)
     return out
 
@@ -846,8 +845,8 @@ def notebook_inspect(checkpoints: str | Path, text: str, inspect_text: Callable 
         return None  # the import cell said why
     try:
         runs = pick_runs(checkpoints, preset, seed)
-        if load_model is None:
-            from trainer.checkpoint import load_model  # torch: imported only when there is a model to load
+        if load_model is None:  # torch: imported only when there is a model to load
+            from analysis.loading import load_checkpoint_model as load_model  # attaches the run's tokenizer
         out = {}
         for arm in ARMS:
             if arm not in runs:

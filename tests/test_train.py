@@ -113,17 +113,31 @@ def test_checkpoint_with_mismatched_tensors_is_refused(tiny_data, tmp_path):
 
 
 def test_two_rank_gloo_step_equals_one_process(tiny_data, tmp_path):
-    common = ["--preset", "tiny", "--arm", "smear", "--data", str(tiny_data), "--steps", "3",
+    common = ["--preset", "tiny", "--arm", "smear", "--data", str(tiny_data), "--steps", "2", "--record-every", "0",
               "--set", "n_checkpoints=1", "--set", "val_every=0", "--set", "val_tokens=2048"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", "29533",
                     "-m", "trainer.cli", "train", *common, "--out", str(tmp_path / "two")],
                    check=True, cwd=REPO, env=env, capture_output=True)
     assert cli_main(["train", *common, "--out", str(tmp_path / "one")]) == 0
-    a, b = final_weights(tmp_path / "one" / "tiny-s0-smear"), final_weights(tmp_path / "two" / "tiny-s0-smear")
-    for name in a:  # gradients summed in another order, then orthogonalised in bf16 (Muon): float noise only
-        torch.testing.assert_close(a[name], b[name], atol=2e-4, rtol=1e-3, msg=name)
+    from trainer.model import GPT
 
+    start = GPT(tiny_run(tiny_data).model, seed=0).state_dict()
+    one, two = final_weights(tmp_path / "one" / "tiny-s0-smear"), final_weights(tmp_path / "two" / "tiny-s0-smear")
+    for name, w0 in start.items():
+        # gradients summed in another order differ by float rounding, which Muon's bf16 Newton–Schulz
+        # can round to the next bf16 value: compare the updates, to 2% of their size
+        d1, d2 = (one[name] - w0).double(), (two[name] - w0).double()
+        if name == "scalars":
+            # Many scalar gradients start near 1e-10, below Adam's eps (1e-8): such an element moves
+            # by a small fraction of the lr (0.04), in proportion to a gradient that is mostly
+            # rounding noise. Elements that really move must agree; the noise floor only stays small.
+            lr = 0.008 * 5
+            moving = d1.abs() >= 0.1 * lr
+            torch.testing.assert_close(d2[moving], d1[moving], rtol=0.02, atol=1e-6)
+            assert (d1 - d2)[~moving].abs().max() <= 0.1 * lr
+        else:
+            assert (d1 - d2).norm() <= 0.02 * d1.norm() + 1e-7, (name, float((d1 - d2).norm() / d1.norm()))
 
 @pytest.mark.parametrize(
     "argv, message",

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from trainer import checkpoint as ckpt
 from trainer.config import ModelConfig, TrainConfig, get_preset, replace, to_dict
-from trainer.errors import CheckpointError, ConfigError, DataError
+from trainer.errors import CheckpointError, ConfigError, DataError, one_line
 from trainer.io import atomic_write_text
 from trainer.model import GPT
 from trainer.optim import window_blocks
@@ -125,11 +125,11 @@ def read_record_file(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         needs = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it needs {needs.group(1)}" if needs else ckpt.first_line(e)
+        what = f"it needs {needs.group(1)}" if needs else one_line(e)
         raise CheckpointError(f"{path}: refused: loading it would run code ({what}); record checkpoints hold only "
                               f"tensors and plain containers (read with torch.load(weights_only=True))") from None
     except Exception as e:  # a damaged archive fails in many ways inside torch; all mean the same here
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({ckpt.first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({one_line(e)})") from None
     return obj
 
 
@@ -154,7 +154,8 @@ def record_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
 
 
 def _names(names: list[str]) -> str:
-    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    # repr, not the raw name: a damaged file's key may hold a newline or other control characters
+    return ", ".join(repr(n)[1:-1] for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def check_record_state_dict(sd: dict[str, Tensor], model: GPT, source: str, world_size: int | None) -> None:

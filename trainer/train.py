@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from trainer import checkpoint as ckpt
 from trainer.config import ModelConfig, Preset, TrainConfig, from_dict, replace, to_dict
 from trainer.data import BatchLoader, load_split, validation_batches
-from trainer.errors import ConfigError, SmearlensError
+from trainer.errors import ConfigError, DataError, SmearlensError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import keep_freed_memory
@@ -274,6 +274,8 @@ def write_log(run_dir: Path, log: list[dict]) -> None:
 def data_tokenizer(data: str | Path) -> Tokenizer:
     """The tokenizer saved beside the shards; folders of bare FineWeb shards are GPT-2."""
     folder = Path(data) if Path(data).is_dir() else Path(data).parent
+    if not folder.is_dir():
+        raise DataError(f"--data {data}: no such data folder (make one with `smearlens data`)")
     if not (folder / "tokenizer.json").exists() and any(folder.glob("*.bin")):
         return gpt2_tokenizer()
     return Tokenizer.load(folder)

@@ -91,7 +91,7 @@ def run(kills: int, steps: int, seed: int, workdir: Path) -> tuple[int, int, boo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=150)  # ~4 steps pass between kills: room for 20+
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="smearlens-faults-"))

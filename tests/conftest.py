@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.corpus import build_dataset, embedded_corpus_path, split_gutenberg
 
@@ -19,3 +20,13 @@ def tiny_data(tmp_path_factory) -> Path:
     out = root / "data"
     build_dataset(out, [str(text)], tokenizer="bpe", vocab_size=512, val_fraction=0.1)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second thread costs more in synchronisation than it saves (and much more when the
+    machine is busy), so modules that ask for this run single-threaded and restore the setting after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

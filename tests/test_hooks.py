@@ -31,14 +31,7 @@ def trained(tmp_path_factory, tiny_data):
     return load_checkpoint_model(root / run.name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second thread costs more in synchronisation than it saves (and much more when the
-    machine is busy), so these tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(tokenizer=None, **changes):

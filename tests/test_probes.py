@@ -20,14 +20,7 @@ def one_doc(T=T, B=1):
     return torch.zeros(B, T, dtype=torch.long)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second thread costs more in synchronisation than it saves (and much more when the
-    machine is busy), so these tests run single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def previous_token_pattern(T=T):

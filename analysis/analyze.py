@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from analysis import probes
 from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, validation_tokens
 from analysis.recorder import head_rows, smear_row
+from analysis.schema import TABLE_COLUMNS
 from trainer import checkpoint as ckpt
 from trainer.data import validation_batches
 from trainer.errors import AnalysisError
@@ -54,13 +55,7 @@ DEFAULT_ABLATION_TOKENS = 4096
 SETTINGS_FILE = "analysis.json"
 PATTERN_BUDGET = 2**26  # numbers in one layer's (B, H, T, T) pattern: sets the rows per forward
 METRICS = (*probes.HEAD_METRICS, "smear")  # "smear" stands for the three smear tables
-RUN = ["run", "preset", "arm", "seed", "step"]
-COLUMNS = {
-    "heads": RUN + ["tokens", "layer", "head", "metric", "value"],
-    "smear": RUN + ["tokens", "lambda", "gate_mean", "coef_mean", "coef_std", "coef_p05", "coef_p50", "coef_p95"],
-    "smear_vocab": RUN + ["token_id", "text", "gate", "coefficient"],
-    "smear_tokens": RUN + ["sample", "position", "token_id", "text", "prev_token_id", "prev_text", "gate", "coefficient"],
-}
+COLUMNS = TABLE_COLUMNS
 
 
 class Tables:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from analysis.schema import HEAD_METRICS, RUN_COLUMNS, TABLE_COLUMNS  # noqa: F401 (re-exported)
 from trainer.errors import AnalysisError, one_line
 
 ARMS = ("baseline", "smear")
@@ -31,17 +32,6 @@ ALPHA = 0.05
 N_BOOT = 10_000
 BOOT_SEED = 0  # fixed so a report is reproducible to the digit
 
-HEAD_METRICS = ("prev_token", "induction", "duplicate_token", "entropy", "distance", "bos",
-                "ablation_zero", "ablation_mean")
-RUN_COLUMNS = ["run", "preset", "arm", "seed", "step", "tokens"]
-TABLE_COLUMNS: dict[str, list[str]] = {
-    "heads": RUN_COLUMNS + ["layer", "head", "metric", "value"],
-    "smear": RUN_COLUMNS + ["lambda", "gate_mean", "coef_mean", "coef_std", "coef_p05", "coef_p50", "coef_p95"],
-    # the per-token tables carry no `tokens` column (last checkpoint of each smear run only)
-    "smear_vocab": RUN_COLUMNS[:5] + ["token_id", "text", "gate", "coefficient"],
-    "smear_tokens": RUN_COLUMNS[:5] + ["sample", "position", "token_id", "text", "prev_token_id", "prev_text",
-                                       "gate", "coefficient"],
-}
 RECORD_TABLES = {"record_heads": "heads", "record_smear": "smear"}  # written per run folder during training
 
 # Each claim: the per-seed column, what it means, and the format of its numbers.

@@ -241,3 +241,9 @@ def test_recorder_settings():
     assert make_recorder(7).every == 7
     with pytest.raises(ConfigError, match="every=0"):
         Recorder(every=0)
+
+
+def test_probes_compute_exactly_the_schema_metrics():
+    from analysis import schema
+
+    assert P.HEAD_METRICS == schema.HEAD_METRICS

@@ -1,0 +1,14 @@
+"""The tidy tables' columns: one definition for the analysis that writes them and the statistics,
+plots and notebooks that read them (torch-free, so notebooks import it cheaply)."""
+
+HEAD_METRICS = ("prev_token", "entropy", "distance", "bos", "induction", "duplicate_token",
+                "ablation_zero", "ablation_mean")
+RUN_COLUMNS = ["run", "preset", "arm", "seed", "step", "tokens"]
+TABLE_COLUMNS: dict[str, list[str]] = {
+    "heads": RUN_COLUMNS + ["layer", "head", "metric", "value"],
+    "smear": RUN_COLUMNS + ["lambda", "gate_mean", "coef_mean", "coef_std", "coef_p05", "coef_p50", "coef_p95"],
+    # the per-token tables carry no `tokens` column (last checkpoint of each smear run only)
+    "smear_vocab": RUN_COLUMNS[:5] + ["token_id", "text", "gate", "coefficient"],
+    "smear_tokens": RUN_COLUMNS[:5] + ["sample", "position", "token_id", "text", "prev_token_id", "prev_text",
+                                       "gate", "coefficient"],
+}

@@ -24,6 +24,8 @@ from trainer.corpus import build_dataset
 from trainer.errors import SmearlensError
 
 DEMO_PRESET = "cpu-small"
+# a recorder probe (4,096 tokens) costs about one 1,024-token cpu-small step: every 50 steps ≈ 2%
+RECORD_EVERY = 50
 STEP = re.compile(rb"(\d+)/(\d+) \[")
 
 
@@ -86,7 +88,8 @@ def train_all(preset: str, seeds: list[int], data: Path, out: Path, steps: int, 
 
 def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None, out: str | Path = "checkpoints",
              figures: str | Path = "figures", jobs: int = 2, notebooks: bool = True, extra: list[str] | None = None) -> Path:
-    from analysis.analyze import analyze
+    from analysis.analyze import METRICS, analyze
+    from analysis.probes import ABLATIONS
     from analysis.report import write_report
 
     start = time.perf_counter()
@@ -97,11 +100,14 @@ def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None
     print(f"[1/4] data: {data}", flush=True)
     build_dataset(data, None, tokenizer=p.tokenizer, vocab_size=p.bpe_vocab)
     print(f"[2/4] training {preset}: arms smear and baseline × seeds 0..{seeds - 1}, {steps} steps each", flush=True)
-    train_all(preset, list(range(seeds)), data, out, steps, list(extra or []), jobs)
+    train_all(preset, list(range(seeds)), data, out, steps, ["--record-every", str(RECORD_EVERY), *(extra or [])], jobs)
     runs = [out / run_name(preset, s, arm) for s in range(seeds) for arm in ("baseline", "smear")]
     tables = out / "analysis"
     print(f"[3/4] analysis → {tables}", flush=True)
-    analyze(runs, out=tables)
+    # the ablations (21 forwards a checkpoint, 80% of the analysis) only feed final-step figures
+    ablations = list(ABLATIONS)
+    analyze(runs, out=tables, metrics=[m for m in METRICS if m not in ablations])
+    analyze([ckpt.complete_checkpoints(run)[-1] for run in runs], out=tables, metrics=ablations)
     print(f"[4/4] notebooks, figures and report → {figures}", flush=True)
     command = f"smearlens demo --preset {preset} --seeds {seeds} --steps {steps}"
     report = write_report(tables, figures, figures / "report.md", commands=[command], preset=preset,

@@ -114,7 +114,12 @@ def test_checkpoint_with_mismatched_tensors_is_refused(tiny_data, tmp_path):
 
 def test_two_rank_gloo_step_equals_one_process(tiny_data, tmp_path):
     common = ["--preset", "tiny", "--arm", "smear", "--data", str(tiny_data), "--steps", "2", "--record-every", "0",
-              "--set", "n_checkpoints=1", "--set", "val_every=0", "--set", "val_tokens=2048"]
+              "--set", "n_checkpoints=1", "--set", "val_every=0", "--set", "val_tokens=2048",
+              # At step 2 most scalars sit where RMSNorm makes their true gradient exactly 0 (blocks still
+              # output zeros), so their gradient is float noise (~1e-7 in sum units) that Adam would
+              # blow up to a full lr step of random sign; an eps above that noise keeps the comparison
+              # about the gradient sync.
+              "--set", "adam_eps=1e-4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", "29533",
                     "-m", "trainer.cli", "train", *common, "--out", str(tmp_path / "two")],
@@ -128,16 +133,7 @@ def test_two_rank_gloo_step_equals_one_process(tiny_data, tmp_path):
         # gradients summed in another order differ by float rounding, which Muon's bf16 Newton–Schulz
         # can round to the next bf16 value: compare the updates, to 2% of their size
         d1, d2 = (one[name] - w0).double(), (two[name] - w0).double()
-        if name == "scalars":
-            # Many scalar gradients start near 1e-10, below Adam's eps (1e-8): such an element moves
-            # by a small fraction of the lr (0.04), in proportion to a gradient that is mostly
-            # rounding noise. Elements that really move must agree; the noise floor only stays small.
-            lr = 0.008 * 5
-            moving = d1.abs() >= 0.1 * lr
-            torch.testing.assert_close(d2[moving], d1[moving], rtol=0.02, atol=1e-6)
-            assert (d1 - d2)[~moving].abs().max() <= 0.1 * lr
-        else:
-            assert (d1 - d2).norm() <= 0.02 * d1.norm() + 1e-7, (name, float((d1 - d2).norm() / d1.norm()))
+        assert (d1 - d2).norm() <= 0.02 * d1.norm() + 1e-7, (name, float((d1 - d2).norm() / d1.norm()))
 
 @pytest.mark.parametrize(
     "argv, message",

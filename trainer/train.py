@@ -227,7 +227,10 @@ def train(
         inputs, targets = loader.next_batch()
         with autocast:
             loss = step_model(inputs.to(dev), targets.to(dev), return_type="loss")
-        loss.backward()
+        # Gradients of the *sum* over the step's tokens, as the record's per-rank sum (times its world
+        # size, so any number of ranks gives the same step): the scale keeps rare tokens' embedding
+        # gradients and the scalars' well above Adam's eps. Muon is scale-free.
+        (loss * tokens_per_step).backward()
         loss = loss.detach().view(1)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         all_reduce_mean_(grads + [loss])

@@ -160,6 +160,21 @@ def test_yarn_extends_on_window_growth_only():
         model.set_windows(3)
 
 
+def test_yarn_keeps_the_records_fast_frequencies_at_any_block_size():
+    # the record keeps frequencies that turn ≥ 32 times over a window of 128-token blocks; a small
+    # preset's shorter blocks must not make YaRN stretch the previous-token frequency (1 rad/token)
+    small = GPT(get_preset("tiny").model)
+    record_blocks = GPT(replace(get_preset("tiny").model, block_size=128))
+    freq0 = small.yarn.angular_freq.clone()
+    for model in (small, record_blocks):
+        model.set_windows(3)
+        model.set_windows(7)
+        model.set_windows(11)
+    torch.testing.assert_close(small.yarn.angular_freq, record_blocks.yarn.angular_freq, rtol=0, atol=0)
+    assert small.yarn.angular_freq[0] == freq0[0] == 1.0
+    assert (small.yarn.angular_freq[1:] <= freq0[1:]).all()
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

@@ -51,15 +51,17 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+RECORD_BLOCK_SIZE = 128  # tokens per window block in the record
+
+
 class Yarn(nn.Module):
     """Half-truncated rotary frequencies and the attention scale, both stretched (YaRN) as windows grow.
 
     Both are persistent buffers, so a checkpoint carries the state it was trained (or validated) in.
     """
 
-    def __init__(self, d_head: int, block_size: int, attn_scale: float):
+    def __init__(self, d_head: int, attn_scale: float):
         super().__init__()
-        self.block_size = block_size
         self.base_attn_scale = attn_scale
         self.register_buffer("angular_freq", torch.zeros(d_head // 2))
         self.register_buffer("attn_scale", torch.zeros(()))
@@ -74,8 +76,14 @@ class Yarn(nn.Module):
 
     @torch.no_grad()
     def extend(self, old_window: int, new_window: int, alpha: float = 1.0, beta: float = 32.0) -> None:
-        """Stretch low frequencies from `old_window` to `new_window` blocks; sharpen the scale to match."""
-        rotations = self.block_size * old_window * self.angular_freq / (2 * math.pi)
+        """Stretch low frequencies from `old_window` to `new_window` blocks; sharpen the scale to match.
+
+        A frequency making ≥ beta turns over the old window is kept, < alpha fully stretched. The
+        thresholds count turns over a window of the record's 128-token blocks: with smaller blocks,
+        counting over our shorter windows would stretch even the fastest frequency (the previous-token
+        signal), which the record never touches; this way the same frequencies are kept at any size.
+        """
+        rotations = RECORD_BLOCK_SIZE * old_window * self.angular_freq / (2 * math.pi)
         ratio = old_window / new_window
         keep = ((rotations - alpha) / (beta - alpha)).clamp(0, 1)  # fast frequencies are kept as they are
         self.angular_freq.mul_(ratio + keep * (1 - ratio))
@@ -284,7 +292,7 @@ class GPT(HookedRootModule):
         self.embed = nn.Embedding(V, d)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, d) for _ in range(config.n_value_embeds))
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.yarn = Yarn(config.d_head, config.block_size, config.attn_scale)
+        self.yarn = Yarn(config.d_head, config.attn_scale)
         self.lm_head = nn.Linear(d, V, bias=False)
         self.scalars = nn.Parameter(torch.empty(config.n_scalars))
         self.smear_gate = nn.Linear(GATE_DIM, 1, bias=False) if config.smear else None

@@ -332,8 +332,11 @@ def vocab_extremes(smear_vocab: pd.DataFrame, k: int = 15) -> Figure:
     for ax, part, title in ((axes[0], bottom, f"lowest {k}"), (axes[1], top, f"highest {k}")):
         y = np.arange(len(part))
         err = np.vstack([part["coefficient"] - part["lo"], part["hi"] - part["coefficient"]]) if n_seeds > 1 else None
-        ax.barh(y, part["coefficient"], xerr=err, color=ARM_COLORS["smear"], alpha=0.85,
-                error_kw=dict(lw=0.8, capsize=2))
+        bars = ax.barh(y, part["coefficient"], xerr=err, color=ARM_COLORS["smear"], alpha=0.85,
+                       error_kw=dict(lw=0.8, capsize=2))
+        # the value beside each bar: a gate shut to 0 draws no bar at all
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in part["coefficient"]], padding=3, fontsize=7, color="0.3")
+        ax.margins(x=0.12)  # room for the labels
         ax.set_yticks(y, [display_token(t) for t in part["text"]], family="monospace", fontsize=9)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)

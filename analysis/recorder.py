@@ -29,8 +29,9 @@ from trainer.io import atomic_path
 from trainer.model import GPT
 
 HEADS_FILE, SMEAR_FILE = "record_heads.parquet", "record_smear.parquet"
-# cpu-small at one thread: a probe of 4,096 tokens takes about a quarter of a training step, so every
-# 25 steps it adds ~1% to the step time (`python benchmarks/probe_benchmark.py --recorder`).
+# A probe of 4,096 tokens costs about as much as training on 1,000 (at one thread, cpu-small), so
+# every 25 steps of 4,096 tokens adds ~1% (`python benchmarks/probe_benchmark.py --recorder`);
+# the demo's 1,024-token steps record every 50.
 DEFAULT_EVERY = 25
 PROBE_TOKENS = 4096
 

@@ -1,6 +1,6 @@
 """Training benchmark: matmul peak, tokens/s and MFU, the smear's cost, and kernel time per step.
 
-    python benchmarks/train_benchmark.py [--preset cpu-small] [--steps N] [--reps R]
+    python benchmarks/train_benchmark.py [--preset cpu-small] [--batch-size B] [--steps N] [--reps R]
 
 1. The matmul peak of this machine (torch.mm on square matrices, torch's default threads), in
    fp32 (what the trainer computes in on CPU) and bf16 (for reference), best GFLOP/s; and what the
@@ -28,6 +28,7 @@ many times slower (measured here 0.42 s → 12-19 s; OMP_WAIT_POLICY=PASSIVE or 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -225,13 +226,21 @@ class Arm(Blocks):
         return block
 
 
+def bench_preset(args):
+    """The preset, with --batch-size rows a step when given."""
+    preset = get_preset(args.preset)
+    if args.batch_size:
+        preset = dataclasses.replace(preset, train=replace(preset.train, batch_size=args.batch_size))
+    return preset
+
+
 def child_main(args) -> None:
     """The no-mallopt arm: the smear model without keep_freed_memory(), stepped on request.
 
     Protocol on stdin/stdout, one JSON line each: "ready" after warm-up, then a block's result
     for every "run N" line, until "quit" or EOF.
     """
-    preset = get_preset(args.preset)
+    preset = bench_preset(args)
     tokens = random_bos_tokens(preset.model.vocab_size, preset.model.bos_id, args.data_tokens)
     arm = Arm(preset, smear=True, tokens=tokens)
     arm.run(args.warmup, record=False)
@@ -247,6 +256,7 @@ class Child(Blocks):
     def __init__(self, args):
         cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--preset", args.preset,
                *(["--threads", str(args.threads)] if args.threads else []),
+               *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                "--warmup", str(args.warmup), "--data-tokens", str(args.data_tokens)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = self._read()
@@ -295,6 +305,7 @@ def steps_of(runner, reps: list[int] | None = None) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu-small", choices=list(PRESETS))
+    ap.add_argument("--batch-size", type=int, default=None, help="rows a step (default: the preset's)")
     ap.add_argument("--steps", type=int, default=24, help="timed steps per arm, split over the repetitions")
     ap.add_argument("--reps", type=int, default=24, help="interleaved repetitions (arm order rotates)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, all cores)")
@@ -317,7 +328,7 @@ def main() -> None:
 
     tuned = keep_freed_memory()  # as trainer.train does, before anything is allocated
     t_start, waited = time.perf_counter(), 0.0
-    preset = get_preset(args.preset)
+    preset = bench_preset(args)
     reps = max(1, min(args.reps, args.steps))
     per_rep = max(1, args.steps // reps)
     print(f"smearlens training benchmark: preset {args.preset}, {per_rep} steps × {reps} reps per arm "

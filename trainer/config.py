@@ -164,10 +164,10 @@ PRESETS: dict[str, Preset] = {
     "cpu-small": Preset(
         _small(6, 128, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
                n_value_embeds=3, vocab_size=4096, bos_id=0),
-        # One epoch of the embedded corpus (1.6M tokens; a second one overfits: val loss 4.08 → 4.24).
-        # Measured, best baseline head at the final (validation-window) checkpoint, at about the same
-        # time (5–6 min a run): 32 rows × 400 steps 0.41 (seed 0), 8 × 1,600 0.43 (seed 2, the weakest
-        # of three before YaRN kept the fast frequencies; seed 0 was 0.35 vs 0.45 then).
+        # One epoch of the embedded corpus (1.6M tokens; a second overfits: val loss 4.08 → 4.24 by
+        # step 600 of 32 rows). More, smaller steps form clearer previous-token heads in the same time
+        # (5–6 min a run): best baseline head at the final checkpoint, seed 0, 32 rows × 400 steps 0.35,
+        # 8 × 1,600 0.45 (before YaRN kept the fast frequencies); reference demo, seeds 0–2: 0.50, 0.50, 0.44.
         TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
                     val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
         "CPU demo: 6 layers, d=128, 2 heads of 64, BPE-4096, 1k tokens a step, 1,600 steps",

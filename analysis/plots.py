@@ -233,8 +233,10 @@ def prev_heads_vs_threshold(heads: pd.DataFrame, thresholds: Sequence[float] = T
     return fig
 
 
-def prev_mass_over_training(heads: pd.DataFrame, record_heads: pd.DataFrame | None = None) -> Figure:
-    """Total previous-token mass over training per arm (band over seeds): checkpoints, and recorded steps if any."""
+def prev_mass_over_training(heads: pd.DataFrame, record_heads: pd.DataFrame | None = None,
+                            window_growth: Sequence[int] = ()) -> Figure:
+    """Total previous-token mass over training per arm (band over seeds): checkpoints, and recorded steps
+    if any; dotted verticals at `window_growth` (tokens), where the attention windows grow."""
     _need(heads[heads["metric"] == "prev_token"] if heads is not None else None, "prev_token rows in the heads table")
     sources = [("at checkpoints (analysis)", heads)]
     if record_heads is not None and len(record_heads):
@@ -246,6 +248,9 @@ def prev_mass_over_training(heads: pd.DataFrame, record_heads: pd.DataFrame | No
         mass = stats.prev_mass_over_steps(df)
         for arm in ARMS:
             _band(ax, mass, "prev_mass", arm)
+        lo, hi = mass["tokens"].min(), mass["tokens"].max()
+        for i, x in enumerate(t for t in window_growth if lo < t < hi):
+            ax.axvline(x, color="0.45", ls=":", lw=1, label="attention windows grow" if i == 0 else None)
         _token_axis(ax, mass["tokens"])
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -706,8 +711,9 @@ FIGURES: dict[str, FigureSpec] = {
         lambda t, th: prev_heads_vs_threshold(t.heads, threshold=th)),
     "prev_mass_over_training": FigureSpec(
         "Previous-token mass over training",
-        "Sum of previous-token scores over all heads, per arm (line: mean over seeds, band: min–max).",
-        lambda t, th: prev_mass_over_training(t.heads, t.get("record_heads"))),
+        "Sum of previous-token scores over all heads, per arm (line: mean over seeds, band: min–max; "
+        "dotted: the attention windows grow).",
+        lambda t, th: prev_mass_over_training(t.heads, t.get("record_heads"), stats.window_growth_tokens(t.configs))),
     "smear_lambda": FigureSpec(
         "Smear λ over training",
         "The learned smear scale λ per seed, and the effective coefficient on data (mean, 5–95% band).",

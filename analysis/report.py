@@ -147,19 +147,6 @@ def notebook_statistics(tables: Tables | None, threshold: float = DEFAULT_THRESH
 # Provenance
 
 
-def find_configs(tables: Tables, runs_dir: str | Path | None = None) -> dict[str, dict]:
-    """Each run's manifest (`run.json` in its run folder), for the runs in the heads table."""
-    runs_dir = Path(runs_dir) if runs_dir is not None else (tables.folder.parent if tables.folder else Path("."))
-    out = {}
-    for run in sorted(set(tables.heads["run"].astype(str))):
-        path = runs_dir / run / "run.json"
-        try:
-            out[run] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # a missing manifest is reported as such below, not fatal
-    return out
-
-
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -326,7 +313,7 @@ def _provenance(commands: list[str] | None, configs: dict | None, tables: Tables
             files.append(f"`{name}` ({len(df):,} rows)")
     out += ["", f"Tables from `{tables.folder}`: {', '.join(files)}.", "", "Configs:", ""]
     runs = sorted(set(tables.heads["run"].astype(str)))
-    out += [configs_markdown(configs if configs is not None else find_configs(tables, runs_dir), runs), ""]
+    out += [configs_markdown(configs if configs is not None else tables.configs, runs), ""]
     return out
 
 

@@ -11,6 +11,7 @@ parquet files. Tables that cannot be analysed raise `AnalysisError` with a messa
 
 from __future__ import annotations
 
+import json
 import math
 import unicodedata
 import warnings
@@ -23,7 +24,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from analysis.schema import HEAD_METRICS, RUN_COLUMNS, TABLE_COLUMNS  # noqa: F401 (re-exported)
-from trainer.errors import AnalysisError, one_line
+from trainer.config import TrainConfig, from_dict
+from trainer.errors import AnalysisError, ConfigError, one_line
+from trainer.optim import window_blocks
 
 ARMS = ("baseline", "smear")
 DEFAULT_THRESHOLD = 0.4
@@ -67,6 +70,7 @@ class Tables:
     record_smear: pd.DataFrame | None = None
     folder: Path | None = None
     notes: list[str] = field(default_factory=list)  # what validation found that limits the analysis
+    configs: dict[str, dict] = field(default_factory=dict)  # run -> its run.json, where found
 
     def get(self, name: str) -> pd.DataFrame | None:
         df = getattr(self, name)
@@ -97,6 +101,35 @@ def _read_parquet(path: Path, kind: str) -> pd.DataFrame:
         raise AnalysisError(f"{path}: the {kind} table lacks column(s) {', '.join(missing)} "
                             f"(expected {', '.join(TABLE_COLUMNS[kind])})")
     return df
+
+
+def read_manifests(runs: Iterable[str], runs_dir: Path) -> dict[str, dict]:
+    """Each run's manifest (`run.json` in its run folder under `runs_dir`); runs without one are left out."""
+    out = {}
+    for run in sorted(set(map(str, runs))):
+        try:
+            out[run] = json.loads((runs_dir / run / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # provenance is optional: the report says which runs lack it
+    return out
+
+
+def window_growth_tokens(configs: dict[str, dict]) -> list[int]:
+    """Training tokens after which the attention windows grow (YaRN), over the runs' manifests;
+    empty when no manifest has a readable train config."""
+    points: set[int] = set()
+    needed = {"steps", "batch_size", "seq_len", "ws_schedule"}  # no defaults: a partial config says nothing
+    for manifest in configs.values():
+        train = manifest.get("train_config") if isinstance(manifest, dict) else None
+        if not isinstance(train, dict) or not needed <= set(train):
+            continue
+        try:
+            cfg = from_dict(TrainConfig, train)
+        except (TypeError, ValueError, ConfigError):
+            continue
+        blocks = [window_blocks(step, cfg) for step in range(cfg.steps)]
+        points |= {step * cfg.batch_size * cfg.seq_len for step in range(1, cfg.steps) if blocks[step] != blocks[step - 1]}
+    return sorted(points)
 
 
 def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: str | None = None,
@@ -134,7 +167,7 @@ def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: 
             raise AnalysisError(f"{folder}: no runs of preset {preset!r} (the tables hold: {', '.join(available)})")
         frames = {k: (v[v["preset"].astype(str) == preset].reset_index(drop=True) if v is not None else None)
                   for k, v in frames.items()}
-    tables = Tables(**frames, folder=folder)
+    tables = Tables(**frames, folder=folder, configs=read_manifests(frames["heads"]["run"], runs_dir))
     if validate:
         tables.notes = validate_tables(tables)
     return tables

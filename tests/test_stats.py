@@ -148,6 +148,26 @@ def test_load_tables_reads_tables_and_records(tmp_path):
     assert t.get("record_smear") is not None
 
 
+def test_window_growth_follows_the_runs_schedule(tmp_path):
+    import json
+
+    from trainer.config import get_preset, replace, to_dict
+
+    # tiny: windows 3, 7, 11 blocks over thirds of 40 steps → they grow before steps 14 and 28 (of 8 × 64 tokens)
+    train = to_dict(replace(get_preset("tiny").train, steps=40))
+    configs = {"a": {"train_config": train}, "b": {"train_config": {"nonsense": 1}}, "c": {}}
+    assert stats.window_growth_tokens(configs) == [14 * 512, 28 * 512]
+    assert stats.window_growth_tokens({}) == []
+    # load_tables reads the manifests of the tables' runs from the run folders
+    assert stats.window_growth_tokens({"partial": {"train_config": dict(steps=40, batch_size=8)}}) == []
+    # load_tables reads the manifests of the tables' runs from the run folders beside the tables
+    folder = write_tables(tmp_path / "analysis")
+    runs = sorted(set(pd.read_parquet(folder / "heads.parquet")["run"]))
+    (tmp_path / runs[0] / "run.json").write_text(json.dumps({"train_config": train}))
+    t = stats.load_tables(folder)
+    assert sorted(t.configs) == runs and stats.window_growth_tokens(t.configs) == [7168, 14336]
+
+
 def test_mixed_presets_are_refused_with_the_runs_named(tmp_path):
     a = make_tables(preset="tiny")["heads"]
     b = make_tables(preset="cpu-small", seeds=(7,))["heads"]

@@ -218,9 +218,7 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
             data: str | None = None, device: str | None = None, csv: bool = False, progress: bool = True) -> dict[str, int]:
     """Evaluate every complete checkpoint of the runs in `paths` into the tables in `out`; returns
     the number of rows added to each table (all zero when everything was already done)."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise AnalysisError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    metrics = probes.check_metrics(metrics, METRICS)
     settings = Settings(tokens, ablation_tokens, seq_len, data).validate()
     out = Path(out)
     targets = resolve_targets(list(paths), skip=out)

@@ -18,9 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from trainer import checkpoint as ckpt
-from trainer.cli import default_data_dir
+from trainer.cli import default_data_dir, embedded_data
 from trainer.config import get_preset
-from trainer.corpus import build_dataset
 from trainer.errors import SmearlensError
 
 DEMO_PRESET = "cpu-small"
@@ -93,12 +92,10 @@ def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None
     from analysis.report import write_report
 
     start = time.perf_counter()
-    p = get_preset(preset)
-    steps = steps or p.train.steps
+    steps = steps or get_preset(preset).train.steps
     out, figures = Path(out), Path(figures)
-    data = default_data_dir(preset)
-    print(f"[1/4] data: {data}", flush=True)
-    build_dataset(data, None, tokenizer=p.tokenizer, vocab_size=p.bpe_vocab)
+    print(f"[1/4] data: {default_data_dir(preset)}", flush=True)
+    data = embedded_data(preset)
     print(f"[2/4] training {preset}: arms smear and baseline × seeds 0..{seeds - 1}, {steps} steps each", flush=True)
     train_all(preset, list(range(seeds)), data, out, steps, ["--record-every", str(RECORD_EVERY), *(extra or [])], jobs)
     runs = [out / run_name(preset, s, arm) for s in range(seeds) for arm in ("baseline", "smear")]

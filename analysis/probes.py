@@ -36,11 +36,12 @@ HEAD_METRICS = (*PATTERN_METRICS, *REPEAT_METRICS, *ABLATIONS)
 INDUCTION_PERIOD = 50  # length of the repeated random sequence (capped by the model's shortest window)
 
 
-def check_metrics(names: Iterable[str]) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(names))
-    for name in names:
-        if name not in HEAD_METRICS:
-            raise AnalysisError(f"unknown metric {name!r}; choose from {', '.join(HEAD_METRICS)}")
+def check_metrics(names: Iterable[str], known: Iterable[str] = HEAD_METRICS, kind: str = "") -> tuple[str, ...]:
+    """`names` without repeats; an unknown one is an AnalysisError that lists the `known` ones."""
+    names, known = tuple(dict.fromkeys(names)), tuple(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise AnalysisError(f"unknown {kind + ' ' if kind else ''}metric {unknown[0]!r}; choose from {', '.join(known)}")
     return names
 
 
@@ -88,25 +89,28 @@ def long_attn_impl(tokens: Tensor) -> str:
 # ---- attention on data ----------------------------------------------------------------------------
 
 
-def pattern_metrics(model: GPT, tokens: Tensor, metrics: Sequence[str] = tuple(PATTERN_METRICS)) -> dict[str, Tensor]:
-    """Per-head metrics of the attention patterns on `tokens` (B, T): name → (n_layers, n_heads).
-
-    Each pattern is reduced inside its hook, so memory holds one layer's (B, H, T, T) at a time."""
-    unknown = [m for m in metrics if m not in PATTERN_METRICS]
-    if unknown:
-        raise AnalysisError(f"unknown pattern metric {unknown[0]!r}; choose from {', '.join(PATTERN_METRICS)}")
-    tokens = _as_batch(model, tokens)
-    docs = M.document_ids(tokens, model.config.bos_id)
+def _reduce_patterns(model: GPT, tokens: Tensor, metrics: Sequence[str],
+                     score: Callable[[str, Tensor], Tensor]) -> dict[str, Tensor]:
+    """score(metric, pattern) for each attention layer's pattern on `tokens`, inside its hook (one
+    layer's (B, H, T, T) in memory at a time): metric → (n_layers, n_heads), NaN rows where no attention."""
     out = {m: absent(model) for m in metrics}
 
     def reduce(pattern: Tensor, hook, layer: int) -> None:
         for m in metrics:
-            out[m][layer] = PATTERN_METRICS[m](pattern, docs).cpu()
+            out[m][layer] = score(m, pattern).cpu()
 
     with evaluating(model):
         run_attention(model, tokens, [(f"blocks.{l}.attn.hook_pattern", partial(reduce, layer=l))
                                       for l in model.config.attn_layers()])
     return out
+
+
+def pattern_metrics(model: GPT, tokens: Tensor, metrics: Sequence[str] = tuple(PATTERN_METRICS)) -> dict[str, Tensor]:
+    """Per-head metrics of the attention patterns on `tokens` (B, T): name → (n_layers, n_heads)."""
+    metrics = check_metrics(metrics, PATTERN_METRICS, "pattern")
+    tokens = _as_batch(model, tokens)
+    docs = M.document_ids(tokens, model.config.bos_id)
+    return _reduce_patterns(model, tokens, metrics, lambda m, pattern: PATTERN_METRICS[m](pattern, docs))
 
 
 def data_pattern_metrics(model: GPT, batches: Iterable[Tensor], metrics: Sequence[str] = tuple(PATTERN_METRICS)) -> dict[str, Tensor]:
@@ -184,21 +188,10 @@ def repeated_tokens(vocab_size: int, bos_id: int, period: int, batch: int = 8, s
 def repeat_metrics(model: GPT, metrics: Sequence[str] = tuple(REPEAT_METRICS), period: int | None = None,
                    batch: int = 8, seed: int = 0) -> dict[str, Tensor]:
     """Induction and duplicate-token scores on repeated random tokens: name → (n_layers, n_heads)."""
-    unknown = [m for m in metrics if m not in REPEAT_METRICS]
-    if unknown:
-        raise AnalysisError(f"unknown repeat metric {unknown[0]!r}; choose from {', '.join(REPEAT_METRICS)}")
+    metrics = check_metrics(metrics, REPEAT_METRICS, "repeat")
     period = period or induction_period(model)
     tokens = _as_batch(model, repeated_tokens(model.config.vocab_size, model.config.bos_id, period, batch, seed))
-    out = {m: absent(model) for m in metrics}
-
-    def reduce(pattern: Tensor, hook, layer: int) -> None:
-        for m in metrics:
-            out[m][layer] = REPEAT_METRICS[m](pattern, period).cpu()
-
-    with evaluating(model):
-        run_attention(model, tokens, [(f"blocks.{l}.attn.hook_pattern", partial(reduce, layer=l))
-                                      for l in model.config.attn_layers()])
-    return out
+    return _reduce_patterns(model, tokens, metrics, lambda m, pattern: REPEAT_METRICS[m](pattern, period))
 
 
 # ---- ablation -------------------------------------------------------------------------------------

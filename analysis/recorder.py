@@ -16,6 +16,7 @@ restores train mode, so it does not change training.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -60,12 +61,8 @@ def probe_batch(data: str | Path, bos_id: int, vocab_size: int, seq_len: int, pr
     probe_tokens // seq_len of them, or as many as the split holds."""
     tokens = load_split(data, "val", vocab_size=vocab_size)
     T = min(seq_len, probe_tokens)
-    rows = []
-    for inputs, _ in validation_batches(tokens, bos_id, 1, T, max_doc_len=max_doc_len):
-        rows.append(inputs)
-        if len(rows) == max(1, probe_tokens // T):
-            break
-    return torch.cat(rows)
+    rows = itertools.islice(validation_batches(tokens, bos_id, 1, T, max_doc_len=max_doc_len), max(1, probe_tokens // T))
+    return torch.cat([inputs for inputs, _ in rows])
 
 
 class Recorder:

@@ -101,29 +101,23 @@ def _ckpt_copy(name: str) -> Path:
     return dst
 
 
+def _load_model(path: Path) -> None:
+    ckpt.load_model(path.parent)
+
+
+def _load_state(path: Path) -> None:
+    ckpt.load_train_state(path.parent)
+
+
+@pytest.mark.parametrize("part, load", [(ckpt.META_FILE, _load_model), (ckpt.MODEL_FILE, _load_model),
+                                        (ckpt.STATE_FILE, _load_state)], ids=["metadata", "weights", "resume_state"])
 @CASES
 @given(data=st.data())
-def test_checkpoint_metadata_loader(saved_checkpoint, data):
-    dst = _ckpt_copy("meta")
-    blob = data.draw(mutations((saved_checkpoint / ckpt.META_FILE).read_bytes()))
-    accepts_or_refuses(lambda p: ckpt.load_model(p.parent), dst / ckpt.META_FILE, blob)
-
-
-@CASES
-@given(data=st.data())
-def test_checkpoint_weights_loader(saved_checkpoint, data):
-    dst = _ckpt_copy("weights")
-    (dst / ckpt.META_FILE).write_bytes((saved_checkpoint / ckpt.META_FILE).read_bytes())
-    blob = data.draw(mutations((saved_checkpoint / ckpt.MODEL_FILE).read_bytes()))
-    accepts_or_refuses(lambda p: ckpt.load_model(p.parent), dst / ckpt.MODEL_FILE, blob)
-
-
-@CASES
-@given(data=st.data())
-def test_resume_state_loader(saved_checkpoint, data):
-    dst = _ckpt_copy("state")
-    blob = data.draw(mutations((saved_checkpoint / ckpt.STATE_FILE).read_bytes()))
-    accepts_or_refuses(lambda p: ckpt.load_train_state(p.parent), dst / ckpt.STATE_FILE, blob)
+def test_checkpoint_file_loader(saved_checkpoint, part, load, data):
+    """One file of a valid checkpoint mutated, the others intact."""
+    dst = _ckpt_copy(part)
+    blob = data.draw(mutations((saved_checkpoint / part).read_bytes()))
+    accepts_or_refuses(load, dst / part, blob)
 
 
 def test_wrong_tensor_shape_is_named(saved_checkpoint):

@@ -22,16 +22,19 @@ def default_data_dir(preset_name: str) -> Path:
     return DEFAULT_DATA_ROOT / f"bigtxt-{preset.tokenizer}{vocab}"
 
 
-def ensure_data(args: argparse.Namespace) -> Path:
-    """The data folder to train on: the one given, or the embedded corpus built for the preset."""
-    if args.data:
-        return Path(args.data)
+def embedded_data(preset_name: str) -> Path:
+    """The embedded corpus tokenised for the preset (built on first use; a built one is kept)."""
     from trainer.corpus import build_dataset
 
-    preset = get_preset(args.preset)
-    out = default_data_dir(args.preset)
+    preset = get_preset(preset_name)
+    out = default_data_dir(preset_name)
     build_dataset(out, None, tokenizer=preset.tokenizer, vocab_size=preset.bpe_vocab)
     return out
+
+
+def ensure_data(args: argparse.Namespace) -> Path:
+    """The data folder to train on: the one given, or the embedded corpus built for the preset."""
+    return Path(args.data) if args.data else embedded_data(args.preset)
 
 
 def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:

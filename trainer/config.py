@@ -49,6 +49,13 @@ class ModelConfig:
     def attn_layers(self) -> list[int]:
         return [i for i in range(self.n_layers) if i not in self.no_attn_layers]
 
+    def layer_windows(self, long_blocks: int, final_blocks: int) -> list[int]:
+        """Each layer's window in tokens: the long window, half of it, or (the last layer) its own."""
+        sizes = [(long_blocks if i in self.long_window_layers else long_blocks // 2) * self.block_size
+                 for i in range(self.n_layers)]
+        sizes[-1] = final_blocks * self.block_size
+        return sizes
+
     def value_embed_index(self, layer: int) -> int | None:
         """Which value embedding layer `layer` uses: 0,1,2 at the start, 0,1,2 at the end, none between."""
         k = self.n_value_embeds

@@ -356,15 +356,8 @@ class GPT(HookedRootModule):
         self.window_blocks.copy_(torch.tensor([long_blocks, final_blocks]))
 
     def layer_windows(self) -> list[int]:
-        """Window of each layer in tokens: long, half of it, or the last layer's own."""
-        cfg = self.config
-        long_blocks, final_blocks = (int(w) for w in self.window_blocks)
-        sizes = [
-            (long_blocks if i in cfg.long_window_layers else long_blocks // 2) * cfg.block_size
-            for i in range(cfg.n_layers)
-        ]
-        sizes[-1] = final_blocks * cfg.block_size
-        return sizes
+        """Window of each layer in tokens at the current window sizes (ModelConfig.layer_windows)."""
+        return self.config.layer_windows(*(int(w) for w in self.window_blocks))
 
     # ---- TransformerLens protocol ---------------------------------------------------------------
 

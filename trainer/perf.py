@@ -47,24 +47,22 @@ def model_flops_per_token(config: ModelConfig, seq_len: int, window_blocks: tupl
 
     Attention: a query that sees k keys costs 2·d_model·k FLOPs for Q·Kᵀ and 2·d_model·k for
     P·V forward, twice that backward: 12 · d_model · k. Layer l's window w_l (tokens, as
-    `GPT.layer_windows`) lets query i see min(i, w_l) + 1 keys, so with k̄_l their mean over
+    `ModelConfig.layer_windows`) lets query i see min(i, w_l) + 1 keys, so with k̄_l their mean over
     i = 0 … seq_len−1, C_eff = mean over attention layers of 2·k̄_l: the usual 6·L·d·T with the
     causal halving, where T becomes the window-limited context (C_eff = seq_len + 1 when every
     window covers the row). Windows are (long, final) blocks as in `GPT.set_windows`, by default
     the initial window; document masking is ignored (it depends on the data).
     """
     d = config.d_model
-    attn_layers = [i for i in range(config.n_layers) if i not in config.no_attn_layers]
+    attn_layers = config.attn_layers()
     n_mlp = sum(1 for i in range(config.n_layers) if i not in config.no_mlp_layers)
     n_matmul = (len(attn_layers) * (4 * d * d + GATE_DIM * config.n_heads) + n_mlp * 2 * config.mlp_ratio * d * d
                 + config.padded_vocab * d + (GATE_DIM if config.smear else 0))
 
-    long_blocks, final_blocks = window_blocks or (config.initial_window, config.initial_window)
+    windows = config.layer_windows(*(window_blocks or (config.initial_window, config.initial_window)))
     context = 0.0
     for i in attn_layers:
-        blocks = final_blocks if i == config.n_layers - 1 else (
-            long_blocks if i in config.long_window_layers else long_blocks // 2)
-        w = blocks * config.block_size
+        w = windows[i]
         m = min(w, seq_len - 1)  # queries 0..m see q + 1 keys, the rest w + 1
         keys = (m + 1) * (m + 2) // 2 + (seq_len - 1 - m) * (w + 1)  # = Σ_q min(q, w) + 1
         context += 2 * keys / seq_len

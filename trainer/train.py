@@ -235,7 +235,7 @@ def train(
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         all_reduce_mean_(grads + [loss])
         train_loss = loss.item()
-        finite = math.isfinite(train_loss) and bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum()))
+        finite = math.isfinite(train_loss) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         if finite:
             adam.step()
             muon.step()

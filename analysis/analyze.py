@@ -25,7 +25,6 @@ each checkpoint, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import dataclass
@@ -264,35 +263,5 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
     bar.close()
 
 
-def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `analyze` on the CLI's subparsers (trainer.cli wires it in)."""
-    p = subparsers.add_parser("analyze", help="probe every checkpoint of the named runs into tidy tables",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="+", metavar="RUN_OR_CHECKPOINT",
-                   help="run folders, checkpoints (step folders) or folders of run folders")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder for the tables (default: {DEFAULT_OUT})")
-    p.add_argument("--csv", action="store_true", help="also write each table as CSV")
-    p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="METRIC",
-                   help=f"any of: {', '.join(METRICS)} (default: all)")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
-                   help=f"validation tokens to probe on (default: {DEFAULT_TOKENS})")
-    p.add_argument("--ablation-tokens", type=int, default=DEFAULT_ABLATION_TOKENS,
-                   help=f"the first this many of them for the ablations (default: {DEFAULT_ABLATION_TOKENS})")
-    p.add_argument("--seq-len", type=int, help="tokens per row (default: the run's training row, cut to its longest document)")
-    p.add_argument("--data", help="data folder, when the one in the checkpoint metadata has moved")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_analyze)
-    return p
-
-
-def cmd_analyze(args: argparse.Namespace) -> None:
-    metrics = [m for item in args.metrics for m in item.split(",") if m]
-    added = analyze(args.paths, out=args.out, metrics=metrics, tokens=args.tokens,
-                    ablation_tokens=args.ablation_tokens, seq_len=args.seq_len,
-                    data=args.data, device=args.device, csv=args.csv, progress=not args.no_progress)
-    print(json.dumps({"out": str(args.out), "rows_added": added}))
-
-
-__all__ = ["analyze", "add_analyze_parser", "cmd_analyze", "Settings", "DEFAULT_OUT", "DEFAULT_TOKENS",
+__all__ = ["analyze", "Settings", "DEFAULT_OUT", "DEFAULT_TOKENS",
            "DEFAULT_ABLATION_TOKENS", "METRICS", "COLUMNS"]

@@ -8,12 +8,9 @@ a report never needs a Jupyter kernel; `--notebooks` executes the notebooks inst
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -315,53 +312,3 @@ def _provenance(commands: list[str] | None, configs: dict | None, tables: Tables
     runs = sorted(set(tables.heads["run"].astype(str)))
     out += [configs_markdown(configs if configs is not None else tables.configs, runs), ""]
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    figures = Path(args.figures)
-    out = Path(args.out) if args.out else figures / "report.md"
-    argv = sys.argv[1:] if sys.argv[1:2] == ["report"] else ["report"]
-    commands = list(args.commands) + [shlex.join(["smearlens"] + argv)]
-    path = write_report(args.tables, figures, out, commands=commands, preset=args.preset, threshold=args.threshold,
-                        notebooks=args.notebooks, runs_dir=args.checkpoints)
-    print(f"wrote {path}")
-
-
-def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `smearlens report` on the CLI's subparsers."""
-    p = subparsers.add_parser("report", help="write the markdown report: figures, statistics, commands, configs")
-    p.add_argument("--tables", default=str(DEFAULT_TABLES), help=f"analysis tables folder (default {DEFAULT_TABLES})")
-    p.add_argument("--figures", default=str(DEFAULT_FIGURES), help=f"figures folder (default {DEFAULT_FIGURES})")
-    p.add_argument("--out", help="report file (default FIGURES/report.md)")
-    p.add_argument("--notebooks", action="store_true",
-                   help="execute the notebooks (papermill) to draw the figures, keeping executed copies")
-    p.add_argument("--preset", help="analyse only this preset's runs when the tables hold several")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--checkpoints", help="folder of run folders, for record_*.parquet and run.json "
-                                         "(default: the parent of --tables)")
-    p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
-                   help="a command that produced the tables, listed in the report (repeatable)")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `report` on its own (the smearlens CLI registers it via add_report_parser)."""
-    parser = argparse.ArgumentParser(prog="smearlens")
-    add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except SmearlensError as e:
-        print(f"smearlens: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ from trainer.corpus import build_dataset, embedded_corpus_path, split_gutenberg 
 
 
 def train_cmd(data: Path, out: Path, steps: int, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "trainer.cli", "train", "--preset", "tiny", "--arm", "smear", "--data", str(data),
+    cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", "tiny", "--arm", "smear", "--data", str(data),
            "--out", str(out), "--run", "run", "--steps", str(steps), "--set", "checkpoint_every=1",
            "--set", "val_every=0", "--record-every", "5"]
     return cmd + (["--resume"] if resume else [])

@@ -134,7 +134,7 @@ class Timed:
 
 def recorder_overhead(steps: int, reps: int, every: int, threads: int | None) -> dict:
     from analysis.recorder import make_recorder
-    from trainer.cli import default_data_dir
+    from trainer.corpus import default_data_dir
     from trainer.corpus import build_dataset
     from trainer.train import make_run, train
 

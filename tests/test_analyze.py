@@ -1,6 +1,5 @@
 """`smearlens analyze` on a small trained pair, and the recorder that runs during training."""
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from analysis import probes as P
-from analysis.analyze import COLUMNS, add_analyze_parser, analyze, data_batches
+from analysis.analyze import COLUMNS, analyze, data_batches
+from commands.cli import build_parser
 from analysis.loading import load_checkpoint_model
 from analysis.recorder import HEADS_FILE, SMEAR_FILE, Recorder, make_recorder, probe_batch
 from trainer.checkpoint import complete_checkpoints
@@ -126,9 +126,7 @@ def test_rerun_fills_in_only_what_is_missing(pair, tables, tmp_path):
 
 def test_cli_subcommand_with_chosen_metrics(pair, tmp_path, capsys):
     root, runs = pair
-    parser = argparse.ArgumentParser(prog="smearlens")
-    add_analyze_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["analyze", str(runs["smear"]), "--out", str(tmp_path / "b"), "--tokens", str(TOKENS),
+    args = build_parser().parse_args(["analyze", str(runs["smear"]), "--out", str(tmp_path / "b"), "--tokens", str(TOKENS),
                               "--metrics", "prev_token,bos", "--no-progress"])
     args.func(args)
     report = json.loads(capsys.readouterr().out)

@@ -8,7 +8,6 @@ ones to a multiple of the world size.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
@@ -25,7 +24,8 @@ from trainer.checkpoint import load_model, read_meta
 from trainer.config import get_preset, replace
 from trainer.errors import CheckpointError, ConfigError, DataError
 from trainer.model import GPT
-from trainer.record import (add_record_parsers, export_record_state_dict, import_record, import_state_dict,
+from commands.cli import build_parser
+from trainer.record import (export_record_state_dict, import_record, import_state_dict,
                             receptive_field, record_parameter_table, record_state_dict, record_val_loss,
                             segment_spans)
 from trainer.shards import write_shard
@@ -287,9 +287,7 @@ def test_record_val_loss_bad_input(tiny_model):
 
 
 def run_cli(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="smearlens")
-    add_record_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = io.StringIO()
     with redirect_stdout(out):
         args.func(args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 from analysis import plots, report
+from commands.cli import build_parser, main as cli_main
 from fixtures.synthetic_tables import make_tables, write_tables
 from trainer.errors import AnalysisError
 
@@ -121,9 +121,7 @@ def test_notebooks_flag_uses_the_notebooks(tmp_path, monkeypatch):
 
 def test_cli_writes_the_report(tmp_path, capsys, no_drawing):
     folder = write_tables(tmp_path / "ck" / "analysis", seeds=(0, 1))
-    parser = argparse.ArgumentParser(prog="smearlens")
-    report.add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", "--tables", str(folder), "--figures", str(tmp_path / "figs"),
+    args = build_parser().parse_args(["report", "--tables", str(folder), "--figures", str(tmp_path / "figs"),
                               "--command", "smearlens train-pair --preset tiny --seed 0", "--threshold", "0.5"])
     assert args.command == "report"  # --command does not clobber the subcommand's dest
     args.func(args)
@@ -131,5 +129,5 @@ def test_cli_writes_the_report(tmp_path, capsys, no_drawing):
     assert f"wrote {out}" in capsys.readouterr().out
     text = out.read_text()
     assert "previous-token threshold 0.5" in text and "smearlens train-pair --preset tiny --seed 0" in text
-    assert report.main(["report", "--tables", str(tmp_path / "nope")]) == 2
+    assert cli_main(["report", "--tables", str(tmp_path / "nope")]) == 2
     assert "smearlens: error:" in capsys.readouterr().err

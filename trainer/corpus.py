@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from trainer.config import get_preset
 from trainer.errors import DataError
 from trainer.io import atomic_write_text
 from trainer.shards import read_shard, write_shard
@@ -216,3 +217,22 @@ def _complete(out: Path, meta: dict) -> bool:
                    for s in ("train", "val"))
     except (DataError, KeyError, TypeError):
         return False
+
+
+DEFAULT_DATA_ROOT = Path("data")
+
+
+def default_data_dir(preset_name: str) -> Path:
+    """Where the embedded corpus tokenised for a preset lives (`data/bigtxt-bpe4096/`, ...)."""
+    preset = get_preset(preset_name)
+    vocab = "" if preset.tokenizer == "gpt2" else str(preset.bpe_vocab)
+    return DEFAULT_DATA_ROOT / f"bigtxt-{preset.tokenizer}{vocab}"
+
+
+def embedded_data(preset_name: str) -> Path:
+    """The embedded corpus tokenised for the preset (built on first use; a built one is kept)."""
+    preset = get_preset(preset_name)
+    out = default_data_dir(preset_name)
+    build_dataset(out, None, tokenizer=preset.tokenizer, vocab_size=preset.bpe_vocab)
+    return out
+

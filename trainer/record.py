@@ -25,7 +25,6 @@ are found by BOS inside the row), the mean loss of each row, averaged over rows.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -423,50 +422,6 @@ def evaluate_checkpoint(path: str | Path, data: str | None = None, n_tokens: int
                 seconds=round(time.perf_counter() - t0, 3))
 
 
-# ---- command line ---------------------------------------------------------------------------------
-
-def cmd_import_record(args: argparse.Namespace) -> None:
-    out = import_record(args.path, args.out, world_size=args.world_size, seed=args.seed)
-    meta = ckpt.read_meta(out)
-    print(json.dumps(dict(checkpoint=str(out), arm=meta["arm"], step=meta["step"], windows=meta["windows"],
-                          source=meta["source"]["path"])))
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.tokens, args.row_tokens, args.device,
-                                         args.precision, args.segment_tokens)))
-
-
-def add_record_parsers(subparsers) -> None:
-    """Register `import-record` and `eval` on the CLI's subparsers (trainer.cli wires them in)."""
-    p = subparsers.add_parser("import-record", help="import a checkpoint saved by the speedrun record's train_gpt.py",
-                              description="Read a record checkpoint (torch.load weights_only=True: no code runs), "
-                                          "detect whether it has the smear, and write a smearlens checkpoint of "
-                                          f"the {RECORD_PRESET} preset in the record's final validation state.")
-    p.add_argument("path", help="the record's logs/<run_id>/state_step<step>.pt")
-    p.add_argument("--out", help="run folder to write (default: checkpoints/record-ARM-<folder of PATH>)")
-    p.add_argument("--world-size", type=int, choices=RECORD_WORLD_SIZES,
-                   help="GPUs the record ran on, to check its scalars padding (default: accept any of 1, 2, 4, 8)")
-    p.add_argument("--seed", type=int, default=UNKNOWN_SEED,
-                   help=f"label the run with this seed, so several imported runs can be compared "
-                        f"(default {UNKNOWN_SEED}: unknown)")
-    p.set_defaults(func=cmd_import_record)
-
-    p = subparsers.add_parser("eval", help="validation loss as the record computes it (comparable with its 3.2790)")
-    p.add_argument("checkpoint", help="a checkpoint (step folder) or a run folder (its newest checkpoint)")
-    p.add_argument("--data", help="data folder or shard glob (default: the checkpoint's own data folder)")
-    p.add_argument("--tokens", type=int, default=RECORD_VAL_TOKENS,
-                   help=f"validation tokens (default {RECORD_VAL_TOKENS:,}, the record's)")
-    p.add_argument("--row-tokens", type=int, default=RECORD_ROW_TOKENS,
-                   help=f"tokens per row (default {RECORD_ROW_TOKENS:,}, the record's per-GPU validation batch)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on CUDA (as the record), fp32 on CPU")
-    p.add_argument("--segment-tokens", type=int,
-                   help="tokens per forward pass, to bound memory (default: from free memory; the loss is the same)")
-    p.set_defaults(func=cmd_eval)
-
-
 __all__ = ["import_record", "import_state_dict", "read_record_file", "record_state_dict", "export_record_state_dict",
            "record_parameter_table", "replay_record_windows", "record_val_loss", "evaluate_checkpoint",
-           "receptive_field", "segment_spans", "add_record_parsers", "RECORD_VAL_TOKENS", "RECORD_ROW_TOKENS"]
+           "receptive_field", "segment_spans", "RECORD_VAL_TOKENS", "RECORD_ROW_TOKENS"]

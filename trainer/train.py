@@ -1,6 +1,6 @@
 """The training loop: one arm (smear or baseline) of one seed, on CPU or CUDA, one or many ranks.
 
-Launch with `smearlens train` (one process) or `torchrun --nproc_per_node N -m trainer.cli train`
+Launch with `smearlens train` (one process) or `torchrun --nproc_per_node N -m commands.cli train`
 (gloo on CPUs, NCCL on GPUs). Ranks each take an equal slice of every batch and average gradients,
 so N ranks make the same update as one process on the whole batch.
 """

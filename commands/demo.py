@@ -7,7 +7,6 @@ skips what is already done, so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -18,8 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from trainer import checkpoint as ckpt
-from trainer.cli import default_data_dir, embedded_data
 from trainer.config import get_preset
+from trainer.corpus import default_data_dir, embedded_data
 from trainer.errors import SmearlensError
 
 DEMO_PRESET = "cpu-small"
@@ -63,7 +62,7 @@ def train_all(preset: str, seeds: list[int], data: Path, out: Path, steps: int, 
             name = run_name(preset, seed, arm)
             (out / name).mkdir(parents=True, exist_ok=True)
             log = out / name / "train.log"
-            cmd = [sys.executable, "-m", "trainer.cli", "train", "--preset", preset, "--arm", arm, "--seed", str(seed),
+            cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", preset, "--arm", arm, "--seed", str(seed),
                    "--data", str(data), "--out", str(out), "--steps", str(steps), *extra]
             if ckpt.complete_checkpoints(out / name):
                 cmd.append("--resume")
@@ -112,16 +111,3 @@ def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None
     minutes = (time.perf_counter() - start) / 60
     print(f"demo finished in {minutes:.1f} min; report: {report}", flush=True)
     return report
-
-
-def add_demo_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("demo", help="the whole study on the embedded corpus: train, record, analyse, report")
-    p.add_argument("--preset", default=DEMO_PRESET)
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
-    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
-    p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
-    p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")
-    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
-    p.add_argument("--no-notebooks", action="store_true", help="draw the figures without executing the notebooks")
-    p.set_defaults(func=lambda a: run_demo(a.preset, a.seeds, a.steps, a.out, a.figures, a.jobs, not a.no_notebooks))
-    return p

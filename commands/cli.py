@@ -1,0 +1,275 @@
+"""`smearlens` command line: data, train, train-pair, analyze, report, demo, import-record, eval.
+
+The command layer sits above both `trainer` and `analysis`: it parses arguments, wires the recorder
+into training as a callback, and turns `SmearlensError`s into one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from analysis.analyze import DEFAULT_ABLATION_TOKENS, DEFAULT_OUT as DEFAULT_TABLES_OUT, DEFAULT_TOKENS, METRICS
+from analysis.recorder import DEFAULT_EVERY
+from analysis.report import DEFAULT_FIGURES, DEFAULT_TABLES
+from analysis.stats import DEFAULT_THRESHOLD
+from trainer.config import PRESETS, ModelConfig, TrainConfig, get_preset
+from trainer.corpus import embedded_data
+from trainer.errors import ConfigError, SmearlensError
+from trainer.record import RECORD_PRESET, RECORD_ROW_TOKENS, RECORD_VAL_TOKENS, RECORD_WORLD_SIZES, UNKNOWN_SEED
+
+DEFAULT_OUT = Path("checkpoints")
+
+
+def ensure_data(args: argparse.Namespace) -> Path:
+    """The data folder to train on: the one given, or the embedded corpus built for the preset."""
+    return Path(args.data) if args.data else embedded_data(args.preset)
+
+
+def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """`--set name=value` for any TrainConfig or ModelConfig field (values parsed as JSON when they can be)."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"smear", "vocab_size", "bos_id"}
+    train, model = {}, {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected name=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        value = tuple(value) if isinstance(value, list) else value
+        if name in train_fields:
+            train[name] = value
+        elif name in model_fields:
+            model[name] = value
+        else:
+            raise ConfigError(f"--set {name}: no such training or model setting")
+    return train, model
+
+
+def run_train(args: argparse.Namespace, arms: list[str]) -> None:
+    from analysis.recorder import make_recorder
+    from trainer.train import make_run, train
+
+    data = ensure_data(args)
+    train_over, model_over = parse_overrides(args.set)
+    for key in ("steps", "batch_size", "seq_len"):
+        if getattr(args, key) is not None:
+            train_over[key] = getattr(args, key)
+    if args.compile:
+        train_over["compile"] = True
+    for arm in arms:
+        run = make_run(args.preset, get_preset(args.preset), arm, args.seed, data,
+                       name=f"{args.run}-{arm}" if (args.run and len(arms) > 1) else args.run,
+                       train_overrides=train_over, model_overrides=model_over)
+        recorder = make_recorder(args.record_every)
+        summary = train(Path(args.out) / run.name, run, resume=args.resume, stop_at=args.stop_at, device=args.device,
+                        callbacks=(recorder,) if recorder else ())
+        print(json.dumps(summary))
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from trainer.corpus import build_dataset
+
+    meta = build_dataset(Path(args.out), args.text or None, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                         val_fraction=args.val_fraction, seed=args.seed)
+    print(json.dumps(meta))
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from analysis.analyze import analyze
+
+    metrics = [m for item in args.metrics for m in item.split(",") if m]
+    added = analyze(args.paths, out=args.out, metrics=metrics, tokens=args.tokens,
+                    ablation_tokens=args.ablation_tokens, seq_len=args.seq_len,
+                    data=args.data, device=args.device, csv=args.csv, progress=not args.no_progress)
+    print(json.dumps({"out": str(args.out), "rows_added": added}))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from analysis.report import write_report
+
+    figures = Path(args.figures)
+    out = Path(args.out) if args.out else figures / "report.md"
+    argv = sys.argv[1:] if sys.argv[1:2] == ["report"] else ["report"]
+    commands = list(args.commands) + [shlex.join(["smearlens"] + argv)]
+    path = write_report(args.tables, figures, out, commands=commands, preset=args.preset, threshold=args.threshold,
+                        notebooks=args.notebooks, runs_dir=args.checkpoints)
+    print(f"wrote {path}")
+
+
+def cmd_import_record(args: argparse.Namespace) -> None:
+    from trainer import checkpoint as ckpt
+    from trainer.record import import_record
+
+    out = import_record(args.path, args.out, world_size=args.world_size, seed=args.seed)
+    meta = ckpt.read_meta(out)
+    print(json.dumps(dict(checkpoint=str(out), arm=meta["arm"], step=meta["step"], windows=meta["windows"],
+                          source=meta["source"]["path"])))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from trainer.record import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data, args.tokens, args.row_tokens, args.device,
+                                         args.precision, args.segment_tokens)))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from commands.demo import run_demo
+
+    run_demo(args.preset, args.seeds, args.steps, args.out, args.figures, args.jobs, not args.no_notebooks)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="data folder from `smearlens data` or with FineWeb shards "
+                                   "(default: the embedded corpus, built on first use)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder that holds run folders")
+    p.add_argument("--run", help="run folder name (default: PRESET-sSEED-ARM)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="rows per step over all ranks")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override any training or model setting, e.g. --set val_every=50")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this step, to resume later")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--record-every", type=int, default=DEFAULT_EVERY, metavar="N",
+                   help=f"record per-head previous-token scores and smear stats every N steps "
+                        f"(default {DEFAULT_EVERY}; 0: off)")
+
+
+def add_training_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build train/val shards and a tokenizer from text")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--text", nargs="*", help="text files or folders (default: the embedded corpus)")
+    p.add_argument("--tokenizer", choices=["bpe", "gpt2"], default="bpe")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train one arm")
+    add_train_args(p)
+    p.add_argument("--arm", required=True, choices=["smear", "baseline"])
+    p.set_defaults(func=lambda a: run_train(a, [a.arm]))
+
+    p = sub.add_parser("train-pair", help="train both arms from one seed (same initial weights and data order)")
+    add_train_args(p)
+    p.set_defaults(func=lambda a: run_train(a, ["smear", "baseline"]))
+
+
+def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
+    import analysis.analyze
+
+    p = sub.add_parser("analyze", help="probe every checkpoint of the named runs into tidy tables",
+                       description=analysis.analyze.__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_CHECKPOINT",
+                   help="run folders, checkpoints (step folders) or folders of run folders")
+    p.add_argument("--out", default=str(DEFAULT_TABLES_OUT), help=f"folder for the tables (default: {DEFAULT_TABLES_OUT})")
+    p.add_argument("--csv", action="store_true", help="also write each table as CSV")
+    p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="METRIC",
+                   help=f"any of: {', '.join(METRICS)} (default: all)")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                   help=f"validation tokens to probe on (default: {DEFAULT_TOKENS})")
+    p.add_argument("--ablation-tokens", type=int, default=DEFAULT_ABLATION_TOKENS,
+                   help=f"the first this many of them for the ablations (default: {DEFAULT_ABLATION_TOKENS})")
+    p.add_argument("--seq-len", type=int, help="tokens per row (default: the run's training row, cut to its longest document)")
+    p.add_argument("--data", help="data folder, when the one in the checkpoint metadata has moved")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("report", help="write the markdown report: figures, statistics, commands, configs")
+    p.add_argument("--tables", default=str(DEFAULT_TABLES), help=f"analysis tables folder (default {DEFAULT_TABLES})")
+    p.add_argument("--figures", default=str(DEFAULT_FIGURES), help=f"figures folder (default {DEFAULT_FIGURES})")
+    p.add_argument("--out", help="report file (default FIGURES/report.md)")
+    p.add_argument("--notebooks", action="store_true",
+                   help="execute the notebooks (papermill) to draw the figures, keeping executed copies")
+    p.add_argument("--preset", help="analyse only this preset's runs when the tables hold several")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--checkpoints", help="folder of run folders, for record_*.parquet and run.json "
+                                         "(default: the parent of --tables)")
+    p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
+                   help="a command that produced the tables, listed in the report (repeatable)")
+    p.set_defaults(func=cmd_report)
+
+
+def add_record_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-record", help="import a checkpoint saved by the speedrun record's train_gpt.py",
+                       description="Read a record checkpoint (torch.load weights_only=True: no code runs), "
+                                   "detect whether it has the smear, and write a smearlens checkpoint of "
+                                   f"the {RECORD_PRESET} preset in the record's final validation state.")
+    p.add_argument("path", help="the record's logs/<run_id>/state_step<step>.pt")
+    p.add_argument("--out", help="run folder to write (default: checkpoints/record-ARM-<folder of PATH>)")
+    p.add_argument("--world-size", type=int, choices=RECORD_WORLD_SIZES,
+                   help="GPUs the record ran on, to check its scalars padding (default: accept any of 1, 2, 4, 8)")
+    p.add_argument("--seed", type=int, default=UNKNOWN_SEED,
+                   help=f"label the run with this seed, so several imported runs can be compared "
+                        f"(default {UNKNOWN_SEED}: unknown)")
+    p.set_defaults(func=cmd_import_record)
+
+    p = sub.add_parser("eval", help="validation loss as the record computes it (comparable with its 3.2790)")
+    p.add_argument("checkpoint", help="a checkpoint (step folder) or a run folder (its newest checkpoint)")
+    p.add_argument("--data", help="data folder or shard glob (default: the checkpoint's own data folder)")
+    p.add_argument("--tokens", type=int, default=RECORD_VAL_TOKENS,
+                   help=f"validation tokens (default {RECORD_VAL_TOKENS:,}, the record's)")
+    p.add_argument("--row-tokens", type=int, default=RECORD_ROW_TOKENS,
+                   help=f"tokens per row (default {RECORD_ROW_TOKENS:,}, the record's per-GPU validation batch)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on CUDA (as the record), fp32 on CPU")
+    p.add_argument("--segment-tokens", type=int,
+                   help="tokens per forward pass, to bound memory (default: from free memory; the loss is the same)")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    from commands.demo import DEMO_PRESET
+
+    p = sub.add_parser("demo", help="the whole study on the embedded corpus: train, record, analyse, report")
+    p.add_argument("--preset", default=DEMO_PRESET)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
+    p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")
+    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    p.add_argument("--no-notebooks", action="store_true", help="draw the figures without executing the notebooks")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smearlens", description="Does the smear gate free up attention heads?")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_training_parsers(sub)
+    add_analysis_parsers(sub)
+    add_demo_parser(sub)
+    add_record_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SmearlensError as e:
+        print(f"smearlens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smearlens: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

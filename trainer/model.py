@@ -8,7 +8,10 @@ query chunks (`attn_impl="chunked"`, memory linear in T, for long probe sequence
 
 TransformerLens's own tools (`run_with_cache`, `run_with_hooks`, `head_detector.detect_head`,
 `patching`) run on it unchanged: it carries `cfg` (a `TransformerLensConfig`), `tokenizer`,
-`to_tokens` and `to_str_tokens`, and `run_with_cache` returns an `ActivationCache`.
+`to_tokens` and `to_str_tokens`, and `run_with_cache` returns an `ActivationCache`. A layer the config
+gives no attention or no MLP holds a parameter-free stand-in (`NoAttention`, `NoMLP`) with the same
+hooks, so tools that walk every layer find them; it attends nowhere and adds nothing, and the forward
+pass skips it unless one of its hooks is in use.
 
 Parameter names and shapes follow the record (`embed.weight`, `blocks.{l}.attn.qkvo_w`, `scalars`,
 ...); see tests/test_model.py for the full table of `speedrun-124m`.

@@ -17,14 +17,15 @@ def inspect_text(model: GPT, text: str) -> dict:
     if not text:
         raise AnalysisError("inspect_text: the text is empty")
     tokens = model.to_tokens(text)
-    wanted = lambda name: name.endswith("attn.hook_pattern") or name == "hook_smear_gate"  # noqa: E731
+    # attention layers only: a layer without attention would hand over a pattern of zeros built for nothing
+    wanted = {f"blocks.{l}.attn.hook_pattern" for l in model.config.attn_layers()} | {"hook_smear_gate"}
     was_training = model.training
     model.eval()
     try:
-        _, cache = model.run_with_cache(tokens, names_filter=wanted)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
     finally:
         model.train(was_training)
-    patterns = [cache[f"blocks.{i}.attn.hook_pattern"][0].float().numpy() if block.attn is not None else None
+    patterns = [cache[f"blocks.{i}.attn.hook_pattern"][0].float().numpy() if block.has_attn else None
                 for i, block in enumerate(model.blocks)]
     coefficients = None
     if model.smear_gate is not None:

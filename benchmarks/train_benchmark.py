@@ -481,7 +481,7 @@ def check_flops(arm: Arm, flops: float) -> None:
     model, T = arm.model, arm.cfg.seq_len
     n = sum(p.numel() for name, p in model.named_parameters()
             if p.ndim >= 2 and not name.startswith(("embed.", "value_embeds.")))
-    attn = [i for i, blk in enumerate(model.blocks) if blk.attn is not None]
+    attn = [i for i, blk in enumerate(model.blocks) if blk.has_attn]
     windows = model.layer_windows()
     keys = [sum(min(q, windows[i]) + 1 for q in range(T)) / T for i in attn]
     recount = 6 * n + sum(12 * arm.mcfg.d_model * k for k in keys)

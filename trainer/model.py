@@ -8,7 +8,10 @@ query chunks (`attn_impl="chunked"`, memory linear in T, for long probe sequence
 
 TransformerLens's own tools (`run_with_cache`, `run_with_hooks`, `head_detector.detect_head`,
 `patching`) run on it unchanged: it carries `cfg` (a `TransformerLensConfig`), `tokenizer`,
-`to_tokens` and `to_str_tokens`, and `run_with_cache` returns an `ActivationCache`.
+`to_tokens` and `to_str_tokens`, and `run_with_cache` returns an `ActivationCache`. A layer the config
+gives no attention or no MLP holds a parameter-free stand-in (`NoAttention`, `NoMLP`) with the same
+hooks, so tools that walk every layer find them; it attends nowhere and adds nothing, and the forward
+pass skips it unless one of its hooks is in use.
 
 Parameter names and shapes follow the record (`embed.weight`, `blocks.{l}.attn.qkvo_w`, `scalars`,
 ...); see tests/test_model.py for the full table of `speedrun-124m`.
@@ -185,6 +188,8 @@ def chunked(q: Tensor, k: Tensor, v: Tensor, docs: Tensor, window: int, scale: f
 
 
 class CausalSelfAttention(nn.Module):
+    present = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
@@ -197,7 +202,7 @@ class CausalSelfAttention(nn.Module):
         self.hook_z = HookPoint()  # (B, T, H, D) gated head outputs, the input of W_O
 
     def wants_pattern(self) -> bool:
-        return any(h._forward_hooks or h._backward_hooks for h in (self.hook_attn_scores, self.hook_pattern))
+        return hooked(self.hook_attn_scores, self.hook_pattern)
 
     def forward(self, x: Tensor, ve: Tensor | None, sa_lambdas: Tensor, window: int, ctx: AttnContext) -> Tensor:
         B, T, _ = x.shape
@@ -226,11 +231,53 @@ class CausalSelfAttention(nn.Module):
         return F.linear(z.reshape(B, T, H * D), self.qkvo_w[3])
 
 
+def hooked(*points: HookPoint) -> bool:
+    return any(h._forward_hooks or h._backward_hooks for h in points)
+
+
+class NoAttention(nn.Module):
+    """The attention of a layer that has none (`no_attn_layers`): no parameters, every hook of a real one.
+
+    It answers as a layer that attends nowhere, every key masked: scores −inf, pattern all zeros (rows
+    sum to 0, not 1), q, k, v, gate and z zeros, output zeros. So TransformerLens's tools that walk
+    every layer (`detect_head`, the `patching` sweeps, `cache["pattern", l]`) run unchanged. Nothing is
+    built unless a hook on the layer asks, and edits made by hooks here go nowhere (there is no W_O for
+    a patched z to pass through); only `hook_attn_out` reaches the residual stream.
+    """
+
+    present = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
+        self.hook_gate, self.hook_z = HookPoint(), HookPoint()
+
+    def wants_pattern(self) -> bool:
+        return hooked(self.hook_attn_scores, self.hook_pattern)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (B, T, _), H, D = x.shape, self.n_heads, self.d_head
+        if hooked(*self.children()):  # fresh tensors each: a hook may edit its input in place
+            for point in (self.hook_q, self.hook_k, self.hook_rot_q, self.hook_rot_k, self.hook_v):
+                point(x.new_zeros(B, T, H, D))
+            if self.wants_pattern():
+                self.hook_attn_scores(x.new_full((B, H, T, T), float("-inf")))
+                self.hook_pattern(x.new_zeros(B, H, T, T))
+            self.hook_gate(x.new_zeros(B, T, H))
+            self.hook_z(x.new_zeros(B, T, H, D))
+        return x.new_zeros(x.shape)
+
+
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 class MLP(nn.Module):
+    present = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = cfg.mlp_ratio * cfg.d_model
@@ -244,24 +291,48 @@ class MLP(nn.Module):
         return F.linear(h, self.c_proj)
 
 
+class NoMLP(nn.Module):
+    """The MLP of a layer that has none (`no_mlp_layers`): no parameters, zeros through the hooks of a
+    real one when a hook asks (relu² of nothing is nothing); only `hook_mlp_out` reaches the residual."""
+
+    present = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.d_mlp = cfg.mlp_ratio * cfg.d_model
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if hooked(self.hook_pre, self.hook_post):
+            self.hook_pre(x.new_zeros(*x.shape[:-1], self.d_mlp))
+            self.hook_post(x.new_zeros(*x.shape[:-1], self.d_mlp))
+        return x.new_zeros(x.shape)
+
+
 class Block(nn.Module):
+    """One layer. A sublayer the config skips is a parameter-free stand-in (`NoAttention`, `NoMLP`) with
+    the same hooks: the forward pass skips it outright unless one of its hooks is in use."""
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg) if layer not in cfg.no_attn_layers else None
-        self.mlp = MLP(cfg) if layer not in cfg.no_mlp_layers else None
+        self.attn = CausalSelfAttention(cfg) if layer not in cfg.no_attn_layers else NoAttention(cfg)
+        self.mlp = MLP(cfg) if layer not in cfg.no_mlp_layers else NoMLP(cfg)
         self.hook_resid_pre = HookPoint()  # after the x0 mix: attention reads norm(resid_pre)
-        if self.attn is not None:  # a skipped sublayer has no hooks at all
-            self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint()
-        if self.mlp is not None:
-            self.hook_mlp_out = HookPoint()
+        self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint()
+        self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        self.has_attn, self.has_mlp = self.attn.present, self.mlp.present
 
     def forward(self, x, x0, lambdas, ve, sa_lambdas, window: int, ctx: AttnContext) -> Tensor:
         x = self.hook_resid_pre(lambdas[0] * x + lambdas[1] * x0)
-        if self.attn is not None:
+        if self.has_attn:
             x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(norm(x), ve, sa_lambdas, window, ctx)))
-        if self.mlp is not None:
+        elif hooked(self.hook_attn_out, self.hook_resid_mid, *self.attn.children()):
+            x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        if self.has_mlp:
             x = x + self.hook_mlp_out(self.mlp(norm(x)))
+        elif hooked(self.hook_mlp_out, *self.mlp.children()):
+            x = x + self.hook_mlp_out(self.mlp(x))
         return self.hook_resid_post(x)
 
 
@@ -417,7 +488,7 @@ class GPT(HookedRootModule):
     def _check_context(self, T: int, attn_impl: str) -> None:
         """Only materialised patterns are limited to n_ctx; other paths take any length."""
         if T > self._cfg.n_ctx and (attn_impl == "explicit" or any(
-                b.attn is not None and b.attn.wants_pattern() for b in self.blocks)):
+                b.attn.wants_pattern() for b in self.blocks)):
             raise AnalysisError(f"sequence of {T} tokens is longer than the model's context n_ctx = {self._cfg.n_ctx} "
                                 f"for attention patterns; raise model.cfg.n_ctx or use the streaming probes")
 

@@ -206,8 +206,6 @@ def train(
             raise NonFiniteLoss(f"{run_dir}: non-finite weights after step {step}; not saved, "
                                 f"the newest checkpoint is the last good one")
         if rank == 0:
-            with stop_on_full_disk():
-                write_log(run_dir, log)  # before the metadata, which marks the checkpoint complete
             meta = dict(run=run.name, preset=run.preset, arm=run.arm, seed=run.seed, data=run.data,
                         tokens=step * tokens_per_step, train_loss=train_loss, val_loss=val_loss,
                         model_config=to_dict(mcfg), train_config=to_dict(cfg), tokenizer=tokenizer_meta,
@@ -215,6 +213,7 @@ def train(
             state = dict(step=step, adam=adam.state_dict(), muon=muon.state_dict(), loader=loader.state_dict(),
                          rng=rng_state())
             with stop_on_full_disk():
+                write_log(run_dir, log)  # before the metadata, which marks the checkpoint complete
                 ckpt.save_checkpoint(run_dir, step, model, meta, state)
         if world > 1:
             dist.barrier()

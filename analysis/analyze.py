@@ -20,7 +20,9 @@ run's training row, cut to its longest document); the ablations, which run the m
 head, use the first --ablation-tokens of them. One folder's tables all come from the same such
 settings (`analysis.json` records them). What a table already holds (keyed by run, step and, for
 `heads`, metric) is skipped, so a second run is a no-op; tables are rewritten atomically after
-each checkpoint, so an interrupted run resumes where it stopped.
+each checkpoint, so an interrupted run (or one stopped by a full disk) resumes where it stopped.
+Two `analyze` runs may write to one folder at once: each table write takes the folder's lock
+(`.analyze.lock`) and merges with what is on disk, so every key is stored once and none is lost.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from analysis import probes
@@ -42,7 +45,7 @@ from analysis.recorder import head_rows, smear_row
 from analysis.schema import TABLE_COLUMNS
 from trainer import checkpoint as ckpt
 from trainer.data import validation_batches
-from trainer.errors import AnalysisError
+from trainer.errors import AnalysisError, DiskFullError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 
@@ -55,18 +58,48 @@ SETTINGS_FILE = "analysis.json"
 PATTERN_BUDGET = 2**26  # numbers in one layer's (B, H, T, T) pattern: sets the rows per forward
 METRICS = (*probes.HEAD_METRICS, "smear")  # "smear" stands for the three smear tables
 COLUMNS = TABLE_COLUMNS
+# What `analyze` computes (and skips) as one piece: a table holds each such group once.
+GROUP_KEYS = {"heads": ["run", "step", "metric"], "smear": ["run", "step"], "smear_vocab": ["run", "step"],
+              "smear_tokens": ["run", "step"]}
+LOCK_FILE = ".analyze.lock"  # taken by each table write, so concurrent `analyze` runs on one folder merge
+LOCK_TIMEOUT = 600  # seconds; a write holds it for well under one
 
 
 class Tables:
-    """The four tables in `out`: what they hold, what this call adds, and atomic rewrites."""
+    """The four tables in `out`: what they hold, what this call adds, and atomic rewrites.
+
+    Several `analyze` processes may share one folder: each write takes the folder's lock, re-reads the
+    table from disk and adds only the (run, step[, metric]) groups it does not hold yet, so every key
+    is stored once and no process's rows are lost; `has` sees what the others have written."""
 
     def __init__(self, out: Path, csv: bool):
         self.out, self.csv = out, csv
-        self.frames = {name: self._read(name) for name in COLUMNS}
+        self.lock = folder_lock(out)
+        self.frames: dict[str, pd.DataFrame] = {}
+        self.stamps: dict[str, tuple | None] = {}
+        for name in COLUMNS:
+            self.refresh(name)
         self.added = {name: 0 for name in COLUMNS}
 
+    def path(self, name: str, suffix: str = "parquet") -> Path:
+        return self.out / f"{name}.{suffix}"
+
+    def _stamp(self, name: str) -> tuple | None:
+        """Changes whenever the table is rewritten (an atomic rewrite is a new inode)."""
+        try:
+            st = self.path(name).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def refresh(self, name: str) -> None:
+        """Read the table again if another process has rewritten it since this one last did."""
+        stamp = self._stamp(name)
+        if name not in self.frames or stamp != self.stamps[name]:
+            self.frames[name], self.stamps[name] = self._read(name), stamp
+
     def _read(self, name: str) -> pd.DataFrame:
-        path = self.out / f"{name}.parquet"
+        path = self.path(name)
         if not path.exists():
             return pd.DataFrame(columns=COLUMNS[name])
         try:
@@ -79,6 +112,7 @@ class Tables:
         return frame
 
     def has(self, name: str, run: str, step: int, metric: str | None = None) -> bool:
+        self.refresh(name)
         f = self.frames[name]
         hit = (f["run"] == run) & (f["step"] == step)
         if metric is not None:
@@ -86,30 +120,48 @@ class Tables:
         return bool(hit.any())
 
     def add(self, name: str, rows: pd.DataFrame) -> None:
-        if len(rows):
-            rows = rows[COLUMNS[name]]
+        """Merge `rows` into the table on disk, leaving out the groups it already holds."""
+        if not len(rows):
+            return
+        rows = rows[COLUMNS[name]]
+        with self.lock:
+            self.refresh(name)
             frame = self.frames[name]
-            self.frames[name] = rows if frame.empty else pd.concat([frame, rows], ignore_index=True)
-            self.added[name] += len(rows)
-            self.write(name)
+            keys = GROUP_KEYS[name]
+            if not frame.empty:
+                held = pd.MultiIndex.from_frame(frame[keys].drop_duplicates())
+                rows = rows[~pd.MultiIndex.from_frame(rows[keys]).isin(held)]
+            if len(rows):
+                self.write(name, rows if frame.empty else pd.concat([frame, rows], ignore_index=True))
+                self.added[name] += len(rows)
 
-    def write(self, name: str) -> None:
-        with atomic_path(self.out / f"{name}.parquet") as tmp:
-            self.frames[name].to_parquet(tmp, index=False)
+    def write(self, name: str, frame: pd.DataFrame) -> None:
+        """Replace the table (and its CSV) by `frame`; the caller holds the lock."""
+        with atomic_path(self.path(name)) as tmp:
+            frame.to_parquet(tmp, index=False)
+        self.frames[name], self.stamps[name] = frame, self._stamp(name)
         if self.csv:
             self.write_csv(name)
 
     def write_csv(self, name: str) -> None:
-        with atomic_path(self.out / f"{name}.csv") as tmp:
+        with atomic_path(self.path(name, "csv")) as tmp:
             self.frames[name].to_csv(tmp, index=False)
 
     def finish(self) -> None:
-        """Every table exists afterwards (empty when nothing belongs in it), and its CSV when asked."""
-        for name in COLUMNS:
-            if not (self.out / f"{name}.parquet").exists():
-                self.write(name)
-            elif self.csv and not (self.out / f"{name}.csv").exists():
-                self.write_csv(name)
+        """Every table exists afterwards (empty when nothing belongs in it), and its CSV when asked,
+        no older than the table (a CSV write that failed, e.g. on a full disk, is redone)."""
+        with self.lock:
+            for name in COLUMNS:
+                self.refresh(name)
+                csv = self.path(name, "csv")
+                if self.stamps[name] is None:
+                    self.write(name, self.frames[name])
+                elif self.csv and (not csv.exists() or csv.stat().st_mtime_ns < self.stamps[name][1]):
+                    self.write_csv(name)
+
+
+def folder_lock(out: Path) -> FileLock:
+    return FileLock(out / LOCK_FILE, timeout=LOCK_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -132,12 +184,14 @@ class Settings:
                 "--data": self.data}
 
     def check(self, out: Path) -> None:
-        """Record the settings in `out`, or check them against those recorded there."""
+        """Record the settings in `out`, or check them against those recorded there (under the folder's
+        lock: of two runs starting together with different settings, the second is refused)."""
         path = out / SETTINGS_FILE
-        if not path.exists():
-            atomic_write_text(path, json.dumps(self.flags(), indent=1))
-            return
-        old = json.loads(path.read_text())
+        with folder_lock(out):
+            if not path.exists():
+                atomic_write_text(path, json.dumps(self.flags(), indent=1))
+                return
+            old = json.loads(path.read_text())
         for flag, value in self.flags().items():
             if old.get(flag) != value:
                 raise AnalysisError(f"{out}: its tables were made with {flag} {old.get(flag)}, not {value}; "
@@ -224,13 +278,20 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
     if not targets:
         raise AnalysisError("no run folder or checkpoint to analyse")
     out.mkdir(parents=True, exist_ok=True)
-    settings.check(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tables = Tables(out, csv)
     head_metrics = [m for m in metrics if m in probes.HEAD_METRICS]
-    for target in targets:
-        analyze_run(target, tables, head_metrics, "smear" in metrics, settings, device, progress)
-    tables.finish()
+    try:
+        settings.check(out)
+        tables = Tables(out, csv)
+        for target in targets:
+            analyze_run(target, tables, head_metrics, "smear" in metrics, settings, device, progress)
+        tables.finish()
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; the tables keep every checkpoint analysed before; free space and run "
+                            f"analyze again to continue") from None
+    except Timeout:
+        raise AnalysisError(f"{out / LOCK_FILE}: another process has held this lock for over {LOCK_TIMEOUT} s; "
+                            f"is an analyze on {out} stuck?") from None
     return tables.added
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,22 @@ def code_version() -> str:
 def save_checkpoint(run_dir: Path, step: int, model: GPT, meta: dict[str, Any], train_state: dict | None) -> Path:
     """Write weights, resume state, then metadata (which marks the checkpoint complete)."""
     out = step_dir(run_dir, step)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)  # an overwrite is incomplete until meta is back
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out / MODEL_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    if train_state is not None:
-        with atomic_path(out / STATE_FILE) as tmp:
-            torch.save(train_state, tmp)
-    meta = dict(meta, step=step, files=sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
+    new = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / META_FILE).unlink(missing_ok=True)  # an overwrite is incomplete until meta is back
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        with atomic_path(out / MODEL_FILE) as tmp:
+            save_file(tensors, str(tmp))
+        if train_state is not None:
+            with atomic_path(out / STATE_FILE) as tmp:
+                torch.save(train_state, tmp)
+        meta = dict(meta, step=step, files=sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
+        atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
+    except BaseException:
+        if new:  # a half-written checkpoint is ignored anyway; removing it gives back its space
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 

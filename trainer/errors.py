@@ -22,6 +22,11 @@ class AnalysisError(SmearlensError):
     longer than the model's context, a missing tokenizer or data folder."""
 
 
+class DiskFullError(SmearlensError):
+    """No space left on the device (or quota exceeded) while writing a file; the file's previous
+    version is intact and the partial write is removed."""
+
+
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (the first), for errors that quote a library's."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from trainer import checkpoint as ckpt
 from trainer.config import ModelConfig, Preset, TrainConfig, from_dict, replace, to_dict
 from trainer.data import BatchLoader, load_split, validation_batches
-from trainer.errors import ConfigError, DataError, SmearlensError
+from trainer.errors import ConfigError, DataError, DiskFullError, SmearlensError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import keep_freed_memory
@@ -206,16 +206,27 @@ def train(
             raise NonFiniteLoss(f"{run_dir}: non-finite weights after step {step}; not saved, "
                                 f"the newest checkpoint is the last good one")
         if rank == 0:
-            write_log(run_dir, log)  # before the metadata, which marks the checkpoint complete
             meta = dict(run=run.name, preset=run.preset, arm=run.arm, seed=run.seed, data=run.data,
                         tokens=step * tokens_per_step, train_loss=train_loss, val_loss=val_loss,
                         model_config=to_dict(mcfg), train_config=to_dict(cfg), tokenizer=tokenizer_meta,
                         windows=[int(w) for w in model.window_blocks], code_version=ckpt.code_version())
             state = dict(step=step, adam=adam.state_dict(), muon=muon.state_dict(), loader=loader.state_dict(),
                          rng=rng_state())
-            ckpt.save_checkpoint(run_dir, step, model, meta, state)
+            with stop_on_full_disk():
+                write_log(run_dir, log)  # before the metadata, which marks the checkpoint complete
+                ckpt.save_checkpoint(run_dir, step, model, meta, state)
         if world > 1:
             dist.barrier()
+
+    @contextmanager
+    def stop_on_full_disk():
+        """A full disk stops training; the error says which complete checkpoint a --resume starts from."""
+        try:
+            yield
+        except DiskFullError as e:
+            newest = ckpt.complete_checkpoints(run_dir)
+            raise DiskFullError(f"{e}; training stopped, the newest complete checkpoint is "
+                                f"{newest[-1] if newest else 'none'}; free space and rerun with --resume") from None
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress or rank != 0,
                desc=f"{run.name}", unit="step", dynamic_ncols=True)
@@ -259,8 +270,9 @@ def train(
         bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
         if done in ckpt_steps or done == stop_at or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
             save(done, train_loss, val_loss)
-        for callback in callbacks:
-            callback(model=model, step=done, run=run, run_dir=run_dir, inputs=inputs)
+        with stop_on_full_disk():  # the recorder writes tables into the run folder
+            for callback in callbacks:
+                callback(model=model, step=done, run=run, run_dir=run_dir, inputs=inputs)
         if done == stop_at:
             break
     bar.close()

@@ -216,3 +216,14 @@ def test_formation_steps_by_hand():
     assert math.isnan(never.loc["prev_token", "first_step"]) and never.loc["prev_token", "layer"] == -1
     with pytest.raises(AnalysisError, match="lacks column"):
         C.formation_steps(heads.drop(columns="step"))
+
+
+def test_readout_figure(tmp_path):
+    from analysis.plots_mechanism import plot_readout
+
+    rows = [dict(arm=arm, seed=s, layer=l, target=t, metric="above_baseline", value=0.1 * l + (arm == "smear") * 0.05)
+            for arm in ("baseline", "smear") for s in range(2) for l in range(5) for t in ("prev", "curr", "prev2")]
+    fig = plot_readout(pd.DataFrame(rows), tmp_path / "readout")
+    assert len(fig.axes) == 3 and (tmp_path / "readout.png").stat().st_size > 0 and (tmp_path / "readout.svg").exists()
+    with pytest.raises(AnalysisError, match="non-empty readout table"):
+        plot_readout(pd.DataFrame())

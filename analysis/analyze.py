@@ -14,6 +14,20 @@ as `checkpoints/*` that names it skips it), as parquet and, with --csv, CSV:
 - `smear_tokens`: run, preset, arm, seed, step, sample, position, token_id, text, prev_token_id,
   prev_text, gate, coefficient for every position t ≥ 1 of the validation data (same checkpoint).
 
+For the last named checkpoint of every run (both arms), the mechanism tables:
+
+- `readout`: run, preset, arm, seed, step, layer, target, metric, value: linear-probe accuracy for
+  token i−1 (prev) and the controls i (curr) and i−2 (prev2) at each layer's residual input and
+  the final residual (layer = n_layers), the backward-bigram baseline and the accuracy above it
+  (analysis.readout; fit and scored on disjoint validation documents).
+- `knockouts`: run, preset, arm, seed, step, k, heads, head_ablation, smear_ablation, metric, value:
+  the 2×2 of losses (neither, top-k previous-token heads, smear, both knocked out) on the
+  ablation tokens and the interaction (analysis.knockout).
+- `composition`: run, preset, arm, seed, step, layer, head, metric, value: for each induction head,
+  its attention to the induction target with the key recomputed through one route (smear,
+  previous-token heads, all) seeing a resampled previous token (analysis.composition); a row
+  n_induction_heads (layer = head = −1) always, 0 when the model has none.
+
 `tokens` is the number of training tokens the checkpoint had seen. The validation data are the
 first --tokens tokens of the run's validation split, in rows of --seq-len tokens (default: the
 run's training row, cut to its longest document); the ablations, which run the model twice per
@@ -39,10 +53,10 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from analysis import probes
+from analysis import composition, knockout, probes, readout
 from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, validation_tokens
 from analysis.recorder import head_rows, smear_row
-from analysis.schema import TABLE_COLUMNS
+from analysis.schema import MECHANISM_COLUMNS, TABLE_COLUMNS
 from trainer import checkpoint as ckpt
 from trainer.data import validation_batches
 from trainer.errors import AnalysisError, DiskFullError
@@ -56,17 +70,18 @@ DEFAULT_TOKENS = 16_384
 DEFAULT_ABLATION_TOKENS = 4096
 SETTINGS_FILE = "analysis.json"
 PATTERN_BUDGET = 2**26  # numbers in one layer's (B, H, T, T) pattern: sets the rows per forward
-METRICS = (*probes.HEAD_METRICS, "smear")  # "smear" stands for the three smear tables
-COLUMNS = TABLE_COLUMNS
+MECHANISM = tuple(MECHANISM_COLUMNS)  # readout, knockouts, composition: one table each, final checkpoints
+METRICS = (*probes.HEAD_METRICS, "smear", *MECHANISM)  # "smear" stands for the three smear tables
+COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}
 # What `analyze` computes (and skips) as one piece: a table holds each such group once.
 GROUP_KEYS = {"heads": ["run", "step", "metric"], "smear": ["run", "step"], "smear_vocab": ["run", "step"],
-              "smear_tokens": ["run", "step"]}
+              "smear_tokens": ["run", "step"], **{name: ["run", "step"] for name in MECHANISM}}
 LOCK_FILE = ".analyze.lock"  # taken by each table write, so concurrent `analyze` runs on one folder merge
 LOCK_TIMEOUT = 600  # seconds; a write holds it for well under one
 
 
 class Tables:
-    """The four tables in `out`: what they hold, what this call adds, and atomic rewrites.
+    """The tables in `out`: what they hold, what this call adds, and atomic rewrites.
 
     Several `analyze` processes may share one folder: each write takes the folder's lock, re-reads the
     table from disk and adds only the (run, step[, metric]) groups it does not hold yet, so every key
@@ -284,7 +299,8 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
         settings.check(out)
         tables = Tables(out, csv)
         for target in targets:
-            analyze_run(target, tables, head_metrics, "smear" in metrics, settings, device, progress)
+            analyze_run(target, tables, head_metrics, "smear" in metrics, settings, device, progress,
+                        [m for m in metrics if m in MECHANISM])
         tables.finish()
     except DiskFullError as e:
         raise DiskFullError(f"{e}; the tables keep every checkpoint analysed before; free space and run "
@@ -296,7 +312,7 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
 
 
 def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smear: bool, settings: Settings,
-                device: str, progress: bool) -> None:
+                device: str, progress: bool, mechanism: Sequence[str] = ()) -> None:
     batches = None
     bar = tqdm(target.checkpoints, desc=target.run_dir.name, unit="ckpt", disable=not progress, dynamic_ncols=True)
     for path in bar:
@@ -308,7 +324,9 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
         per_token = is_smear and path == target.checkpoints[-1]
         smear_todo = (is_smear and not tables.has("smear", run, step)) or (per_token and not (
             tables.has("smear_vocab", run, step) and tables.has("smear_tokens", run, step)))
-        if not todo and not smear_todo:
+        final = path == target.checkpoints[-1]
+        mech_todo = [name for name in mechanism if final and not tables.has(name, run, step)]
+        if not todo and not smear_todo and not mech_todo:
             continue
         model, meta = load_checkpoint_model(path, device)
         meta.setdefault("run", run)
@@ -321,8 +339,44 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
             for name, frame in smear_tables(model, batches, base, per_token).items():
                 if not tables.has(name, run, step):
                     tables.add(name, frame)
+        for name, frame in mechanism_tables(model, batches, mech_todo, tables, base, settings).items():
+            tables.add(name, frame)
     bar.close()
 
 
-__all__ = ["analyze", "Settings", "DEFAULT_OUT", "DEFAULT_TOKENS",
+def _head_metric(model: GPT, tables: Tables, base: dict, metric: str, compute) -> torch.Tensor:
+    """(n_layers, n_heads) `metric` of this checkpoint from the heads table when it holds it (NaN for
+    layers without attention), else computed."""
+    f = tables.frames["heads"]
+    rows = f[(f["run"] == base["run"]) & (f["step"] == base["step"]) & (f["metric"] == metric)]
+    if rows.empty:
+        return compute()
+    out = probes.absent(model)
+    for r in rows.itertuples():
+        out[int(r.layer), int(r.head)] = float(r.value)
+    return out
+
+
+def mechanism_tables(model: GPT, batches, names: Sequence[str], tables: Tables, base: dict,
+                     settings: Settings) -> dict[str, pd.DataFrame]:
+    """The mechanism tables in `names` for one (final) checkpoint, each with the run columns first.
+    Previous-token and induction scores come from the heads table when it has them."""
+    if not names:
+        return {}
+    ids = {k: base[k] for k in COLUMNS["readout"][:5]}
+    prev = _head_metric(model, tables, base, "prev_token", lambda: probes.data_pattern_metrics(
+        model, (x for x, _ in batches), ["prev_token"])["prev_token"])
+    out = {}
+    if "readout" in names:
+        out["readout"] = readout.readout(model, torch.cat([x for x, _ in batches]))
+    if "knockouts" in names:
+        out["knockouts"] = knockout.knockout_table(model, first_tokens(batches, settings.ablation_tokens), prev)
+    if "composition" in names:
+        induction = _head_metric(model, tables, base, "induction",
+                                 lambda: probes.repeat_metrics(model, ["induction"])["induction"])
+        out["composition"] = composition.composition_table(model, prev, induction)
+    return {name: frame.assign(**ids)[COLUMNS[name]] for name, frame in out.items()}
+
+
+__all__ = ["analyze", "Settings", "mechanism_tables", "MECHANISM", "DEFAULT_OUT", "DEFAULT_TOKENS",
            "DEFAULT_ABLATION_TOKENS", "METRICS", "COLUMNS"]

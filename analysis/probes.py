@@ -221,27 +221,49 @@ def ablation_losses(model: GPT, batches: Sequence[tuple[Tensor, Tensor]], kinds:
     layers = model.config.attn_layers()
     out = {k: absent(model) for k in kinds}
     with evaluating(model):
-        sums: dict[int, Tensor] = {}
-
-        def accumulate(z: Tensor, hook, layer: int) -> None:
-            sums[layer] = sums.get(layer, 0) + z.double().sum(dim=(0, 1))
-
-        clean = _loss(model, batches, [(f"blocks.{l}.attn.hook_z", partial(accumulate, layer=l)) for l in layers])
-        count = sum(x.numel() for x, _ in batches)
-        means = {l: (s / count).to(model.cfg.dtype) for l, s in sums.items()}
-
-        def ablate(z: Tensor, hook, head: int, value: Tensor | None) -> Tensor:
-            z = z.clone()
-            z[:, :, head] = 0 if value is None else value
-            return z
-
+        clean, means = _clean_loss_and_head_means(model, batches)
         for l in layers:
             for h in range(model.config.n_heads):
                 for kind in kinds:
-                    value = None if kind == "zero" else means[l][h]
-                    hook = partial(ablate, head=h, value=value)
-                    out[kind][l, h] = _loss(model, batches, [(f"blocks.{l}.attn.hook_z", hook)]) - clean
+                    out[kind][l, h] = _loss(model, batches, ablation_hooks(model, [(l, h)], kind, means)) - clean
     return out
+
+
+def _clean_loss_and_head_means(model: GPT, batches: list[tuple[Tensor, Tensor]]) -> tuple[float, dict[int, Tensor]]:
+    """The unablated loss and, from the same forwards, each attention layer's mean `hook_z` (H, D)
+    over every position of `batches`."""
+    sums: dict[int, Tensor] = {}
+
+    def accumulate(z: Tensor, hook, layer: int) -> None:
+        sums[layer] = sums.get(layer, 0) + z.double().sum(dim=(0, 1))
+
+    layers = model.config.attn_layers()
+    clean = _loss(model, batches, [(f"blocks.{l}.attn.hook_z", partial(accumulate, layer=l)) for l in layers])
+    count = sum(x.numel() for x, _ in batches)
+    return clean, {l: (s / count).to(model.cfg.dtype) for l, s in sums.items()}
+
+
+def head_means(model: GPT, batches: Sequence[tuple[Tensor, Tensor]]) -> dict[int, Tensor]:
+    """layer → (n_heads, d_head) mean gated head output (`attn.hook_z`) over every position of `batches`."""
+    with evaluating(model):
+        return _clean_loss_and_head_means(model, [(_as_batch(model, x), _as_batch(model, y)) for x, y in batches])[1]
+
+
+def _ablate(z: Tensor, hook, head: int, value: Tensor | None) -> Tensor:
+    z = z.clone()
+    z[:, :, head] = 0 if value is None else value
+    return z
+
+
+def ablation_hooks(model: GPT, heads: Sequence[tuple[int, int]], kind: str, means: dict[int, Tensor] | None = None) -> list:
+    """Forward hooks that ablate each (layer, head) of `heads`: "zero" sets its `hook_z` slice to 0,
+    "mean" to `means[layer][head]` (see `head_means`)."""
+    if kind not in ("zero", "mean"):
+        raise AnalysisError(f"unknown ablation {kind!r}; choose zero or mean")
+    if kind == "mean" and means is None:
+        raise AnalysisError("mean ablation needs the heads' mean outputs (head_means)")
+    return [(f"blocks.{l}.attn.hook_z", partial(_ablate, head=h, value=None if kind == "zero" else means[l][h]))
+            for l, h in heads]
 
 
 # ---- smear ----------------------------------------------------------------------------------------
@@ -303,4 +325,4 @@ def mean_loss(model: GPT, batches: Sequence[tuple[Tensor, Tensor]]) -> float:
 __all__ = ["HEAD_METRICS", "PATTERN_METRICS", "REPEAT_METRICS", "ABLATIONS", "check_metrics", "absent",
            "pattern_metrics", "data_pattern_metrics", "streaming_probe", "StreamResult", "previous_token_scores",
            "induction_period", "repeated_tokens", "repeat_metrics", "ablation_losses", "smear_lambda",
-           "smear_gates", "smear_vocab", "mean_loss", "run_attention", "evaluating"]
+           "smear_gates", "smear_vocab", "mean_loss", "run_attention", "evaluating", "head_means", "ablation_hooks"]

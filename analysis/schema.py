@@ -12,3 +12,14 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "smear_tokens": RUN_COLUMNS[:5] + ["sample", "position", "token_id", "text", "prev_token_id", "prev_text",
                                        "gate", "coefficient"],
 }
+# Mechanism tables (analysis.readout, analysis.knockout, analysis.composition), final checkpoints only.
+# Kept apart from TABLE_COLUMNS, which the statistics read as the core set.
+MECHANISM_COLUMNS: dict[str, list[str]] = {
+    # layer = n_layers is the final residual; target prev/curr/prev2; metric accuracy/baseline/above_baseline
+    "readout": RUN_COLUMNS[:5] + ["layer", "target", "metric", "value"],
+    # per (k, head_ablation, smear_ablation) the 2×2 of losses and the interaction (analysis.knockout.METRICS)
+    "knockouts": RUN_COLUMNS[:5] + ["k", "heads", "head_ablation", "smear_ablation", "metric", "value"],
+    # per induction head: induction, n_prev_heads, attn_clean, attn_key_{smear,prev_heads,all}; layer = head = −1:
+    # n_induction_heads
+    "composition": RUN_COLUMNS[:5] + ["layer", "head", "metric", "value"],
+}

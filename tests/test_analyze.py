@@ -89,6 +89,31 @@ def test_analyze_writes_the_four_tables(pair, tables):
     assert per_token["coefficient"].mean() == pytest.approx(smear.loc[smear["step"] == 4, "coef_mean"].item(), rel=1e-6)
 
 
+def test_mechanism_tables_for_final_checkpoints(pair, tables):
+    out, added = tables
+    for name in ("readout", "knockouts", "composition"):
+        frame = read(out, name)
+        assert list(frame.columns) == COLUMNS[name] and added[name] == len(frame) > 0
+        assert set(frame["step"]) == {4} and set(frame["arm"]) == {"smear", "baseline"}  # final checkpoints only
+    readout = read(out, "readout")
+    # 4 residual inputs + the final residual, 3 targets, 3 metrics, 2 runs
+    assert len(readout) == 2 * 5 * 3 * 3 and set(readout["layer"]) == {0, 1, 2, 3, 4}
+    wide = readout.pivot_table(index=["run", "layer", "target"], columns="metric", values="value")
+    assert (wide["accuracy"] - wide["baseline"] - wide["above_baseline"]).abs().max() < 1e-12
+    curr = wide.xs("curr", level="target")
+    assert (curr["baseline"] == 1).all()  # token i predicts itself
+    # the data decide the baseline, not the model: both arms share it
+    base = wide["baseline"].unstack("run")
+    assert (base.iloc[:, 0] == base.iloc[:, 1]).all()
+    knock = read(out, "knockouts")
+    base_knock = knock[knock["arm"] == "baseline"]
+    # no smear gate: its knock-outs change nothing and cannot interact with the heads
+    assert (base_knock.loc[base_knock["metric"].isin(["smear", "interaction"]), "value"] == 0).all()
+    assert set(knock["k"]) == {1, 2} and knock.groupby(["run", "k", "head_ablation", "smear_ablation"]).size().eq(8).all()
+    comp = read(out, "composition")
+    assert (comp.loc[comp["metric"] == "n_induction_heads", "layer"] == -1).all()
+
+
 def test_heads_table_matches_the_probes(pair, tables):
     root, runs = pair
     out, _ = tables
@@ -117,7 +142,7 @@ def test_rerun_fills_in_only_what_is_missing(pair, tables, tmp_path):
     heads = read(tmp_path / "a", "heads")
     heads[~((heads["arm"] == "baseline") & (heads["step"] == 2))].to_parquet(tmp_path / "a" / "heads.parquet")
     added = analyze([runs["baseline"], runs["smear"] / "step_000004"], out=tmp_path / "a", tokens=TOKENS, progress=False)
-    assert added == {"heads": 3 * 2 * len(P.HEAD_METRICS), "smear": 0, "smear_vocab": 0, "smear_tokens": 0}
+    assert added == {**{name: 0 for name in COLUMNS}, "heads": 3 * 2 * len(P.HEAD_METRICS)}
     pd.testing.assert_frame_equal(read(tmp_path / "a", "heads").sort_values(["run", "step", "metric", "layer", "head"])
                                   .reset_index(drop=True),
                                   read(out, "heads").sort_values(["run", "step", "metric", "layer", "head"])

@@ -185,6 +185,12 @@ def test_freed_heads_fall_back_to_the_best_baseline_heads(tmp_path):
     check_image(plots.save(fig, tmp_path, "fallback", ("png",))[0])
 
 
+def test_smear_lambda_says_where_its_values_come_from():
+    t = make_tables()
+    assert "(recorded during training)" in plots.smear_lambda(t["smear"], t["record_smear"])._suptitle.get_text()
+    assert "(at checkpoints)" in plots.smear_lambda(t["smear"], t["record_smear"].iloc[:0])._suptitle.get_text()
+
+
 def test_many_heads_draw_ablation_as_grids(tmp_path):
     prev = np.full((6, 6), 0.1)
     prev[3] = np.nan

@@ -39,8 +39,8 @@ def _boxplot(ax, data: list[np.ndarray], labels: list[str], color: str) -> None:
 
 def smear_lambda(smear: pd.DataFrame, record_smear: pd.DataFrame | None = None) -> Figure:
     """λ over training (one line per seed) and the effective coefficient on data (mean, 5–95% band)."""
-    src = need(next((d for d in (record_smear, smear) if d is not None and len(d)), None),
-               "smear table (the smear arm's λ and coefficients)")
+    recorded = record_smear is not None and len(record_smear) > 0  # the finer record when there is one
+    src = need(record_smear if recorded else smear, "smear table (the smear arm's λ and coefficients)")
     src = need(src[src["arm"] == "smear"], "smear-arm rows in the smear table")
     fig = figure(11, 4.0)
     ax_l, ax_c = fig.subplots(1, 2, sharex=True)
@@ -51,7 +51,7 @@ def smear_lambda(smear: pd.DataFrame, record_smear: pd.DataFrame | None = None) 
         ax_l.plot(g["tokens"], g["lambda"], color=c, lw=2, marker=marker, ms=4, label=f"seed {seed}")
         ax_c.plot(g["tokens"], g["coef_mean"], color=c, lw=2, marker=marker, ms=4, label=f"seed {seed}: mean")
         ax_c.fill_between(g["tokens"], g["coef_p05"], g["coef_p95"], color=c, alpha=0.15, lw=0)
-    if record_smear is not None and len(record_smear) and smear is not None and len(smear):
+    if recorded and smear is not None and len(smear):
         ck = smear[smear["arm"] == "smear"]
         ax_l.scatter(ck["tokens"], ck["lambda"], s=14, color="black", zorder=3, label="checkpoints")
     for ax in (ax_l, ax_c):
@@ -64,7 +64,7 @@ def smear_lambda(smear: pd.DataFrame, record_smear: pd.DataFrame | None = None) 
     ax_c.set_ylabel("effective coefficient λ·σ(w·e) on data")
     ax_c.set_title("effective coefficient on data: mean, band 5th–95th percentile", fontsize=10)
     ax_c.legend(fontsize=8)
-    source = "recorded during training" if src is record_smear else "at checkpoints"
+    source = "recorded during training" if recorded else "at checkpoints"
     fig.suptitle(f"Smear gate over training ({source}) — preset {preset_text(src)}", fontsize=11)
     return fig
 

@@ -1,10 +1,13 @@
-# Two commands on a fresh machine: `make demo` (the whole study on the embedded corpus) and `make test`.
+# Two commands on a fresh machine: `make demo` (the whole study on the embedded corpus) and `make test`;
+# then `make notebooks` opens the demo's tables in JupyterLab.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
+TABLES := checkpoints/analysis
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test notebooks bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+$(NOTEBOOKS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[notebooks]"
+	touch $(NOTEBOOKS_STAMP)
+
+# The notebooks' default parameters read ../$(TABLES) and write ../figures, relative to notebooks/
+# (a kernel starts in its notebook's folder): the demo's tables and figures. Jupyter refuses root
+# without --allow-root (containers, CI machines); anyone else runs it as is.
+notebooks: $(NOTEBOOKS_STAMP)
+	@test -e $(TABLES)/heads.parquet || echo "No tables in $(TABLES) yet: run 'make demo' first; the notebooks read them."
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_benchmark.py

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,6 +190,7 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     """
     try:
         import papermill as pm
+        from traitlets.config import Config
     except ImportError:
         raise AnalysisError("papermill is not installed (pip install -e '.[dev]'); run the report without "
                             "--notebooks to draw the figures directly") from None
@@ -198,20 +200,25 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
     common = dict(figures_dir=str(figures_dir), preset=preset)
     results: dict[str, Path | str] = {}
-    for name in names:
-        src = NOTEBOOKS_DIR / f"{name}.ipynb"
-        if not src.exists():
-            results[name] = f"{src} is missing"
-            continue
-        params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
-            dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
-        dest = out_dir / f"{name}.ipynb"
-        try:
-            pm.execute_notebook(str(src), str(dest), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                progress_bar=False, kernel_name="python3")
-            results[name] = dest
-        except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
-            results[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    # The kernels talk over local sockets (IPC), not TCP: nothing listens on a port, and ipykernel has
+    # no "running over TCP without encryption" warning to print among our progress lines. The sockets
+    # live in a private temporary folder (by default they would land in the notebooks' working folder).
+    with tempfile.TemporaryDirectory(prefix="smearlens-kernel-") as sockets:
+        kernel = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+        for name in names:
+            src = NOTEBOOKS_DIR / f"{name}.ipynb"
+            if not src.exists():
+                results[name] = f"{src} is missing"
+                continue
+            params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
+                dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
+            dest = out_dir / f"{name}.ipynb"
+            try:
+                pm.execute_notebook(str(src), str(dest), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                    progress_bar=False, kernel_name="python3", config=kernel)
+                results[name] = dest
+            except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
+                results[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     return results
 
 

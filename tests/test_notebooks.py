@@ -64,13 +64,21 @@ def executed(tmp_path_factory) -> dict[str, Path]:
         "01": ("01_previous_token_heads", dict(tables_dir=good, figures_dir=figs)),
         "02": ("02_smear_gate", dict(tables_dir=good, figures_dir=figs)),
         "03": ("03_freed_heads", dict(tables_dir=good, figures_dir=figs)),
-        "04": ("04_inspect", dict(checkpoints=good.parent, figures_dir=figs)),
         "01-mixed": ("01_previous_token_heads", dict(tables_dir=mixed, figures_dir=root / "figs-mixed")),
         "03-thin": ("03_freed_heads", dict(tables_dir=thin, figures_dir=root / "figs-thin")),
         "02-thin": ("02_smear_gate", dict(tables_dir=thin, figures_dir=root / "figs-thin")),
     }
-    env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1")
+    # the kernels import this checkout's packages, whichever checkout the environment was installed from
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONPATH=path)
     procs, done = {}, {}
+    # 04 goes through the report's runner, as `smearlens demo` does, so its terminal output is checked too
+    runner = ("import sys; from analysis.report import run_notebooks; "
+              "r = run_notebooks(sys.argv[1], sys.argv[2], names=['04_inspect'], out_dir=sys.argv[3]); "
+              "sys.exit(None if all(not isinstance(v, str) for v in r.values()) else repr(r))")
+    procs["04"] = (subprocess.Popen([sys.executable, "-c", runner, str(good), str(figs), str(root / "executed")],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env),
+                   root / "executed" / "04_inspect.ipynb")
     for key, (name, params) in jobs.items():
         out = root / "executed" / f"{key}.ipynb"
         out.parent.mkdir(exist_ok=True)
@@ -83,6 +91,7 @@ def executed(tmp_path_factory) -> dict[str, Path]:
         log, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"notebook {key} failed:\n{log[-3000:]}"
         done[key] = out
+        done[f"{key}-terminal"] = log
     done["figures"] = figs
     return done
 
@@ -129,6 +138,12 @@ def test_inspect_notebook_explains_what_is_missing(executed):
     assert "Nothing to draw" in text
 
 
+def test_running_notebooks_prints_nothing(executed):
+    """The report's runner (the demo's) shows no kernel log, e.g. ipykernel's "running over TCP" warning."""
+    assert "Kernel is running over TCP" not in executed["04-terminal"]
+    assert executed["04-terminal"] == ""
+
+
 def test_mixed_presets_give_a_message_not_a_traceback(executed):
     text, errors = outputs(executed["01-mixed"])
     assert not errors
@@ -168,6 +183,12 @@ def test_freed_heads_fall_back_to_the_best_baseline_heads(tmp_path):
     fig = plots.freed_head_profiles(heads, 0.4)
     assert "no baseline head reaches 0.4" in fig._suptitle.get_text()
     check_image(plots.save(fig, tmp_path, "fallback", ("png",))[0])
+
+
+def test_smear_lambda_says_where_its_values_come_from():
+    t = make_tables()
+    assert "(recorded during training)" in plots.smear_lambda(t["smear"], t["record_smear"])._suptitle.get_text()
+    assert "(at checkpoints)" in plots.smear_lambda(t["smear"], t["record_smear"].iloc[:0])._suptitle.get_text()
 
 
 def test_many_heads_draw_ablation_as_grids(tmp_path):

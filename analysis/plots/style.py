@@ -1,0 +1,180 @@
+"""The look shared by every figure (arm colours and names, metric units, the 0–1 score scale), the
+drawing pieces more than one family uses, and saving and showing a figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import EngFormatter
+
+from trainer.errors import AnalysisError, SmearlensError
+from trainer.io import atomic_path
+
+ARM_COLORS = {"baseline": "#3b6fb6", "smear": "#e07b28"}
+ARM_LABELS = {"baseline": "baseline (no smear)", "smear": "smear"}
+# (name, unit) per head metric; units as the analysis defines them (SPEC, Metrics).
+METRIC_LABELS = {
+    "prev_token": ("previous-token score", "attention on token i−1, 0–1"),
+    "induction": ("induction score", "0–1"),
+    "duplicate_token": ("duplicate-token score", "0–1"),
+    "entropy": ("attention entropy", "nats"),
+    "distance": ("mean attention distance", "tokens"),
+    "bos": ("attention to BOS", "fraction, 0–1"),
+    "ablation_zero": ("loss increase, head zero-ablated", "nats/token"),
+    "ablation_mean": ("loss increase, head mean-ablated", "nats/token"),
+}
+PROFILE_METRICS = ("prev_token", "induction", "duplicate_token", "entropy", "distance", "bos")
+ABSENT_COLOR = "#d9d9d9"
+ABSENT_EDGE = "#8c8c8c"  # the hatching over layers without attention
+OUTLINE_COLOR = "#d62728"  # outlines previous-token heads
+SCORE_CMAP = matplotlib.colormaps["viridis"].with_extremes(bad=ABSENT_COLOR)
+DPI = 110
+
+
+def figure(width: float, height: float) -> Figure:
+    """A new figure, no pyplot: no global state, no GUI backend."""
+    return Figure(figsize=(width, height), layout="constrained", dpi=DPI)
+
+
+def need(df: pd.DataFrame | None, what: str) -> pd.DataFrame:
+    """`df`, or AnalysisError("no <what>") when it is missing or empty."""
+    if df is None or not len(df):
+        raise AnalysisError(f"no {what}")
+    return df
+
+
+def preset_text(df: pd.DataFrame) -> str:
+    return ", ".join(sorted(set(df["preset"].astype(str))))
+
+
+def seed_text(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def arm_label(arm: str) -> str:
+    return ARM_LABELS.get(arm, arm)
+
+
+def display_token(text: str, limit: int = 18) -> str:
+    """A decoded token made visible: spaces as ␣, newlines as ⏎, tabs as →."""
+    if not isinstance(text, str) or text == "":
+        return "∅"
+    shown = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "→").replace("\r", "␍")
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Axes over training
+
+
+def token_axis(ax, x: np.ndarray) -> None:
+    ax.set_xlabel("tokens seen")
+    x = np.asarray(x, float)
+    if len(x) and x.min() > 0 and x.max() / x.min() >= 20:
+        ax.set_xscale("log")  # checkpoints are log-spaced
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer × head grids (the previous-token heatmaps, and the ablation when there are many heads)
+
+
+def layout(scores: pd.DataFrame, n_layers: int | None = None) -> tuple[int, int]:
+    """(layers, heads) of the grid; layers without attention rows show as gaps."""
+    layers = int(scores["layer"].max()) + 1
+    return max(layers, n_layers or 0), int(scores["head"].max()) + 1
+
+
+def grid_size(n_l: int, n_h: int, panels: int, rows: int = 1) -> tuple[float, float]:
+    return 2.4 + panels * max(3.2, 0.62 * n_h + 0.8), rows * (0.9 + 0.42 * n_l) + 1.0
+
+
+def head_grid(ax, values: pd.Series, n_l: int, n_h: int, present: set[int], cmap, norm: Normalize,
+              fmt: str, outline: set[tuple[int, int]] = frozenset()) -> None:
+    """One layer × head heatmap: values written in the cells, outlined cells, absent layers hatched."""
+    ax.set_xticks(range(n_h))
+    ax.set_yticks(range(n_l))
+    ax.set_xlabel("head")
+    ax.set_xlim(-0.5, n_h - 0.5)
+    ax.set_ylim(n_l - 0.5, -0.5)
+    grid = np.full((n_l, n_h), np.nan)
+    for (layer, head), v in values.items():
+        grid[int(layer), int(head)] = v
+    ax.imshow(grid, norm=norm, cmap=cmap, aspect="auto")
+    small = n_h > 8  # past 8 heads two decimals no longer fit a cell
+    for layer in range(n_l):
+        if layer not in present:
+            ax.add_patch(Rectangle((-0.5, layer - 0.5), n_h, 1, facecolor=ABSENT_COLOR, hatch="///",
+                                   edgecolor=ABSENT_EDGE, lw=0))
+            ax.text((n_h - 1) / 2, layer, "no attention", ha="center", va="center", fontsize=8, color="#333",
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+            continue
+        for head in range(n_h):
+            v = grid[layer, head]
+            if np.isnan(v):
+                continue
+            if not small:
+                r, g, b, _ = cmap(norm(v))
+                ax.text(head, layer, fmt.format(v), ha="center", va="center", fontsize=8,
+                        color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
+            if (layer, head) in outline:
+                ax.add_patch(Rectangle((head - 0.46, layer - 0.46), 0.92, 0.92, fill=False, edgecolor=OUTLINE_COLOR,
+                                       lw=2.2))
+
+
+def outline_handle(label: str) -> Patch:
+    """The legend entry for `head_grid`'s outlined cells."""
+    return Patch(facecolor="none", edgecolor=OUTLINE_COLOR, lw=2, label=label)
+
+
+def no_runs(ax, arm: str) -> None:
+    ax.set_title(f"{ARM_LABELS[arm]}\n(no runs)", fontsize=10)
+    ax.text(0.5, 0.5, f"no {arm} runs in these tables", ha="center", va="center", transform=ax.transAxes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and showing
+
+
+def save(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write `name.png` and `name.svg` into `folder`, each to a temporary file renamed into place."""
+    out = []
+    for fmt in formats:
+        path = Path(folder) / f"{name}.{fmt}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
+        out.append(path)
+    return out
+
+
+def display_markdown(text: str) -> None:
+    """Markdown in a notebook, plain text elsewhere."""
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    except ImportError:
+        print(text)
+
+
+def show_figure(title: str, make: Callable[[], Figure], figures_dir: str | Path, name: str) -> Path | None:
+    """Draw, save and display one figure, or show why it is absent."""
+    try:
+        png = save(make(), figures_dir, name)[0]
+    except SmearlensError as e:
+        display_markdown(f"**{title}: not drawn** — {e}.")
+        return None
+    try:
+        from IPython.display import Image, display
+
+        display(Image(filename=str(png)))
+    except ImportError:
+        print(f"saved {png}")
+    return png

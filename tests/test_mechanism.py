@@ -219,7 +219,7 @@ def test_formation_steps_by_hand():
 
 
 def test_readout_figure(tmp_path):
-    from analysis.plots_mechanism import plot_readout
+    from analysis.plots.mechanism import plot_readout
 
     rows = [dict(arm=arm, seed=s, layer=l, target=t, metric="above_baseline", value=0.1 * l + (arm == "smear") * 0.05)
             for arm in ("baseline", "smear") for s in range(2) for l in range(5) for t in ("prev", "curr", "prev2")]

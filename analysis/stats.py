@@ -557,6 +557,7 @@ is in the claim's own unit (see `why`): a smaller true difference would not matt
 is not significant is tested for equivalence within ±SESOI, and its power is given at the SESOI."""
 if len(PRIMARY_CLAIMS) > 3:  # a fixed, small family: the point of declaring it in advance
     raise AssertionError("at most three primary claims")
+SESOI = {p.claim: p.sesoi for p in reversed(PRIMARY_CLAIMS)}  # claim -> its smallest effect of interest
 FREED_UP_CLAIMS = ("n_prev_heads", "prev_mass")  # "freed up" needs both lower (SPEC)
 
 VERDICTS = ("lower", "higher", "equivalent within ±{sesoi:g}", "too few seeds to tell")
@@ -594,15 +595,15 @@ def compare_arms(per_seed: pd.DataFrame, value_col: str, *, arm: str = RECORD_AR
     the SD of the differences with its 80% upper bound, and — given a SESOI — the TOST equivalence p
     and the power at the SESOI (observed and upper-bound SD). Unpaired (too few shared seeds): Welch p
     and a bootstrap CI, labelled so. `role` defaults to "primary" for a declared PRIMARY_CLAIMS entry
-    (whose SESOI it then uses) and "exploratory" otherwise. `p_holm` is the p itself here; compare_all
+    and "exploratory" otherwise; the SESOI defaults to the claim's declared one (SESOI), if any. `p_holm` is the p itself here; compare_all
     adjusts the primary family together. When no test can be made the verdict says why.
     """
     if value_col not in per_seed.columns:
         raise AnalysisError(f"no per-seed column {value_col!r} (have: {', '.join(per_seed.columns)})")
     declared = primary_claim(value_col, arm)
     role = role or ("primary" if declared else "exploratory")
-    if sesoi is None and declared is not None:
-        sesoi = declared.sesoi
+    if sesoi is None:  # a SESOI belongs to the measure: other arms are tested for equivalence against it too
+        sesoi = declared.sesoi if declared else SESOI.get(value_col)
     df = per_seed[["arm", "seed", value_col]].dropna()
     vals = {a: df[df["arm"] == a].drop_duplicates("seed").set_index("seed")[value_col].astype(float).sort_index()
             for a in (baseline, arm)}
@@ -696,8 +697,7 @@ def compare_thresholds(heads: pd.DataFrame, thresholds: Iterable[float] = THRESH
     rows = []
     for t, g in sweep.groupby("threshold"):
         for arm in arms:
-            rows.append(dict(threshold=float(t), **compare_arms(g, "n_prev_heads", arm=arm, role="exploratory",
-                                                               sesoi=0.0, **kw)))
+            rows.append(dict(threshold=float(t), **compare_arms(g, "n_prev_heads", arm=arm, role="exploratory", **kw)))
     return pd.DataFrame(rows)
 
 
@@ -708,7 +708,7 @@ def plan_seeds(comparisons: pd.DataFrame, power: float = 0.8, alpha: float = ALP
     for r in comparisons.to_dict("records") if len(comparisons) else []:
         if r["role"] != "primary" or not r["paired"] or not np.isfinite(r["sesoi"]):
             continue
-        need = lambda sd: seeds_needed(r["sesoi"], sd, power, alpha) if np.isfinite(sd) and sd > 0 else math.nan
+        need = lambda sd: seeds_needed(r["sesoi"], sd, power, alpha) if np.isfinite(sd) else math.nan
         rows.append(dict(claim=r["claim"], label=r["label"], arm=r["arm"], sesoi=r["sesoi"], n_pairs=r["n_pairs"],
                          sd_diff=r["sd_diff"], sd_diff_upper=r["sd_diff_upper"], seeds_obs=need(r["sd_diff"]),
                          seeds_upper=need(r["sd_diff_upper"])))
@@ -717,7 +717,7 @@ def plan_seeds(comparisons: pd.DataFrame, power: float = 0.8, alpha: float = ALP
 
 def _claim_text(r: dict) -> str:
     detail = f"Holm {_fmt_p(r['p_holm'])}" if r["role"] == "primary" else _fmt_p(r["p_value"])
-    if np.isfinite(r.get("p_tost", math.nan)):
+    if not r["significant"] and np.isfinite(r.get("p_tost", math.nan)):
         detail += f", TOST {_fmt_p(r['p_tost'])}"
     return f"{r['label']}: {r['verdict']}" + ("" if r["verdict"].startswith("absent") else f" ({detail})")
 

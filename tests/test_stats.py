@@ -236,6 +236,7 @@ def test_every_arm_is_compared_with_the_baseline():
     assert set(summary.primary["arm"]) == {"smear"} and len(summary.primary) == 3
     dose = comp[comp["arm"] == "dose-0.8"].set_index("claim")
     assert (dose["role"] == "exploratory").all() and dose.loc["prev_mass", "paired"]
+    assert dose.loc["prev_mass", "sesoi"] == 0.05 and np.isfinite(dose.loc["prev_mass", "p_tost"])  # the measure's SESOI
     assert -0.8 < dose.loc["prev_mass", "diff"] < 0  # the fixture's third arm lies between the two
     assert set(summary.thresholds["arm"]) == {"smear", "dose-0.8"}
     assert summary.verdict.startswith("Heads are freed up")  # the record's claim is about smear alone
@@ -259,7 +260,8 @@ def test_threshold_sweep_is_monotone_and_compared_per_threshold():
         assert (np.diff(g.sort_values("threshold")["n_prev_heads"].to_numpy()) <= 0).all()
     comp = stats.compare_thresholds(t.heads)
     assert list(comp["threshold"]) == list(stats.THRESHOLDS) and (comp["role"] == "exploratory").all()
-    assert comp.set_index("threshold").loc[0.4, "verdict"] == "lower"
+    by_t = comp.set_index("threshold")
+    assert by_t.loc[0.4, "verdict"] == "lower" and by_t.loc[0.8, "verdict"] == "equivalent within ±0.5"  # 0 vs 0 heads
 
 
 def test_final_step_is_each_runs_last():

@@ -29,8 +29,31 @@ from analysis.stats import ARMS, DEFAULT_THRESHOLD, THRESHOLDS, Tables
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_path
 
-ARM_COLORS = {"baseline": "#3b6fb6", "smear": "#e07b28"}
-ARM_LABELS = {"baseline": "baseline (no smear)", "smear": "smear"}
+
+
+class _ArmStyle(dict):
+    """Per-arm style; an arm not listed (e.g. "dose-0.8") gets the next free colour, or its own name."""
+
+    def __init__(self, known: dict, spare: Sequence[str] | None = None):
+        super().__init__(known)
+        self._spare = list(spare) if spare is not None else None
+
+    def __missing__(self, arm: str) -> str:
+        if self._spare is None:
+            return arm
+        free = [c for c in self._spare if c not in self.values()] or self._spare
+        self[arm] = free[0]
+        return free[0]
+
+
+ARM_COLORS = _ArmStyle({"baseline": "#3b6fb6", "smear": "#e07b28"},
+                       ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"])
+ARM_LABELS = _ArmStyle({"baseline": "baseline (no smear)", "smear": "smear"})
+
+
+def _arms(df: pd.DataFrame) -> list[str]:
+    """baseline and smear (panels say when they have no runs), then every other arm in `df`."""
+    return stats.arm_order(set(ARMS) | set(df["arm"].astype(str)))
 # (name, unit) per head metric; units as the analysis defines them (SPEC, Metrics).
 METRIC_LABELS = {
     "prev_token": ("previous-token score", "attention on token i−1, 0–1"),
@@ -176,10 +199,11 @@ def prev_token_heatmaps(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOL
     scores = _need(stats.head_scores(heads), "prev_token rows in the heads table")
     n_l, n_h = _layout(scores, n_layers)
     present = set(scores["layer"].astype(int))
-    fig = Figure(figsize=_grid_size(n_l, n_h, 2), layout="constrained", dpi=DPI)
-    axes = fig.subplots(1, 2, sharey=True)
+    arms = _arms(scores)
+    fig = Figure(figsize=_grid_size(n_l, n_h, len(arms)), layout="constrained", dpi=DPI)
+    axes = fig.subplots(1, len(arms), sharey=True)
     norm = Normalize(0, 1)
-    for ax, arm in zip(axes, ARMS):
+    for ax, arm in zip(axes, arms):
         g = scores[scores["arm"] == arm]
         if g.empty:
             _head_grid(ax, pd.Series(dtype=float), n_l, n_h, set(), SCORE_CMAP, norm, "")
@@ -210,12 +234,13 @@ def prev_heads_vs_threshold(heads: pd.DataFrame, thresholds: Sequence[float] = T
     n_total = int(stats.head_scores(heads).groupby("run").size().max())
     fig = Figure(figsize=(6.4, 4.0), layout="constrained", dpi=DPI)
     ax = fig.subplots()
-    for i, arm in enumerate(ARMS):
+    arms = _arms(sweep)
+    for i, arm in enumerate(arms):
         g = sweep[sweep["arm"] == arm]
         if g.empty:
             continue
         agg = g.groupby("threshold")["n_prev_heads"].agg(["mean", "min", "max"])
-        x = agg.index.to_numpy() + (i - 0.5) * 0.006  # a hair apart so equal counts stay visible
+        x = agg.index.to_numpy() + (i - (len(arms) - 1) / 2) * 0.006  # a hair apart so equal counts stay visible
         ax.plot(x, agg["mean"], marker="o", ms=4, lw=2, color=ARM_COLORS[arm],
                 label=f"{ARM_LABELS[arm]} — mean of {_seed_text(g['seed'].nunique())}")
         if g["seed"].nunique() > 1:
@@ -246,7 +271,7 @@ def prev_mass_over_training(heads: pd.DataFrame, record_heads: pd.DataFrame | No
     n_total = int(stats.head_scores(heads).groupby("run").size().max())
     for ax, (title, df) in zip(axes, sources):
         mass = stats.prev_mass_over_steps(df)
-        for arm in ARMS:
+        for arm in _arms(mass):
             _band(ax, mass, "prev_mass", arm)
         lo, hi = mass["tokens"].min(), mass["tokens"].max()
         for i, x in enumerate(t for t in window_growth if lo < t < hi):
@@ -407,15 +432,17 @@ def freed_head_profiles(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOL
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     x = np.arange(len(places))
     keys = {(l, h) for l, h, _ in places}
+    arms = _arms(final)
+    w = 0.76 / len(arms)  # two arms: bars 0.36 wide, 0.38 apart
     for ax, metric in zip(axes, metrics):
         m = final[final["metric"] == metric]
-        for i, arm in enumerate(ARMS):
+        for i, arm in enumerate(arms):
             a = m[m["arm"] == arm]
             if a.empty:
                 continue
-            off = (i - 0.5) * 0.38
+            off = (i - (len(arms) - 1) / 2) * w
             means = [a.loc[(a["layer"] == l) & (a["head"] == h), "value"].mean() for l, h, _ in places]
-            ax.bar(x + off, means, width=0.36, color=ARM_COLORS[arm], alpha=0.85, label=ARM_LABELS[arm])
+            ax.bar(x + off, means, width=w - 0.02, color=ARM_COLORS[arm], alpha=0.85, label=ARM_LABELS[arm])
             for j, (l, h, _) in enumerate(places):
                 v = a.loc[(a["layer"] == l) & (a["head"] == h), "value"].to_numpy()
                 ax.scatter(np.full(len(v), x[j] + off), v, s=10, color="black", zorder=3, lw=0)
@@ -429,7 +456,7 @@ def freed_head_profiles(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOL
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    handles = [Patch(color=ARM_COLORS[a], label=ARM_LABELS[a]) for a in ARMS]
+    handles = [Patch(color=ARM_COLORS[a], label=ARM_LABELS[a]) for a in arms]
     handles += [Line2D([], [], marker="o", ls="", color="black", ms=3, label="one seed"),
                 Line2D([], [], ls=":", color="#555", label="mean of all other heads (arm colour)")]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
@@ -456,6 +483,8 @@ def ablation_by_head(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) 
     if len(places) > MAX_BAR_HEADS:
         return _ablation_grids(final, metrics, prev, threshold)
     x = np.arange(len(places))
+    arms = _arms(final)
+    w = 0.76 / len(arms)
     fig = Figure(figsize=(max(6.0, 0.5 * len(places) + 2), 2.8 * len(metrics) + 1.0), layout="constrained", dpi=DPI)
     axes = np.atleast_1d(fig.subplots(len(metrics), 1, sharex=True, squeeze=False)).ravel()
     for ax, metric in zip(axes, metrics):
@@ -463,13 +492,13 @@ def ablation_by_head(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) 
         for j, p in enumerate(places):
             if p in prev:
                 ax.axvspan(j - 0.5, j + 0.5, color="#fff0b3", zorder=0)
-        for i, arm in enumerate(ARMS):
+        for i, arm in enumerate(arms):
             a = m[m["arm"] == arm]
             if a.empty:
                 continue
-            off = (i - 0.5) * 0.38
+            off = (i - (len(arms) - 1) / 2) * w
             means = a.groupby(["layer", "head"])["value"].mean()
-            ax.bar(x + off, [means.get(p, np.nan) for p in places], width=0.36, color=ARM_COLORS[arm], alpha=0.85)
+            ax.bar(x + off, [means.get(p, np.nan) for p in places], width=w - 0.02, color=ARM_COLORS[arm], alpha=0.85)
             for j, p in enumerate(places):
                 v = a.loc[(a["layer"] == p[0]) & (a["head"] == p[1]), "value"].to_numpy()
                 ax.scatter(np.full(len(v), x[j] + off), v, s=9, color="black", zorder=3, lw=0)
@@ -479,7 +508,7 @@ def ablation_by_head(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) 
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xticks(x, [f"L{l}H{h}" for l, h in places], rotation=90 if len(places) > 16 else 0, fontsize=8)
     axes[-1].set_xlabel("layer / head")
-    handles = [Patch(color=ARM_COLORS[a], label=f"{ARM_LABELS[a]} (bar: seed mean)") for a in ARMS]
+    handles = [Patch(color=ARM_COLORS[a], label=f"{ARM_LABELS[a]} (bar: seed mean)") for a in arms]
     handles += [Line2D([], [], marker="o", ls="", color="black", ms=3, label="one seed"),
                 Patch(color="#fff0b3", label=f"previous-token head in a baseline seed (≥ {threshold:g})")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
@@ -491,16 +520,17 @@ def _ablation_grids(final: pd.DataFrame, metrics: list[str], prev: set[tuple[int
     """Many heads: one layer × head grid per arm and ablation kind, one colour scale per kind."""
     n_l, n_h = _layout(final)
     present = set(final["layer"].astype(int))
-    fig = Figure(figsize=_grid_size(n_l, n_h, 2, len(metrics)), layout="constrained", dpi=DPI)
-    axes = fig.subplots(len(metrics), 2, squeeze=False)
+    arms = _arms(final)
+    fig = Figure(figsize=_grid_size(n_l, n_h, len(arms), len(metrics)), layout="constrained", dpi=DPI)
+    axes = fig.subplots(len(metrics), len(arms), squeeze=False)
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad=ABSENT_COLOR)  # red outlines stay visible on blue
     for row, metric in zip(axes, metrics):
         m = final[final["metric"] == metric]
-        means = {arm: m[m["arm"] == arm].groupby(["layer", "head"])["value"].mean() for arm in ARMS}
+        means = {arm: m[m["arm"] == arm].groupby(["layer", "head"])["value"].mean() for arm in arms}
         top = max([float(v.max()) for v in means.values() if len(v)] + [1e-9])
         norm = Normalize(min(0.0, min(float(v.min()) for v in means.values() if len(v))), top)
         name, unit = METRIC_LABELS[metric]
-        for ax, arm in zip(row, ARMS):
+        for ax, arm in zip(row, arms):
             if means[arm].empty:
                 _head_grid(ax, pd.Series(dtype=float), n_l, n_h, set(), cmap, norm, "")
                 _no_runs(ax, arm)
@@ -785,7 +815,7 @@ def notebook_tables(tables_dir: str | Path, preset: str | None = None,
         return None
     runs = tables.heads.drop_duplicates("run")
     lines = [f"Preset **{tables.preset}**, tables from `{tables_dir}`: "
-             + "; ".join(f"{arm}: {_seed_text(len(tables.seeds(arm)))}" for arm in ARMS)
+             + "; ".join(f"{arm}: {_seed_text(len(tables.seeds(arm)))}" for arm in _arms(tables.heads))
              + f" ({len(runs)} run{'s' if len(runs) != 1 else ''})."]
     lines += [f"- **Note:** {n}" for n in tables.notes]
     display_markdown("\n".join(lines))

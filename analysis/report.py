@@ -126,7 +126,10 @@ def statistics_markdown(summary: Summary) -> str:
     if len(primary):
         why = "\n".join(f"- {stats.claim_label(p.claim, summary.threshold)}, {p.arm} − {stats.BASELINE}, "
                         f"SESOI {p.sesoi:g}: {p.why}" for p in stats.PRIMARY_CLAIMS)
-        parts += ["### Primary claims (fixed before the runs)", "", primary_markdown(primary), "",
+        notes = [f"- {r['label']}: {r['note']}." for r in primary.to_dict("records") if r["note"]]
+        parts += ["### Primary claims (fixed before the runs)", "", primary_markdown(primary), ""]
+        parts += ["Notes:", ""] + notes + [""] if notes else []
+        parts += [
                   "Arms of one seed share initial weights and data order, so they are compared as pairs: the mean "
                   "paired difference with its t-based 95% CI, the paired t-test, and the exact sign-flip "
                   "permutation test over all 2ⁿ sign patterns (it cannot go below 2/2ⁿ: 0.25 with 3 pairs). The "

@@ -48,6 +48,7 @@ def test_report_states_the_verdict_and_the_statistics(good_report):
     assert primary.count("| lower |") == 3 and "Holm p" in primary and "TOST p" in primary
     assert "power at SESOI (observed σ / upper σ)" in primary and "Why these claims and SESOIs:" in primary
     assert "- total previous-token mass (sum of scores) (SESOI 0.05): σ of the paired differences" in primary
+    assert "- previous-token heads (score ≥ 0.4): no spread in the paired differences, so the t tests" in primary
     explo = stats_part.split("### Exploratory comparisons (not corrected for multiple comparisons)", 1)[1]
     assert "| smear − baseline | induction score at the baseline's previous-token heads |" in explo
     assert "(paired t)" in explo and "Welch" not in explo and "no significant difference" not in text

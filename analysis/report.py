@@ -1,8 +1,9 @@
 """`smearlens report`: a markdown write-up of whether the smear frees up heads.
 
-Figures (embedded by relative path), per-seed tables, the statistics with bootstrap CIs and Welch
-p-values, the conclusion they support (including "no significant difference"), and the commands
-and configs that produced them. By default the figures are drawn directly with `analysis.plots`, so
+Figures (embedded by relative path), per-seed tables, the statistics (paired by seed: the primary
+claims fixed in advance, Holm-corrected, with equivalence tests and power; every arm against the
+baseline as exploratory comparisons), the conclusion they support (including "too few seeds to
+tell"), and the commands and configs that produced them. By default the figures are drawn directly with `analysis.plots`, so
 a report never needs a Jupyter kernel; `--notebooks` executes the notebooks instead (papermill).
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from analysis import plots, stats
-from analysis.stats import ARMS, DEFAULT_THRESHOLD, Summary, Tables
+from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_write_text
 
@@ -58,28 +59,110 @@ def _p(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
-def statistics_markdown(summary: Summary) -> str:
-    """The comparisons as a table: claim, means, smear − baseline with its 95% CI, p, n, verdict."""
+def _fmt(claim: str) -> str:
+    return stats.CLAIMS.get(claim, ("", "{:.3f}"))[1]
+
+
+def _ci(r: dict, fmt: str) -> str:
+    return f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
+
+
+def _seeds(r: dict) -> str:
+    return str(r["n_pairs"]) if r["paired"] else f"unpaired ({r['n_baseline']} / {r['n_arm']})"
+
+
+def _signflip(r: dict) -> str:
+    return f"{_p(r['p_signflip'])} (≥ {_p(r['p_signflip_min'])})" if math.isfinite(r["p_signflip"]) else "—"
+
+
+def primary_markdown(primary: pd.DataFrame) -> str:
+    """The primary claims (fixed before the runs): paired tests, Holm, TOST, power at the SESOI, verdict."""
     rows = []
-    for r in summary.comparisons.to_dict("records"):
-        fmt = stats.CLAIMS.get(r["claim"], ("", "{:.3f}"))[1]
-        ci = f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
-        rows.append([r["label"], _num(r["mean_baseline"], fmt), _num(r["mean_smear"], fmt), _num(r["diff"], fmt), ci,
-                     _p(r["p_value"]), f"{r['n_baseline']} / {r['n_smear']}" + (" paired" if r["paired"] else ""),
-                     r["verdict"]])
-    table = _md_table(["claim (per run, final step)", "baseline", "smear", "smear − baseline", "95% CI (bootstrap)",
-                       "Welch p", "seeds (b / s)", "verdict"], rows)
-    return table + (f"\n\nSignificant: Welch p < {stats.ALPHA} and a bootstrap 95% CI that excludes 0 "
-                    f"({stats.N_BOOT:,} resamples of seeds, RNG seed {stats.BOOT_SEED}; seeds paired when both "
-                    "arms have the same seeds).")
+    for r in primary.to_dict("records"):
+        fmt = _fmt(r["claim"])
+        test_p = _p(r["p_value"]) + ("" if r["paired"] or not math.isfinite(r["p_value"]) else " (Welch)")
+        power = (f"{_num(r['power_obs'], '{:.2f}')} / {_num(r['power_upper'], '{:.2f}')}"
+                 if math.isfinite(r["power_obs"]) else "—")
+        rows.append([r["label"], f"{r['arm']} − {r['baseline']}", _num(r["sesoi"], "{:g}"), _seeds(r),
+                     _num(r["diff"], fmt), _ci(r, fmt), test_p, _signflip(r), _p(r["p_holm"]), _p(r["p_tost"]),
+                     power, r["verdict"]])
+    return _md_table(["claim (per run, final step)", "arms", "SESOI", "n pairs", "mean paired difference",
+                      "95% CI (t)", "paired-t p", "sign-flip p (min reachable)", "Holm p", "TOST p",
+                      "power at SESOI (observed σ / upper σ)", "verdict"], rows)
+
+
+def exploratory_markdown(df: pd.DataFrame) -> str:
+    """Every other comparison, uncorrected: each arm − baseline on each claim."""
+    rows = []
+    for r in df.to_dict("records"):
+        fmt = _fmt(r["claim"])
+        rows.append([f"{r['arm']} − {r['baseline']}", r["label"], _num(r["mean_baseline"], fmt),
+                     _num(r["mean_arm"], fmt), _num(r["diff"], fmt),
+                     _ci(r, fmt) + (f" ({r['ci_method']})" if r["ci_method"] else ""),
+                     f"{_p(r['p_value'])} ({r['test']})" if r["test"] else "—", _signflip(r),
+                     _num(r["r_pairs"], "{:.2f}"), _seeds(r),
+                     f"{_p(r['p_tost'])} (±{r['sesoi']:g})" if math.isfinite(r["p_tost"]) else "—", r["verdict"]])
+    return _md_table(["arms", "claim (per run, final step)", "baseline", "arm", "difference", "95% CI", "p (test)",
+                      "sign-flip p (min reachable)", "r within pairs", "n pairs", "TOST p (±SESOI)", "verdict"], rows)
+
+
+def planning_markdown(comparisons: pd.DataFrame) -> str:
+    """Paired seeds needed for power 0.8 at each primary claim's SESOI (observed and upper-bound σ)."""
+    plan = stats.plan_seeds(comparisons)
+    if not len(plan):
+        return ""
+    lines = [f"- {r['label']} (SESOI {r['sesoi']:g}): σ of the paired differences {_num(r['sd_diff'], '{:.3g}')} "
+             f"from {r['n_pairs']} pairs, {stats.SD_UPPER_LEVEL:.0%} upper bound {_num(r['sd_diff_upper'], '{:.3g}')} → "
+             f"{_num(r['seeds_obs'], '{:.0f}')} / {_num(r['seeds_upper'], '{:.0f}')} paired seeds"
+             for r in plan.to_dict("records")]
+    return ("Paired seeds for power 0.8 at the SESOI (two-sided α = "
+            f"{stats.ALPHA:g}; at the observed σ / at its upper bound), for sizing the next study:\n\n"
+            + "\n".join(lines))
+
+
+def statistics_markdown(summary: Summary) -> str:
+    """The primary claims' table with how it was tested, then the exploratory comparisons."""
+    primary, exploratory = summary.primary, summary.exploratory
+    parts = []
+    if len(primary):
+        why = "\n".join(f"- {stats.claim_label(p.claim, summary.threshold)}, {p.arm} − {stats.BASELINE}, "
+                        f"SESOI {p.sesoi:g}: {p.why}" for p in stats.PRIMARY_CLAIMS)
+        notes = [f"- {r['label']}: {r['note']}." for r in primary.to_dict("records") if r["note"]]
+        parts += ["### Primary claims (fixed before the runs)", "", primary_markdown(primary), ""]
+        parts += ["Notes:", ""] + notes + [""] if notes else []
+        parts += [
+                  "Arms of one seed share initial weights and data order, so they are compared as pairs: the mean "
+                  "paired difference with its t-based 95% CI, the paired t-test, and the exact sign-flip "
+                  "permutation test over all 2ⁿ sign patterns (it cannot go below 2/2ⁿ: 0.25 with 3 pairs). The "
+                  f"{len(stats.PRIMARY_CLAIMS)} claims were declared in advance with a smallest effect of interest "
+                  f"(SESOI) each, and their paired-t p-values are adjusted together (Holm). Verdicts: *lower* / "
+                  f"*higher* when the Holm p < {stats.ALPHA:g}; else *equivalent within ±SESOI* when the two "
+                  f"one-sided tests (TOST) reject a difference of ±SESOI at {stats.ALPHA:g}; else *too few seeds to "
+                  "tell*. The power is the chance the paired t-test would find a true difference of the SESOI with "
+                  f"these pairs, at the observed σ of the differences and at its {stats.SD_UPPER_LEVEL:.0%} upper "
+                  "confidence bound (χ²), since a few differences barely estimate their spread. Arms whose seeds do "
+                  "not pair are compared unpaired (Welch p, bootstrap CI) and labelled so.", "",
+                  "Why these claims and SESOIs:", "", why, ""]
+        plan = planning_markdown(summary.comparisons)
+        if plan:
+            parts += [plan, ""]
+    if len(exploratory):
+        parts += ["### Exploratory comparisons (not corrected for multiple comparisons)", "",
+                  exploratory_markdown(exploratory), "",
+                  f"Every arm is compared with the {stats.BASELINE}, paired by seed; *lower* / *higher* at an "
+                  f"uncorrected p < {stats.ALPHA:g}, else *equivalent within ±SESOI* (TOST) where the measure has a "
+                  "declared SESOI, else *too few seeds to tell*. Read them as leads for the next study, not as "
+                  "findings.", ""]
+    return "\n".join(parts).rstrip() if parts else "*No comparisons.*"
 
 
 def thresholds_markdown(df: pd.DataFrame) -> str:
-    rows = [[f"{r['threshold']:.2f}", _num(r["mean_baseline"], "{:.2f}"), _num(r["mean_smear"], "{:.2f}"),
-             _num(r["diff"], "{:+.2f}"),
-             f"[{_num(r['ci_low'], '{:.2f}')}, {_num(r['ci_high'], '{:.2f}')}]" if math.isfinite(r["ci_low"]) else "—",
-             _p(r["p_value"]), r["verdict"]] for r in df.to_dict("records")]
-    return _md_table(["threshold", "baseline heads", "smear heads", "difference", "95% CI", "Welch p", "verdict"], rows)
+    """The previous-token head count per arm at each threshold (exploratory)."""
+    rows = [[f"{r['threshold']:.2f}", f"{r['arm']} − {r['baseline']}", _num(r["mean_baseline"], "{:.2f}"),
+             _num(r["mean_arm"], "{:.2f}"), _num(r["diff"], "{:+.2f}"), _ci(r, "{:.2f}"),
+             f"{_p(r['p_value'])} ({r['test']})" if r["test"] else "—", r["verdict"]] for r in df.to_dict("records")]
+    return _md_table(["threshold", "arms", "baseline heads", "arm heads", "difference", "95% CI", "p (test)",
+                      "verdict"], rows)
 
 
 def per_seed_markdown(per_seed: pd.DataFrame) -> str:
@@ -266,11 +349,11 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
     else:
         drawn = plots.draw_all(tables, figures_dir, threshold, formats=formats)
 
-    seeds = {arm: tables.seeds(arm) for arm in ARMS}
+    arms = stats.arm_order(set(tables.arms) | set(stats.ARMS))
+    seeds = "; ".join(f"{arm} {', '.join(map(str, tables.seeds(arm))) or 'none'}" for arm in arms)
     final_steps = sorted(set(stats.final_rows(tables.heads)["step"]))
     body = head + [
-        f"*Preset `{tables.preset}` · baseline seeds {', '.join(map(str, seeds['baseline'])) or 'none'} · smear seeds "
-        f"{', '.join(map(str, seeds['smear'])) or 'none'} · final step {', '.join(map(str, final_steps))} · "
+        f"*Preset `{tables.preset}` · seeds: {seeds} · final step {', '.join(map(str, final_steps))} · "
         f"previous-token threshold {threshold:g} · written {now}*", "",
         "## Conclusion", "", summary.verdict, ""]
     if tables.notes:
@@ -280,7 +363,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "(within a document); a head scoring ≥ the threshold is a *previous-token head*, and the total "
         "previous-token mass is the sum of the scores over all heads. Heads count as *freed up* when the "
         "smear arm has both fewer previous-token heads and less previous-token mass than the baseline, "
-        "significantly across seeds.", "",
+        "significantly across paired seeds after the Holm correction over the primary claims.", "",
         "## Statistics", "", statistics_markdown(summary), "",
         "### Previous-token heads at each threshold", "", thresholds_markdown(summary.thresholds), "",
         "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",

@@ -1,9 +1,13 @@
 """Statistics over the analysis tables: does the smear arm have fewer previous-token heads?
 
-Per-seed values of each claim at each run's final step, then the smear − baseline comparison:
-a bootstrap 95% CI of the difference of means (resampling seeds, paired when both arms have the
-same seeds) and a Welch t-test p-value, with a verdict in words. A comparison that cannot be made
-says why in its verdict ("arm missing", "fewer than 2 seeds per arm") instead of raising.
+Per-seed values of each claim at each run's final step, then every arm − baseline comparison.
+Arms of one seed share initial weights and data order, so they are compared as pairs: paired t,
+exact sign-flip permutation p, t-based 95% CI of the mean paired difference, correlation within
+pairs. Welch and the bootstrap serve only arms whose seeds do not pair. At most three primary
+claims (PRIMARY_CLAIMS, each with a smallest effect of interest) are fixed in advance and
+corrected together with Holm; the rest is exploratory. A verdict is one of "lower", "higher",
+"equivalent within ±SESOI" (TOST) or "too few seeds to tell", with the power at the SESOI; a
+comparison that cannot be made says why ("absent: arm missing", …) instead of raising.
 
 Pure functions (DataFrames in, DataFrames or dicts out), except `load_tables`, which reads the
 parquet files. Tables that cannot be analysed raise `AnalysisError` with a message to act on.
@@ -28,7 +32,9 @@ from trainer.config import TrainConfig, from_dict
 from trainer.errors import AnalysisError, ConfigError, one_line
 from trainer.optim import window_blocks
 
-ARMS = ("baseline", "smear")
+BASELINE = "baseline"
+RECORD_ARM = "smear"  # the record's arm: the primary claims are about it
+ARMS = (BASELINE, RECORD_ARM)  # the two arms every study has; tables may hold more (e.g. "dose-0.8")
 DEFAULT_THRESHOLD = 0.4
 THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 … 0.8
 ALPHA = 0.05
@@ -46,8 +52,6 @@ CLAIMS: dict[str, tuple[str, str]] = {
     "ablation_zero_at_prev": ("loss increase, zero-ablating the baseline's previous-token heads (per head)", "{:.4f}"),
     "induction_at_prev": ("induction score at the baseline's previous-token heads", "{:.3f}"),
 }
-PRIMARY_CLAIMS = ("n_prev_heads", "prev_mass")  # "freed up" needs both (SPEC)
-
 
 
 def claim_label(claim: str, threshold: float = DEFAULT_THRESHOLD) -> str:
@@ -80,6 +84,11 @@ class Tables:
     def preset(self) -> str:
         presets = sorted(set(self.heads["preset"].astype(str)))
         return presets[0] if len(presets) == 1 else ", ".join(presets)
+
+    @property
+    def arms(self) -> list[str]:
+        """The arms in the heads table, baseline first, then smear, then the others."""
+        return arm_order(self.heads["arm"]) if self.heads is not None else []
 
     def seeds(self, arm: str) -> list[int]:
         return sorted(int(s) for s in self.heads.loc[self.heads["arm"] == arm, "seed"].unique())
@@ -176,7 +185,7 @@ def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: 
 def validate_tables(tables: Tables) -> list[str]:
     """Check the tables can be analysed together; return notes on what limits the analysis.
 
-    Raises AnalysisError when nothing sound can come out: presets mixed, unknown arms, one run
+    Raises AnalysisError when nothing sound can come out: presets mixed, rows without an arm, one run
     labelled with two arms or seeds, two runs for one (arm, seed), no previous-token rows. Returns
     notes (an arm missing, fewer than 2 seeds, unmatched seeds, runs ending at different steps,
     non-finite values) that the notebooks and the report show. Non-finite head values are dropped
@@ -198,10 +207,10 @@ def validate_tables(tables: Tables) -> list[str]:
                             "time (pass preset=… / --preset, or separate the tables folders)")
 
     for name, df in present.items():
-        bad = sorted(set(df["arm"].astype(str)) - set(ARMS))
-        if bad:
-            raise AnalysisError(f"the {name} table has unknown arm(s) {', '.join(map(repr, bad))} "
-                                f"(expected {' or '.join(ARMS)})")
+        labels = df["arm"]
+        if labels.isna().any() or (labels.astype(str).str.strip() == "").any():
+            raise AnalysisError(f"the {name} table has rows without an arm label (expected e.g. "
+                                f"{' or '.join(ARMS)}; other arms are compared with {BASELINE!r})")
     ident = heads.groupby("run")[["arm", "seed"]].nunique()
     ambiguous = ident[(ident > 1).any(axis=1)].index.tolist()
     if ambiguous:
@@ -222,21 +231,27 @@ def validate_tables(tables: Tables) -> list[str]:
         notes.append(f"{int((~finite).sum())} non-finite value(s) in the heads table were left out")
     if (~finite).any() or heads["value"].dtype != float:
         tables.heads = heads = heads.assign(value=values)[finite].reset_index(drop=True)
-    seeds = {arm: tables.seeds(arm) for arm in ARMS}
-    for arm in ARMS:
+    arms = tables.arms
+    seeds = {arm: tables.seeds(arm) for arm in arm_order(set(arms) | set(ARMS))}
+    for arm in seeds:
         if not seeds[arm]:
-            other = [a for a in ARMS if a != arm][0]
-            notes.append(f"the {arm} arm is missing (only {other} runs): the arms cannot be compared")
+            others = ", ".join(a for a in arms if a != arm)
+            notes.append(f"the {arm} arm is missing (only {others} runs): "
+                         + ("no arm can be compared" if arm == BASELINE else "the record's claims cannot be tested"))
         elif len(seeds[arm]) < 2:
             notes.append(f"the {arm} arm has 1 seed ({seeds[arm][0]}): no significance test (needs ≥ 2 seeds per arm)")
-    if all(seeds.values()) and seeds["baseline"] != seeds["smear"]:
-        notes.append(f"seeds differ between arms (baseline {_join(seeds['baseline'])}; smear {_join(seeds['smear'])}): "
-                     "the bootstrap resamples each arm on its own instead of pairing seeds")
+    base = set(seeds[BASELINE])
+    for arm in (a for a in arms if a != BASELINE):
+        if base and seeds[arm] and set(seeds[arm]) != base:
+            shared = sorted(base & set(seeds[arm]))
+            how = (f"the paired tests use the {len(shared)} shared seeds ({_join(shared)})" if len(shared) >= 2 else
+                   "too few shared seeds to pair: compared unpaired (Welch, bootstrap)")
+            notes.append(f"seeds differ between arms ({BASELINE} {_join(seeds[BASELINE])}; {arm} {_join(seeds[arm])}): {how}")
     last = heads.groupby("run")["step"].max()
     if last.nunique() > 1:
         notes.append("runs end at different steps (" + ", ".join(f"{r}: {s}" for r, s in last.items())
                      + "): each run is compared at its own last step")
-    if seeds["smear"] and tables.get("smear") is None and tables.get("record_smear") is None:
+    if seeds[RECORD_ARM] and tables.get("smear") is None and tables.get("record_smear") is None:
         notes.append("no smear table: the smear-gate figures are left out")
     return notes
 
@@ -325,7 +340,232 @@ def prev_mass_over_steps(heads: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
+# Paired-seed statistics: pure functions of arrays
+
+
+def _st():
+    from scipy import stats as st  # imported here: scipy.stats costs ~0.5 s and few callers need it
+
+    return st
+
+
+def paired_t(d: np.ndarray) -> float:
+    """Two-sided paired t p-value of the paired differences `d` (scipy's ttest_rel on the pairs).
+
+    Without spread in `d` the t statistic is undefined; the p-value is then decided from the mean
+    alone: 0 when it is not 0, else 1.
+    """
+    d = np.asarray(d, float)
+    if len(d) < 2:
+        return math.nan
+    if np.ptp(d) == 0:
+        return 0.0 if d[0] != 0 else 1.0
+    with warnings.catch_warnings():  # near-identical differences warn about precision; the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(_st().ttest_1samp(d, 0.0).pvalue)  # identical to ttest_rel(arm, baseline)
+
+
+SIGN_FLIP_EXACT_MAX = 40  # up to here every one of the 2ⁿ sign patterns is counted (meet in the middle)
+SIGN_FLIP_DRAWS = 2**20  # above it, this many random patterns (fixed RNG seed)
+
+
+def _pattern_sums(x: np.ndarray) -> np.ndarray:
+    """Σ ±x_i over all 2^len(x) sign patterns."""
+    sums = np.zeros(1)
+    for v in x:
+        sums = np.concatenate([sums + v, sums - v])
+    return sums
+
+
+def sign_flip_p(d: np.ndarray, rng_seed: int = BOOT_SEED) -> float:
+    """Two-sided sign-flip permutation p-value of the mean paired difference.
+
+    Under "no effect" each pair's difference is as likely to have either sign, so the p-value is the
+    share of the 2ⁿ sign patterns whose |Σ ±dᵢ| reaches the observed |Σ dᵢ| (the observed pattern
+    included; a zero difference flips to itself, so it counts twice, as in a plain enumeration).
+    Exact up to SIGN_FLIP_EXACT_MAX pairs: the sums of each half's patterns are enumerated and paired
+    by sorting. Above that, SIGN_FLIP_DRAWS random patterns estimate it. NaN with no pairs.
+    """
+    d = np.asarray(d, float)
+    n = len(d)
+    if n == 0:
+        return math.nan
+    observed = abs(d.sum())
+    thr = observed - 1e-9 * max(np.abs(d).sum(), 1e-300)  # the same sum in another order may round differently
+    if thr <= 0:
+        return 1.0  # every pattern reaches a zero sum
+    if n > SIGN_FLIP_EXACT_MAX:
+        rng = np.random.default_rng(rng_seed)
+        hits = 0
+        for _ in range(SIGN_FLIP_DRAWS // 2**14):
+            signs = rng.choice((-1.0, 1.0), size=(2**14, n))
+            hits += int((np.abs(signs @ d) >= thr).sum())
+        return (hits + 1) / (SIGN_FLIP_DRAWS + 1)
+    a, b = _pattern_sums(d[: n // 2]), np.sort(_pattern_sums(d[n // 2:]))
+    # |a + b| ≥ thr  ⇔  b ≥ thr − a  or  b ≤ −thr − a (disjoint, as thr > 0)
+    upper = len(b) - np.searchsorted(b, thr - a, side="left")
+    lower = np.searchsorted(b, -thr - a, side="right")
+    return float((upper.sum() + lower.sum()) / 2.0**n)
+
+
+def sign_flip_min_p(n: int) -> float:
+    """The smallest p-value the two-sided sign-flip test can give with n pairs: 2 / 2ⁿ (0.25 at 3)."""
+    return min(1.0, 2.0 / 2.0**n) if n > 0 else math.nan
+
+
+def t_ci(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """t-based confidence interval of the mean of `d` (NaN with fewer than 2 values)."""
+    d = np.asarray(d, float)
+    if len(d) < 2:
+        return math.nan, math.nan
+    half = _st().t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean() - half), float(d.mean() + half)
+
+
+def tost_p(d: np.ndarray, sesoi: float) -> float:
+    """Equivalence p-value (two one-sided t tests) that the mean of `d` lies within ±sesoi.
+
+    The larger of the p-values of H0: μ ≤ −sesoi and H0: μ ≥ +sesoi; below α means the 90% t CI
+    lies inside ±sesoi. Without spread: 0 when |mean| < sesoi, else 1.
+    """
+    d = np.asarray(d, float)
+    if len(d) < 2 or not sesoi > 0:
+        return math.nan
+    mean, n = float(d.mean()), len(d)
+    if np.ptp(d) == 0:
+        return 0.0 if abs(mean) < sesoi else 1.0
+    st = _st()
+    se = d.std(ddof=1) / math.sqrt(n)
+    p_low = st.t.sf((mean + sesoi) / se, n - 1)  # against μ ≤ −sesoi
+    p_high = st.t.cdf((mean - sesoi) / se, n - 1)  # against μ ≥ +sesoi
+    return float(max(p_low, p_high))
+
+
+def paired_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t test at level α to detect a mean difference `effect` with n
+    pairs whose differences have standard deviation `sd` (noncentral t)."""
+    if n < 2 or not np.isfinite(sd) or not np.isfinite(effect):
+        return math.nan
+    if sd == 0:
+        return 1.0 if effect != 0 else alpha
+    st = _st()
+    df, nc = n - 1, abs(effect) * math.sqrt(n) / sd
+    crit = st.t.ppf(1 - alpha / 2, df)
+    upper, wrong_side = st.nct.sf(crit, df, nc), st.nct.cdf(-crit, df, nc)
+    # scipy's far tail can come back NaN at a large noncentrality, where it is ~0 (rejecting the wrong way)
+    return float(min(1.0, upper + (wrong_side if np.isfinite(wrong_side) else 0.0)))
+
+
+SD_UPPER_LEVEL = 0.8
+
+
+def sd_upper(sd: float, n: int, level: float = SD_UPPER_LEVEL) -> float:
+    """One-sided `level` upper confidence bound of σ from a sample SD of n values:
+    s·√((n−1)/χ²₁₋level(n−1)). With 3 values the bound is 2.1 × s at 80%: their spread is barely known."""
+    if n < 2 or not np.isfinite(sd):
+        return math.nan
+    return float(sd * math.sqrt((n - 1) / _st().chi2.ppf(1 - level, n - 1)))
+
+
+def seeds_needed(effect: float, sd: float, power: float = 0.8, alpha: float = ALPHA, max_n: int = 1_000_000) -> int:
+    """Planning: the fewest paired seeds for the two-sided paired t test to reach `power` at a true
+    mean difference `effect` when the paired differences have standard deviation `sd`.
+
+    E.g. effect 0.1 at σ 0.086 needs 8 pairs, at σ 0.182 (the 80% upper bound from 3 pairs) 28.
+    """
+    if not (effect and np.isfinite(effect) and np.isfinite(sd) and sd >= 0 and 0 < power < 1):
+        raise AnalysisError(f"seeds_needed: needs a non-zero effect, a finite sd ≥ 0 and 0 < power < 1 "
+                            f"(got effect={effect}, sd={sd}, power={power})")
+    if paired_power(effect, sd, 2, alpha) >= power:
+        return 2
+    lo, hi = 2, 4  # power rises with n: double until reached, then bisect
+    while paired_power(effect, sd, hi, alpha) < power:
+        lo, hi = hi, hi * 2
+        if hi > max_n:
+            raise AnalysisError(f"seeds_needed: more than {max_n:,} pairs for effect {effect} at sd {sd}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if paired_power(effect, sd, mid, alpha) >= power else (mid, hi)
+    return hi
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1). A NaN p (a claim that could not be
+    tested) counts as p = 1 among the family, so it still takes its share of α; its adjusted p stays NaN."""
+    p = np.asarray(list(pvalues), float)
+    filled = np.where(np.isfinite(p), p, 1.0)
+    m = len(p)
+    order = np.argsort(filled, kind="stable")
+    adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * filled[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return np.where(np.isfinite(p), out, math.nan)
+
+
+def welch_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Welch t p-value for unpaired arms (no spread in either: from the means alone)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if min(len(a), len(b)) < 2:
+        return math.nan
+    if a.var() == 0 and b.var() == 0:
+        return 0.0 if a.mean() != b.mean() else 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(_st().ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def bootstrap_ci(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, rng_seed: int = BOOT_SEED,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of mean(a) − mean(b), resampling each (unpaired) arm on its own."""
+    rng = np.random.default_rng(rng_seed)
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    boots = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(axis=1)
+             - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(axis=1))
+    lo, hi = np.percentile(boots, [50 - 50 * level, 50 + 50 * level])
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------
 # Comparing arms
+
+
+@dataclass(frozen=True)
+class PrimaryClaim:
+    """A claim fixed before the runs: `arm` − baseline on `claim`, with its smallest effect of interest."""
+
+    claim: str
+    sesoi: float
+    why: str
+    arm: str = RECORD_ARM
+
+
+PRIMARY_CLAIMS: tuple[PrimaryClaim, ...] = (
+    PrimaryClaim("prev_mass", 0.05,
+                 "The sum of all heads' previous-token scores is the most direct measure of how much "
+                 "attention goes to copying the previous token. 0.05 is a twentieth of one perfect "
+                 "previous-token head: below it the smear moved too little attention to matter."),
+    PrimaryClaim("best_prev", 0.05,
+                 "The strongest previous-token head, on the 0–1 score: the smear frees up a head only if "
+                 "even the best one weakens. 0.05 is about the seed-to-seed spread of a head's score."),
+    PrimaryClaim("n_prev_heads", 0.5,
+                 "Heads at or above the threshold: the count a reader sees. Half a head per seed on "
+                 "average is the smallest change in a count that is more than rounding."),
+)
+"""At most three claims, fixed before the runs and corrected together with Holm; every other
+comparison (other claims, other arms, other thresholds) is exploratory and uncorrected. Each SESOI
+is in the claim's own unit (see `why`): a smaller true difference would not matter, so a claim that
+is not significant is tested for equivalence within ±SESOI, and its power is given at the SESOI."""
+if len(PRIMARY_CLAIMS) > 3:  # a fixed, small family: the point of declaring it in advance
+    raise AssertionError("at most three primary claims")
+SESOI = {p.claim: p.sesoi for p in reversed(PRIMARY_CLAIMS)}  # claim -> its smallest effect of interest
+FREED_UP_CLAIMS = ("n_prev_heads", "prev_mass")  # "freed up" needs both lower (SPEC)
+
+VERDICTS = ("lower", "higher", "equivalent within ±{sesoi:g}", "too few seeds to tell")
+
+
+def primary_claim(claim: str, arm: str) -> PrimaryClaim | None:
+    """The declared primary claim for `arm` − baseline on `claim`, or None (exploratory)."""
+    return next((p for p in PRIMARY_CLAIMS if p.claim == claim and p.arm == arm), None)
 
 
 def _fmt_p(p: float) -> str:
@@ -334,105 +574,179 @@ def _fmt_p(p: float) -> str:
     return "p<0.0001" if 0 < p < 1e-4 else f"p={p:.2g}"
 
 
-def compare_arms(per_seed: pd.DataFrame, value_col: str, *, alpha: float = ALPHA, n_boot: int = N_BOOT,
-                 rng_seed: int = BOOT_SEED) -> dict:
-    """smear − baseline for one per-seed column: means, difference, bootstrap 95% CI, Welch p, verdict.
+def _verdict(row: dict, alpha: float) -> tuple[str, bool]:
+    """One of VERDICTS from a compared row: significance on the Holm p for a primary claim (the
+    unadjusted p otherwise), then equivalence (TOST), else too few seeds to tell."""
+    p = row["p_holm"] if row["role"] == "primary" else row["p_value"]
+    if np.isfinite(p) and p < alpha and row["diff"] != 0:
+        return ("lower" if row["diff"] < 0 else "higher"), True
+    if np.isfinite(row["p_tost"]) and row["p_tost"] < alpha:
+        return f"equivalent within ±{row['sesoi']:g}", False
+    return "too few seeds to tell", False
 
-    The CI resamples seeds: seed-paired differences when both arms have the same seeds, each arm on
-    its own otherwise. Significant means p < alpha and a CI that excludes 0. When the test cannot be
-    made the verdict says why, and the CI and p are NaN.
+
+def compare_arms(per_seed: pd.DataFrame, value_col: str, *, arm: str = RECORD_ARM, baseline: str = BASELINE,
+                 sesoi: float | None = None, role: str | None = None, alpha: float = ALPHA,
+                 n_boot: int = N_BOOT, rng_seed: int = BOOT_SEED) -> dict:
+    """`arm` − `baseline` for one per-seed column.
+
+    Paired by seed (the seeds both arms have, when at least 2): mean paired difference with its t 95%
+    CI, paired t p, exact sign-flip p (and the smallest it can reach), the correlation within pairs,
+    the SD of the differences with its 80% upper bound, and — given a SESOI — the TOST equivalence p
+    and the power at the SESOI (observed and upper-bound SD). Unpaired (too few shared seeds): Welch p
+    and a bootstrap CI, labelled so. `role` defaults to "primary" for a declared PRIMARY_CLAIMS entry
+    and "exploratory" otherwise; the SESOI defaults to the claim's declared one (SESOI), if any. `p_holm` is the p itself here; compare_all
+    adjusts the primary family together. When no test can be made the verdict says why.
     """
     if value_col not in per_seed.columns:
         raise AnalysisError(f"no per-seed column {value_col!r} (have: {', '.join(per_seed.columns)})")
+    declared = primary_claim(value_col, arm)
+    role = role or ("primary" if declared else "exploratory")
+    if sesoi is None:  # a SESOI belongs to the measure: other arms are tested for equivalence against it too
+        sesoi = declared.sesoi if declared else SESOI.get(value_col)
     df = per_seed[["arm", "seed", value_col]].dropna()
-    vals = {arm: df[df["arm"] == arm].sort_values("seed") for arm in ARMS}
-    b, s = (vals[a][value_col].to_numpy(float) for a in ARMS)
+    vals = {a: df[df["arm"] == a].drop_duplicates("seed").set_index("seed")[value_col].astype(float).sort_index()
+            for a in (baseline, arm)}
+    b, s = vals[baseline], vals[arm]
     threshold = float(per_seed["threshold"].iloc[0]) if "threshold" in per_seed and len(per_seed) else DEFAULT_THRESHOLD
-    out = dict(claim=value_col, label=claim_label(value_col, threshold),
-               n_baseline=len(b), n_smear=len(s),
-               mean_baseline=float(b.mean()) if len(b) else math.nan,
-               mean_smear=float(s.mean()) if len(s) else math.nan,
-               diff=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
-               paired=False, significant=None, note="")
+    nan = math.nan
+    out = dict(claim=value_col, label=claim_label(value_col, threshold), arm=arm, baseline=baseline, role=role,
+               sesoi=float(sesoi) if sesoi else nan, n_baseline=len(b), n_arm=len(s), n_pairs=0, paired=False,
+               mean_baseline=float(b.mean()) if len(b) else nan, mean_arm=float(s.mean()) if len(s) else nan,
+               diff=nan, sd_diff=nan, sd_diff_upper=nan, r_pairs=nan, ci_low=nan, ci_high=nan, ci_method="",
+               test="", p_value=nan, p_signflip=nan, p_signflip_min=nan, p_holm=nan, p_tost=nan,
+               power_obs=nan, power_upper=nan, significant=None, verdict="", note="")
     if len(b) and len(s):
-        out["diff"] = out["mean_smear"] - out["mean_baseline"]
-    missing = [a for a in ARMS if not len(vals[a])]
+        out["diff"] = out["mean_arm"] - out["mean_baseline"]
+    missing = [a for a in (baseline, arm) if not len(vals[a])]
     if missing:
         why = "no values" if (per_seed["arm"] == missing[0]).any() else "no runs"
         out["verdict"] = f"absent: arm missing ({' and '.join(missing)}: {why})"
         return out
-    if min(len(b), len(s)) < 2:
-        out["verdict"] = f"absent: fewer than 2 seeds per arm (baseline {len(b)}, smear {len(s)})"
+
+    common = b.index.intersection(s.index)
+    if len(common) >= 2:
+        bp, sp = b[common].to_numpy(), s[common].to_numpy()
+        d = sp - bp
+        n = len(d)
+        sd = float(d.std(ddof=1))
+        lo, hi = t_ci(d)
+        out.update(paired=True, n_pairs=n, mean_baseline=float(bp.mean()), mean_arm=float(sp.mean()),
+                   diff=float(d.mean()), sd_diff=sd, sd_diff_upper=sd_upper(sd, n), ci_low=lo, ci_high=hi,
+                   ci_method="t, paired", test="paired t", p_value=paired_t(d), p_signflip=sign_flip_p(d),
+                   p_signflip_min=sign_flip_min_p(n))
+        if n >= 3 and np.ptp(bp) > 0 and np.ptp(sp) > 0:
+            out["r_pairs"] = float(np.corrcoef(bp, sp)[0, 1])
+        if sd == 0:
+            out["note"] = "no spread in the paired differences, so the t tests are decided from the mean alone"
+        if len(common) < max(len(b), len(s)):
+            out["note"] = (out["note"] + "; " if out["note"] else "") + \
+                f"paired on the {n} shared seeds ({_join(common)}), unpaired seeds left out"
+        if sesoi:
+            out.update(p_tost=tost_p(d, sesoi), power_obs=paired_power(sesoi, sd, n, alpha),
+                       power_upper=paired_power(sesoi, out["sd_diff_upper"], n, alpha))
+    elif min(len(b), len(s)) >= 2:
+        lo, hi = bootstrap_ci(s.to_numpy(), b.to_numpy(), n_boot, rng_seed)
+        out.update(ci_low=lo, ci_high=hi, ci_method="bootstrap, unpaired", test="Welch, unpaired",
+                   p_value=welch_p(s.to_numpy(), b.to_numpy()),
+                   note="seeds differ between the arms: compared unpaired (Welch, bootstrap)")
+    else:
+        out["verdict"] = (f"absent: fewer than 2 seeds per arm ({baseline} {len(b)}, {arm} {len(s)})"
+                          if min(len(b), len(s)) < 2 else
+                          f"absent: fewer than 2 shared seeds to pair ({baseline} {_join(b.index)}; {arm} {_join(s.index)})")
         return out
-
-    rng = np.random.default_rng(rng_seed)
-    seeds_b, seeds_s = (vals[a]["seed"].to_numpy() for a in ARMS)
-    paired = len(seeds_b) == len(seeds_s) and (seeds_b == seeds_s).all()
-    if paired:
-        d = s - b
-        boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
-    else:
-        boots = (s[rng.integers(0, len(s), (n_boot, len(s)))].mean(axis=1)
-                 - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(axis=1))
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-
-    if b.var() == 0 and s.var() == 0:
-        # Welch's t is undefined without spread; scipy gives inf/NaN. Decide from the means alone.
-        p = 0.0 if out["diff"] != 0 else 1.0
-        out["note"] = "no spread within either arm, so Welch's t is degenerate"
-    else:
-        from scipy import stats as st  # imported here: scipy.stats costs ~0.5 s and few callers need it
-
-        with warnings.catch_warnings():  # near-identical seeds warn about precision; the p-value stands
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = float(st.ttest_ind(s, b, equal_var=False).pvalue)
-    significant = bool(p < alpha and (lo > 0 or hi < 0))
-    out.update(ci_low=float(lo), ci_high=float(hi), p_value=p, paired=bool(paired), significant=significant)
-    p_text = _fmt_p(p) + ("; no spread within arms" if out["note"] else "")
-    if significant:
-        out["verdict"] = f"smear arm {'lower' if out['diff'] < 0 else 'higher'}, significant ({p_text})"
-    elif p < alpha:
-        out["verdict"] = f"no significant difference ({p_text}, but the bootstrap CI includes 0)"
-    else:
-        out["verdict"] = f"no significant difference ({p_text})"
+    out["p_holm"] = out["p_value"]
+    out["verdict"], out["significant"] = _verdict(out, alpha)
     return out
 
 
-def compare_all(per_seed: pd.DataFrame, claims: Iterable[str] | None = None, **kw) -> pd.DataFrame:
-    """compare_arms for each claim that has at least one value (default: all CLAIMS present)."""
-    claims = [c for c in (claims or CLAIMS) if c in per_seed.columns and per_seed[c].notna().any()]
-    return pd.DataFrame([compare_arms(per_seed, c, **kw) for c in claims])
+def arm_order(arms: Iterable[str]) -> list[str]:
+    """Arms in display order: baseline, then smear, then the others alphabetically."""
+    arms = set(map(str, arms))
+    return [a for a in ARMS if a in arms] + sorted(arms - set(ARMS))
 
 
-def compare_thresholds(heads: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS, **kw) -> pd.DataFrame:
-    """The previous-token head count compared at each threshold."""
-    sweep = threshold_sweep(heads, thresholds)
+def compare_all(per_seed: pd.DataFrame, claims: Iterable[str] | None = None, *, alpha: float = ALPHA,
+                **kw) -> pd.DataFrame:
+    """Every non-baseline arm against the baseline on each claim with a value (default: all CLAIMS
+    present), primary claims first; the primary family's p-values adjusted together (Holm)."""
+    wanted = [c for c in (claims or CLAIMS) if c in per_seed.columns and per_seed[c].notna().any()]
+    arms = [a for a in arm_order(per_seed["arm"]) if a != BASELINE] or [RECORD_ARM]
     rows = []
-    for t, g in sweep.groupby("threshold"):
-        rows.append(dict(threshold=float(t), **compare_arms(g, "n_prev_heads", **kw)))
+    for p in PRIMARY_CLAIMS:  # always the whole family, so Holm does not depend on what is shown
+        if p.claim in per_seed.columns and per_seed[p.claim].notna().any():
+            rows.append(compare_arms(per_seed, p.claim, arm=p.arm, alpha=alpha, **kw))
+    primary = [r for r in rows if "p_value" in r and not r["verdict"].startswith("absent")]
+    declared = len(PRIMARY_CLAIMS)
+    adjusted = holm([r["p_value"] for r in primary] + [math.nan] * (declared - len(primary)))
+    for r, p in zip(primary, adjusted):
+        r["p_holm"] = float(p)
+        r["verdict"], r["significant"] = _verdict(r, alpha)
+    rows = [r for r in rows if r["claim"] in wanted]
+    for arm in arms:
+        for c in wanted:
+            if primary_claim(c, arm) is None:
+                rows.append(compare_arms(per_seed, c, arm=arm, alpha=alpha, **kw))
     return pd.DataFrame(rows)
 
 
+def compare_thresholds(heads: pd.DataFrame, thresholds: Iterable[float] = THRESHOLDS, **kw) -> pd.DataFrame:
+    """The previous-token head count of each arm against the baseline at each threshold (exploratory)."""
+    sweep = threshold_sweep(heads, thresholds)
+    arms = [a for a in arm_order(sweep["arm"]) if a != BASELINE] or [RECORD_ARM]
+    rows = []
+    for t, g in sweep.groupby("threshold"):
+        for arm in arms:
+            rows.append(dict(threshold=float(t), **compare_arms(g, "n_prev_heads", arm=arm, role="exploratory", **kw)))
+    return pd.DataFrame(rows)
+
+
+def plan_seeds(comparisons: pd.DataFrame, power: float = 0.8, alpha: float = ALPHA) -> pd.DataFrame:
+    """For each paired primary claim: the paired seeds needed for `power` at its SESOI, at the
+    observed SD of the differences and at its 80% upper bound (for sizing the next study)."""
+    rows = []
+    for r in comparisons.to_dict("records") if len(comparisons) else []:
+        if r["role"] != "primary" or not r["paired"] or not np.isfinite(r["sesoi"]):
+            continue
+        need = lambda sd: seeds_needed(r["sesoi"], sd, power, alpha) if np.isfinite(sd) else math.nan
+        rows.append(dict(claim=r["claim"], label=r["label"], arm=r["arm"], sesoi=r["sesoi"], n_pairs=r["n_pairs"],
+                         sd_diff=r["sd_diff"], sd_diff_upper=r["sd_diff_upper"], seeds_obs=need(r["sd_diff"]),
+                         seeds_upper=need(r["sd_diff_upper"])))
+    return pd.DataFrame(rows)
+
+
+def _claim_text(r: dict) -> str:
+    detail = f"Holm {_fmt_p(r['p_holm'])}" if r["role"] == "primary" else _fmt_p(r["p_value"])
+    if not r["significant"] and np.isfinite(r.get("p_tost", math.nan)):
+        detail += f", TOST {_fmt_p(r['p_tost'])}"
+    return f"{r['label']}: {r['verdict']}" + ("" if r["verdict"].startswith("absent") else f" ({detail})")
+
+
 def freed_up_verdict(comparisons: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> str:
-    """The conclusion on "the smear frees up heads" that the two primary comparisons support."""
-    rows = {r["claim"]: r for r in comparisons.to_dict("records")} if len(comparisons) else {}
-    parts = []
-    for claim in PRIMARY_CLAIMS:
+    """The conclusion on "the smear frees up heads" that the primary comparisons support: both the
+    number of previous-token heads and the previous-token mass lower in the smear arm, after Holm."""
+    rows = {r["claim"]: r for r in comparisons.to_dict("records")
+            if r.get("arm", RECORD_ARM) == RECORD_ARM} if len(comparisons) else {}
+    for claim in FREED_UP_CLAIMS:
         if claim not in rows:
             return f"Cannot decide whether heads are freed up: no values for {claim_label(claim, threshold)}."
-        r = rows[claim]
-        parts.append(f"{claim_label(claim, threshold)}: {r['verdict']}")
-    absent = [p for p in parts if ": absent:" in p]
-    if absent:
-        return "Cannot decide whether heads are freed up; " + "; ".join(absent) + "."
-    lower = [rows[c]["significant"] and rows[c]["diff"] < 0 for c in PRIMARY_CLAIMS]
-    if all(lower):
+    used = [rows[c] for c in FREED_UP_CLAIMS]
+    parts = "; ".join(_claim_text(r) for r in used)
+    verdicts = [r["verdict"] for r in used]
+    if any(v.startswith("absent") for v in verdicts):
+        return "Cannot decide whether heads are freed up; " + "; ".join(
+            _claim_text(r) for r in used if r["verdict"].startswith("absent")) + "."
+    if all(v == "lower" for v in verdicts):
         return ("Heads are freed up: the smear arm has significantly fewer previous-token heads and less "
-                "previous-token mass than the baseline (" + "; ".join(parts) + ").")
-    if any(lower):
-        return ("Only partly supported — heads are not shown to be freed up, which needs both: "
-                + "; ".join(parts) + ".")
-    return "The numbers do not show heads freed up: " + "; ".join(parts) + "."
+                "previous-token mass than the baseline (" + parts + ").")
+    if any(v == "lower" for v in verdicts):
+        return "Only partly supported — heads are not shown to be freed up, which needs both lower: " + parts + "."
+    if all(v.startswith("equivalent") for v in verdicts):
+        return ("Heads are not freed up: the smear arm matches the baseline within the smallest effects of "
+                "interest (" + parts + ").")
+    if any(v == "higher" for v in verdicts):
+        return "The numbers do not show heads freed up: " + parts + "."
+    return "Too few seeds to tell whether heads are freed up: " + parts + "."
 
 
 @dataclass
@@ -443,6 +757,16 @@ class Summary:
     verdict: str
     threshold: float
 
+    @property
+    def primary(self) -> pd.DataFrame:
+        c = self.comparisons
+        return c[c["role"] == "primary"] if len(c) else c
+
+    @property
+    def exploratory(self) -> pd.DataFrame:
+        c = self.comparisons
+        return c[c["role"] != "primary"] if len(c) else c
+
 
 def summarize(tables: Tables, threshold: float = DEFAULT_THRESHOLD, **kw) -> Summary:
     """Everything the report and the notebooks state about the arms, from one call."""
@@ -450,7 +774,6 @@ def summarize(tables: Tables, threshold: float = DEFAULT_THRESHOLD, **kw) -> Sum
     comparisons = compare_all(per_seed, **kw)
     return Summary(per_seed, comparisons, compare_thresholds(tables.heads, **kw),
                    freed_up_verdict(comparisons, threshold), threshold)
-
 
 # ---------------------------------------------------------------------------------------------
 # Smear gate

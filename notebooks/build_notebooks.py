@@ -72,8 +72,10 @@ NOTEBOOKS = {
         show("prev_mass_over_training"),
         new_markdown_cell(
             "## Statistics\n\n"
-            "Per-seed values at the final step; smear − baseline with a bootstrap 95% CI (resampling seeds) "
-            "and a Welch t-test. Heads count as freed up only when both the number of previous-token heads "
+            "Per-seed values at the final step; each arm − baseline paired by seed (paired t, exact sign-flip "
+            "test, t-based 95% CI). The primary claims, fixed in advance with a smallest effect of interest "
+            "each, are Holm-corrected and, where not significant, tested for equivalence (TOST) with the power "
+            "at that effect. Heads count as freed up only when both the number of previous-token heads "
             "and the previous-token mass are significantly lower in the smear arm. Where a test cannot be "
             "made (an arm missing, fewer than 2 seeds per arm) the table says why."),
         new_code_cell('report.notebook_statistics(tables, threshold, claims=["n_prev_heads", "prev_mass", "best_prev"], '

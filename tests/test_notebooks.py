@@ -125,7 +125,8 @@ def test_notebook_draws_its_figures(executed, key):
 
 def test_statistics_in_notebooks(executed):
     text, _ = outputs(executed["01"])
-    assert "**Conclusion:** Heads are freed up" in text and "smear arm lower, significant" in text
+    assert "**Conclusion:** Heads are freed up" in text and "Primary claims (fixed before the runs)" in text
+    assert "| smear − baseline | 0.05 | 3 |" in text and "| lower |" in text
     text, _ = outputs(executed["03"])
     assert "induction score at the baseline's previous-token heads" in text
 
@@ -199,6 +200,24 @@ def test_many_heads_draw_ablation_as_grids(tmp_path):
     fig = plots.ablation_by_head(heads)  # 30 heads > MAX_BAR_HEADS
     assert len(fig.axes) == 2 * 2 + 2  # (mean, zero) × arms, and a colourbar per row
     check_image(plots.save(fig, tmp_path, "grid", ("png",))[0])
+
+
+def test_figures_show_every_arm_baseline_first(tmp_path):
+    heads = make_tables(arms=("baseline", "smear", "dose-0.8"), seeds=(0, 1))["heads"]
+    fig = plots.prev_token_heatmaps(heads)
+    titles = [ax.get_title().split("\n")[0] for ax in fig.axes[:3]]
+    assert titles == ["baseline (no smear)", "smear", "dose-0.8"]
+    labels = [t.get_text() for t in plots.prev_heads_vs_threshold(heads).axes[0].get_legend().get_texts()]
+    assert [l.split(" —")[0] for l in labels[:3]] == ["baseline (no smear)", "smear", "dose-0.8"]
+    fig = plots.freed_head_profiles(heads)
+    assert [t.get_text() for t in fig.legends[0].get_texts()][:3] == ["baseline (no smear)", "smear", "dose-0.8"]
+    assert len({p.get_facecolor() for p in fig.legends[0].get_patches()[:3]}) == 3  # a colour per arm
+    check_image(plots.save(fig, tmp_path, "three", ("png",))[0])
+    prev = np.full((6, 6), 0.1)
+    prev[1, 2] = 0.7
+    grid = plots.ablation_by_head(make_tables(prev={"baseline": prev, "smear": prev / 2}, arms=("baseline", "smear", "canon4"),
+                                              seeds=(0,), other_prev=prev / 3)["heads"])
+    assert len(grid.axes) == 2 * 3 + 2  # (mean, zero) × three arms, and a colourbar per row
 
 
 def fake_patterns(n_layers: int, n_heads: int, n_tokens: int, rng) -> list:

@@ -40,8 +40,18 @@ def test_report_states_the_verdict_and_the_statistics(good_report):
     _, text = good_report
     conclusion = text.split("## Conclusion", 1)[1].split("##", 1)[0]
     assert "Heads are freed up" in conclusion
-    assert "| previous-token heads (score ≥ 0.4) | 2.00 | 0.00 | -2.00 | [-2.00, -2.00] |" in text
-    assert "95% CI (bootstrap)" in text and "Welch p" in text and "3 / 3 paired" in text
+    stats_part = text.split("## Statistics", 1)[1].split("## Per-seed values", 1)[0]
+    primary = stats_part.split("### Primary claims (fixed before the runs)", 1)[1].split("###", 1)[0]
+    assert ("| previous-token heads (score ≥ 0.4) | smear − baseline | 0.5 | 3 | -2.00 | [-2.00, -2.00] | 0 | "
+            "0.250 (≥ 0.250) |") in primary
+    assert "| total previous-token mass (sum of scores) | smear − baseline | 0.05 | 3 |" in primary
+    assert primary.count("| lower |") == 3 and "Holm p" in primary and "TOST p" in primary
+    assert "power at SESOI (observed σ / upper σ)" in primary and "Why these claims and SESOIs:" in primary
+    assert "- total previous-token mass (sum of scores) (SESOI 0.05): σ of the paired differences" in primary
+    assert "- previous-token heads (score ≥ 0.4): no spread in the paired differences, so the t tests" in primary
+    explo = stats_part.split("### Exploratory comparisons (not corrected for multiple comparisons)", 1)[1]
+    assert "| smear − baseline | induction score at the baseline's previous-token heads |" in explo
+    assert "(paired t)" in explo and "Welch" not in explo and "no significant difference" not in text
     assert "### Previous-token heads at each threshold" in text and "| 0.80 |" in text
     assert "| baseline | 0 | tiny-s0-baseline | 40 | 20,480 | 2.00 |" in text  # per-seed table
     assert "| 0 | tiny-s0-smear | 40 |" in text  # smear λ per seed
@@ -56,7 +66,7 @@ def test_report_lists_commands_and_configs(good_report):
     assert "`record_heads`" in prov
 
 
-def test_no_significant_difference_is_reported(tmp_path):
+def test_identical_arms_are_reported_equivalent(tmp_path):
     frames = make_tables(arms=("baseline",))
     heads = frames["heads"]
     smear = heads.assign(arm="smear", run=heads["run"].str.replace("baseline", "smear"))
@@ -64,7 +74,8 @@ def test_no_significant_difference_is_reported(tmp_path):
     folder.mkdir()
     pd.concat([heads, smear]).to_parquet(folder / "heads.parquet")
     text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", formats=("png",)).read_text()
-    assert "The numbers do not show heads freed up" in text and "no significant difference (p=1" in text
+    assert "Heads are not freed up: the smear arm matches the baseline within the smallest effects" in text
+    assert "equivalent within ±0.05" in text and "equivalent within ±0.5" in text and "no difference" not in text
     assert "Commands:\n\n*Not recorded" in text
     assert "*Not drawn: no smear table" in text  # the smear figures say why they are absent
 
@@ -117,6 +128,18 @@ def test_notebooks_flag_uses_the_notebooks(tmp_path, monkeypatch):
     assert "![Previous-token score per head](prev_token_heatmaps.png)" in text
     assert "not drawn by the notebook" in text
     assert "[executed copy](notebooks/01.ipynb)" in text and "failed — boom" in text
+
+
+def test_report_with_a_third_arm(tmp_path, no_drawing):
+    folder = write_tables(tmp_path / "ck" / "analysis", arms=("baseline", "smear", "dose-0.8"))
+    text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", formats=("png",)).read_text()
+    assert "seeds: baseline 0, 1, 2; smear 0, 1, 2; dose-0.8 0, 1, 2" in text
+    primary = text.split("### Primary claims", 1)[1].split("###", 1)[0]
+    assert "dose-0.8" not in primary
+    explo = text.split("### Exploratory comparisons", 1)[1].split("##", 1)[0]
+    assert "| dose-0.8 − baseline | total previous-token mass (sum of scores) |" in explo
+    sweep = text.split("### Previous-token heads at each threshold", 1)[1].split("##", 1)[0]
+    assert "| 0.40 | smear − baseline |" in sweep and "| 0.40 | dose-0.8 − baseline |" in sweep
 
 
 def test_cli_writes_the_report(tmp_path, capsys, no_drawing):

@@ -13,9 +13,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from analysis import stats
-from analysis.plots.style import (ABSENT_COLOR, ABSENT_EDGE, ARM_COLORS, ARM_LABELS, SCORE_CMAP, figure, grid_size,
-                                  head_grid, layout, need, no_runs, outline_handle, preset_text, seed_text, token_axis)
-from analysis.stats import ARMS, DEFAULT_THRESHOLD, THRESHOLDS
+from analysis.plots.style import (ABSENT_COLOR, ABSENT_EDGE, ARM_COLORS, ARM_LABELS, SCORE_CMAP, arms_in, figure,
+                                  grid_size, head_grid, layout, need, no_runs, outline_handle, preset_text, seed_text, token_axis)
+from analysis.stats import DEFAULT_THRESHOLD, THRESHOLDS
 
 
 def _band(ax, df: pd.DataFrame, y: str, arm: str, x: str = "tokens", label_extra: str = "") -> None:
@@ -50,10 +50,11 @@ def prev_token_heatmaps(heads: pd.DataFrame, threshold: float = DEFAULT_THRESHOL
     scores = need(stats.head_scores(heads), "prev_token rows in the heads table")
     n_l, n_h = layout(scores, n_layers)
     present = set(scores["layer"].astype(int))
-    fig = figure(*grid_size(n_l, n_h, 2))
-    axes = fig.subplots(1, 2, sharey=True)
+    arms = arms_in(scores)
+    fig = figure(*grid_size(n_l, n_h, len(arms)))
+    axes = fig.subplots(1, len(arms), sharey=True)
     norm = Normalize(0, 1)
-    for ax, arm in zip(axes, ARMS):
+    for ax, arm in zip(axes, arms):
         g = scores[scores["arm"] == arm]
         if g.empty:
             head_grid(ax, pd.Series(dtype=float), n_l, n_h, set(), SCORE_CMAP, norm, "")
@@ -83,12 +84,13 @@ def prev_heads_vs_threshold(heads: pd.DataFrame, thresholds: Sequence[float] = T
     n_total = _n_attention_heads(heads)
     fig = figure(6.4, 4.0)
     ax = fig.subplots()
-    for i, arm in enumerate(ARMS):
+    arms = arms_in(sweep)
+    for i, arm in enumerate(arms):
         g = sweep[sweep["arm"] == arm]
         if g.empty:
             continue
         agg = g.groupby("threshold")["n_prev_heads"].agg(["mean", "min", "max"])
-        x = agg.index.to_numpy() + (i - 0.5) * 0.006  # a hair apart so equal counts stay visible
+        x = agg.index.to_numpy() + (i - (len(arms) - 1) / 2) * 0.006  # a hair apart so equal counts stay visible
         ax.plot(x, agg["mean"], marker="o", ms=4, lw=2, color=ARM_COLORS[arm],
                 label=f"{ARM_LABELS[arm]} — mean of {seed_text(g['seed'].nunique())}")
         if g["seed"].nunique() > 1:
@@ -119,7 +121,7 @@ def prev_mass_over_training(heads: pd.DataFrame, record_heads: pd.DataFrame | No
     n_total = _n_attention_heads(heads)
     for ax, (title, df) in zip(axes, sources):
         mass = stats.prev_mass_over_steps(df)
-        for arm in ARMS:
+        for arm in arms_in(mass):
             _band(ax, mass, "prev_mass", arm)
         lo, hi = mass["tokens"].min(), mass["tokens"].max()
         for i, x in enumerate(t for t in window_growth if lo < t < hi):

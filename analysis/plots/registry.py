@@ -13,8 +13,8 @@ from analysis import stats
 from analysis.plots.freed import ablation_by_head, freed_head_profiles
 from analysis.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
-from analysis.plots.style import display_markdown, save, seed_text, show_figure
-from analysis.stats import ARMS, DEFAULT_THRESHOLD, Tables
+from analysis.plots.style import arms_in, display_markdown, save, seed_text, show_figure
+from analysis.stats import DEFAULT_THRESHOLD, Tables
 from trainer.errors import AnalysisError, SmearlensError
 
 
@@ -105,7 +105,7 @@ def notebook_tables(tables_dir: str | Path, preset: str | None = None,
         return None
     runs = tables.heads.drop_duplicates("run")
     lines = [f"Preset **{tables.preset}**, tables from `{tables_dir}`: "
-             + "; ".join(f"{arm}: {seed_text(len(tables.seeds(arm)))}" for arm in ARMS)
+             + "; ".join(f"{arm}: {seed_text(len(tables.seeds(arm)))}" for arm in arms_in(tables.heads))
              + f" ({len(runs)} run{'s' if len(runs) != 1 else ''})."]
     lines += [f"- **Note:** {n}" for n in tables.notes]
     display_markdown("\n".join(lines))

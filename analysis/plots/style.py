@@ -14,11 +14,41 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import EngFormatter
 
+from analysis import stats
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_path
 
-ARM_COLORS = {"baseline": "#3b6fb6", "smear": "#e07b28"}
-ARM_LABELS = {"baseline": "baseline (no smear)", "smear": "smear"}
+
+
+class _ArmStyle(dict):
+    """Per-arm style; an arm not listed (e.g. "dose-0.8") gets the next free colour, or its own name."""
+
+    def __init__(self, known: dict, spare: Sequence[str] | None = None):
+        super().__init__(known)
+        self._spare = list(spare) if spare is not None else None
+
+    def __missing__(self, arm: str) -> str:
+        if self._spare is None:
+            return arm
+        free = [c for c in self._spare if c not in self.values()] or self._spare
+        self[arm] = free[0]
+        return free[0]
+
+
+ARM_COLORS = _ArmStyle({"baseline": "#3b6fb6", "smear": "#e07b28"},
+                       ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"])
+ARM_LABELS = _ArmStyle({"baseline": "baseline (no smear)", "smear": "smear"})
+
+
+def arms_in(df: pd.DataFrame) -> list[str]:
+    """baseline and smear (panels say when they have no runs), then every other arm in `df`."""
+    return stats.arm_order(set(stats.ARMS) | set(df["arm"].astype(str)))
+
+
+def bar_offset(i: int, n_arms: int) -> tuple[float, float]:
+    """Arm i's bar offset and width when `n_arms` bars share a slot (two arms: 0.36 wide, 0.38 apart)."""
+    w = 0.76 / n_arms
+    return (i - (n_arms - 1) / 2) * w, w - 0.02
 # (name, unit) per head metric; units as the analysis defines them (SPEC, Metrics).
 METRIC_LABELS = {
     "prev_token": ("previous-token score", "attention on token i−1, 0–1"),

@@ -171,8 +171,9 @@ class AttentionView:
                           for a in self.arms if a.source)
         return (f"<p class=\"text\">{html.escape(self.text)}</p>"
                 + (f"<ul class=\"note\">{sources}</ul>" if sources else "")
-                + "<p class=\"note\">Click a head's thumbnail to enlarge it; hover a token (or a cell) to see "
-                  "where it attends. Rows are query tokens, columns the tokens attended to.</p>")
+                + "<p class=\"note\">Hover a head's thumbnail to enlarge it (click to keep it); hover a cell or a "
+                  "token to see where it attends. Rows are query tokens, columns the tokens attended to; "
+                  "layers without attention are listed as such.</p>")
 
     def page(self) -> str:
         """A whole, self-contained HTML document (no network needed)."""
@@ -189,7 +190,7 @@ class AttentionView:
 
     def _repr_html_(self) -> str:
         # A fresh prefix: the same view shown twice in one notebook must not share element ids.
-        return self.header() + self.fragment(prefix=f"smearlens-{uuid.uuid4().hex[:12]}")
+        return self.header() + "\n" + self.fragment(prefix=f"smearlens-{uuid.uuid4().hex[:12]}")
 
 
 def attention_view(results: Mapping[str, Any], text: str, sources: Mapping[str, str] | None = None) -> AttentionView:

@@ -120,6 +120,19 @@ def test_checkpoints_folder_picks_a_seeds_pair(pair, tmp_path, capsys):
     assert str(pair["smear"]) in out.read_text(encoding="utf-8") and str(out) in capsys.readouterr().out
 
 
+def test_notebook_shows_the_same_view_inline(pair, monkeypatch, capsys):
+    from analysis import plots
+
+    monkeypatch.setattr(cv_render, "internet_on", lambda: True)
+    results = plots.notebook_inspect(pair["smear"].parent, TEXT, inspect_text)
+    shown = views.notebook_view(results, TEXT)._repr_html_()
+    page = views.attention_view(results, TEXT).page()
+    # the notebook output is the page's body: the same views, the bundle inlined (ids aside)
+    assert re.sub(r"smearlens-[0-9a-f]{12}", "ID", shown) in re.sub(r"smearlens-[0-9a-f]{12}", "ID", page)
+    assert "unpkg.com" not in shown and shown.count("CircuitsVis.AttentionHeads,") == 6
+    assert views.notebook_view(None, TEXT) is None
+
+
 # ---- a real browser -------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

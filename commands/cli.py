@@ -1,4 +1,4 @@
-"""`smearlens` command line: data, train, train-pair, analyze, report, demo, import-record, eval.
+"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, demo, import-record, eval.
 
 The command layer sits above both `trainer` and `analysis`: it parses arguments, wires the recorder
 into training as a callback, and turns `SmearlensError`s into one clear line.
@@ -19,7 +19,7 @@ from analysis.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
 from trainer.config import PRESETS, ModelConfig, TrainConfig, get_preset
 from trainer.corpus import embedded_data
-from trainer.errors import ConfigError, SmearlensError
+from trainer.errors import AnalysisError, ConfigError, SmearlensError
 from trainer.record import RECORD_PRESET, RECORD_ROW_TOKENS, RECORD_VAL_TOKENS, RECORD_WORLD_SIZES, UNKNOWN_SEED
 
 DEFAULT_OUT = Path("checkpoints")
@@ -102,6 +102,37 @@ def cmd_report(args: argparse.Namespace) -> None:
     path = write_report(args.tables, figures, out, commands=commands, preset=args.preset, threshold=args.threshold,
                         notebooks=args.notebooks, runs_dir=args.checkpoints)
     print(f"wrote {path}")
+
+
+def inspect_checkpoints_for(args: argparse.Namespace) -> dict[str, Path]:
+    """Each arm's checkpoint: --smear/--baseline, else one seed's pair in --checkpoints, else the demo's."""
+    from commands.demo import DEMO_PRESET
+
+    if args.checkpoints:
+        from analysis.plots import pick_runs
+
+        runs = pick_runs(args.checkpoints, args.preset, args.seed)
+    else:
+        runs = {arm: Path(args.checkpoints_default) / f"{args.preset or DEMO_PRESET}-s{args.seed or 0}-{arm}"
+                for arm in ("baseline", "smear")}
+    chosen = {arm: Path(given) for arm, given in (("baseline", args.baseline), ("smear", args.smear)) if given}
+    for arm, path in runs.items():
+        chosen.setdefault(arm, path)
+    for arm, path in chosen.items():
+        if not path.exists():
+            flag = "--smear" if arm == "smear" else "--baseline"
+            raise AnalysisError(f"{path}: no {arm} checkpoint or run folder there (pass {flag} RUN_OR_CHECKPOINT, "
+                                f"or train the demo's runs with `smearlens demo`)")
+    return chosen
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from analysis.views import inspect_checkpoints
+
+    view = inspect_checkpoints(inspect_checkpoints_for(args), args.text, device=args.device or "cpu")
+    path = view.save(args.html)
+    print(json.dumps(dict(html=str(path), tokens=len(view.arms[0].tokens),
+                          arms={a.arm: a.source for a in view.arms})))
 
 
 def cmd_import_record(args: argparse.Namespace) -> None:
@@ -203,6 +234,23 @@ def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
                    help="a command that produced the tables, listed in the report (repeatable)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("inspect", help="one HTML page: both arms' attention per head and each token's smear coefficient",
+                       description="Run both arms on TEXT and write one self-contained interactive page "
+                                   "(CircuitsVis, its script inlined: it works offline): every head's attention "
+                                   "pattern per layer, and the smear coefficient of each token.")
+    p.add_argument("text", help="the text to inspect")
+    p.add_argument("--html", default="figures/inspect.html", help="page to write (default figures/inspect.html)")
+    p.add_argument("--smear", metavar="RUN_OR_CHECKPOINT", help="the smear arm: a run folder (its newest "
+                   "checkpoint) or a checkpoint (default: the demo's checkpoints/cpu-small-s0-smear)")
+    p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT", help="the baseline arm (default: the demo's "
+                   "checkpoints/cpu-small-s0-baseline)")
+    p.add_argument("--checkpoints", help="instead: a folder of run folders; both arms of one seed are taken from it")
+    p.add_argument("--seed", type=int, help="with --checkpoints: this seed (default: the lowest with both arms); "
+                   "otherwise the demo run's seed (default 0)")
+    p.add_argument("--preset", help="with --checkpoints: this preset's runs; otherwise the demo run's preset")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_inspect, checkpoints_default=str(DEFAULT_OUT))
 
 
 def add_record_parsers(sub: argparse._SubParsersAction) -> None:

@@ -148,7 +148,8 @@ NOTEBOOKS = {
             "# Inspect a text\n\n"
             "Type any text into `text` below (or pass it with papermill `-p text \"…\"`). For one seed's final "
             "checkpoints of both arms, this notebook draws one head's attention pattern side by side, every "
-            "head's pattern, and each token's smear coefficient over the text itself.\n\n"
+            "head's pattern, each token's smear coefficient over the text itself, and an interactive view of "
+            "all of it.\n\n"
             "Parameters: `checkpoints` (the folder of run folders), `figures_dir`, `text`, `preset`, `seed` "
             "(None: the lowest seed with both arms), `layer` and `head` (None: the baseline's strongest "
             "previous-token head on this text)."),
@@ -178,6 +179,12 @@ except ImportError as e:  # inspect needs the model code; say so instead of fail
             "## The smear coefficient over the text\n\n"
             "Each token is shaded by the share of the previous token's embedding it receives."),
         new_code_cell('plots.show_inspect(results, figures_dir, "coefficients");'),
+        new_markdown_cell(
+            "## Interactive: every head of both arms, and the coefficients\n\n"
+            "The page `smearlens inspect --html` writes, drawn by CircuitsVis with its script inlined (it "
+            "works offline). Hover a head's thumbnail to enlarge it (click to keep it); hover a cell or a "
+            "token to see where it attends, or a coloured token for its smear coefficient."),
+        new_code_cell("from analysis.views import notebook_view\n\nnotebook_view(results, text)"),
     ],
 }
 

@@ -137,6 +137,7 @@ def test_inspect_notebook_explains_what_is_missing(executed):
     # analysis.inspect may not exist yet; once it does, the fixture's runs have no checkpoint to load
     assert "Inspect is unavailable here" in text or "Inspect not possible" in text
     assert "Nothing to draw" in text
+    assert "No interactive view" in text
 
 
 def test_running_notebooks_prints_nothing(executed):

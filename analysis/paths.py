@@ -23,7 +23,7 @@ change of the prediction at i (the logits for token i+1) is measured
   residual at i−s) and `value_ve` (the value-embedding lookup of the token there, added into v at
   layers with value embeddings); the two value parts add up exactly at the head's output. Sources:
   offset 1 reads s = 1 (all parts) and s = 0 (`kv`: attending to i, whose x0 carries the smear of
-  i−1); offset 2 reads s = 2, 1 and 0 (`kv`).
+  i−1); offset 2 reads s = 2 and s = 1 (`kv`: attending to i−1, whose x0 carries the smear of i−2).
 
 **Metrics** (per path, over the samples): `kl` = mean KL(clean ‖ patched) of the next-token
 distribution, `dlogp` = mean change of log p(target), `share` = Σ⟨δ_path, δ_total⟩_F / Σ⟨δ_total,
@@ -148,7 +148,7 @@ def edge_paths(model: GPT) -> list[Path]:
         for h in range(model.config.n_heads):
             out += [Path(1, "head", l, h, 1, part) for part in PARTS1]
             out += [Path(1, "head", l, h, 0, "kv")]
-            out += [Path(2, "head", l, h, s, "kv") for s in (2, 1, 0)]
+            out += [Path(2, "head", l, h, s, "kv") for s in (2, 1)]
     return out
 
 
@@ -295,19 +295,23 @@ def fisher_inner(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return (p * a * b).sum(-1) - (p * a).sum(-1) * (p * b).sum(-1)
 
 
-def path_stats(clean: Tensor, deltas: Tensor, total_of: Tensor, target: Tensor) -> dict[str, Tensor]:
+def path_stats(clean: Tensor, deltas: Tensor, totals: Tensor, total_of: Tensor, target: Tensor) -> dict[str, Tensor]:
     """Per sample and path: kl, dlogp, ⟨δ, δ_total⟩_F, ⟨δ, δ⟩_F.
 
-    clean (B, V) logits; deltas (B, K, V) logit changes; total_of (K,) index of each path's total in
-    `deltas`; target (B,) token ids."""
-    logp0 = clean.log_softmax(-1)
-    p0 = logp0.exp()[:, None]
-    logp = (clean[:, None] + deltas).log_softmax(-1)
-    kl = (p0 * (logp0[:, None] - logp)).sum(-1)
-    t = target[:, None, None].expand(-1, deltas.size(1), 1)
-    dlogp = logp.gather(-1, t)[..., 0] - logp0.gather(-1, target[:, None])
-    total = deltas[:, total_of]
-    return {"kl": kl, "dlogp": dlogp, "ip": fisher_inner(p0, deltas, total), "ff": fisher_inner(p0, deltas, deltas)}
+    clean (B, V) logits; deltas (B, K, V) logit changes; totals (B, n, V) the total changes, and
+    total_of (K,) which of them each path is compared with; target (B,) token ids. With Σp = 1,
+    KL(p ‖ softmax(z + δ)) = lse(z + δ) − lse(z) − Σ p δ, so one logsumexp per path does."""
+    p0 = clean.softmax(-1)
+    pd = p0[:, None] * deltas
+    mean = pd.sum(-1)  # E_p[δ]
+    shift = torch.logsumexp(clean[:, None] + deltas, -1) - torch.logsumexp(clean, -1)[:, None]
+    kl = shift - mean
+    dlogp = deltas.gather(-1, target[:, None, None].expand(-1, deltas.size(1), 1))[..., 0] - shift
+    cross = torch.einsum("bkv,bnv->bkn", pd, totals)  # E_p[δ δ_total] for every total
+    total_mean = torch.einsum("bv,bnv->bn", p0, totals)
+    ip = cross.gather(-1, total_of[None, :, None].expand(deltas.size(0), -1, 1))[..., 0] - mean * total_mean[:, total_of]
+    ff = torch.einsum("bkv,bkv->bk", pd, deltas) - mean.square()
+    return {"kl": kl, "dlogp": dlogp, "ip": ip, "ff": ff}
 
 
 @dataclass
@@ -333,7 +337,7 @@ def measure(model: GPT, samples: PathSamples, batch_rows: int = BATCH_ROWS) -> M
         raise AnalysisError(f"token id {int(samples.context.max())} is outside the model's vocabulary of {cfg.vocab_size}")
     paths = all_paths(model)
     index = {p: k for k, p in enumerate(paths)}
-    total_of = torch.tensor([index[Path(p.offset, "total")] for p in paths])
+    total_of = torch.tensor([p.offset - 1 for p in paths])
     draws, device = samples.draws, model.cfg.device
     order = torch.argsort(samples.length, stable=True)  # similar lengths share a batch: little padding
     per_batch = max(1, batch_rows // draws)
@@ -351,7 +355,8 @@ def measure(model: GPT, samples: PathSamples, batch_rows: int = BATCH_ROWS) -> M
             offset_gate.append(a.smear_gate)
             rows.append(sel)
             z0, deltas = batch_deltas(model, clean, samples.replacement[sel].reshape(-1).to(device), draws, a)
-            part = path_stats(z0, torch.stack([deltas[p] for p in paths], dim=1), total_of, target)
+            totals = torch.stack([deltas[Path(d, "total")] for d in (1, 2)], dim=1)
+            part = path_stats(z0, torch.stack([deltas[p] for p in paths], dim=1), totals, total_of, target)
             for k, v in part.items():
                 stats[k].append(v.double().cpu())
             if a.smear_gate is not None:

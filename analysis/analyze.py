@@ -13,6 +13,16 @@ as `checkpoints/*` that names it skips it), as parquet and, with --csv, CSV:
   sorted by coefficient, largest first (the last named checkpoint of each smear run).
 - `smear_tokens`: run, preset, arm, seed, step, sample, position, token_id, text, prev_token_id,
   prev_text, gate, coefficient for every position t ≥ 1 of the validation data (same checkpoint).
+- `paths` (metric "paths"; the last named checkpoint of each run): run, preset, arm, seed, step,
+  offset, path, layer, head, source, part, gate, metric, value: causal path attribution of token
+  i−offset to the prediction at i (see analysis/paths.py): path total, smear, rest, leftover (layer,
+  head, source = −1, part = "") and head edges (layer, head, the key/value position i−source, part
+  kv, key, value, value_resid, value_ve); gate all, or open / closed (smear coefficient above / below
+  λ/2, smear models only); metrics kl, dlogp, share (Fisher-linear, adds up; NaN where nothing reaches
+  i), fisher, n. --path-positions positions (default 256) × --path-draws replacement tokens (default
+  4), drawn from the validation data with a fixed seed: the same interventions for every run.
+- `offsets` (same checkpoints): run, preset, arm, seed, step, layer, head, key (i, i-1, i-2, bos),
+  gate, metric (mass: attention of query i on that key; written: mass × output gate × ‖W_O v‖; n).
 
 For the last named checkpoint of every run (both arms), the mechanism tables:
 
@@ -54,6 +64,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from analysis import composition, knockout, probes, readout
+from analysis import paths as path_attribution
 from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, validation_tokens
 from analysis.recorder import head_rows, smear_row
 from analysis.schema import MECHANISM_COLUMNS, TABLE_COLUMNS
@@ -71,11 +82,13 @@ DEFAULT_ABLATION_TOKENS = 4096
 SETTINGS_FILE = "analysis.json"
 PATTERN_BUDGET = 2**26  # numbers in one layer's (B, H, T, T) pattern: sets the rows per forward
 MECHANISM = tuple(MECHANISM_COLUMNS)  # readout, knockouts, composition: one table each, final checkpoints
-METRICS = (*probes.HEAD_METRICS, "smear", *MECHANISM)  # "smear" stands for the three smear tables
+# "smear": the three smear tables; "paths": paths and offsets; the mechanism tables one each
+METRICS = (*probes.HEAD_METRICS, "smear", "paths", *MECHANISM)
 COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}
 # What `analyze` computes (and skips) as one piece: a table holds each such group once.
 GROUP_KEYS = {"heads": ["run", "step", "metric"], "smear": ["run", "step"], "smear_vocab": ["run", "step"],
-              "smear_tokens": ["run", "step"], **{name: ["run", "step"] for name in MECHANISM}}
+              "smear_tokens": ["run", "step"], "paths": ["run", "step"],
+              "offsets": ["run", "step"], **{name: ["run", "step"] for name in MECHANISM}}
 LOCK_FILE = ".analyze.lock"  # taken by each table write, so concurrent `analyze` runs on one folder merge
 LOCK_TIMEOUT = 600  # seconds; a write holds it for well under one
 
@@ -187,16 +200,19 @@ class Settings:
     ablation_tokens: int = DEFAULT_ABLATION_TOKENS
     seq_len: int | None = None
     data: str | None = None
+    path_positions: int = path_attribution.DEFAULT_POSITIONS
+    path_draws: int = path_attribution.DEFAULT_DRAWS
 
     def validate(self) -> "Settings":
         for flag, value in self.flags().items():
-            if isinstance(value, int) and value < 2:
-                raise AnalysisError(f"{flag} {value} must be at least 2")
+            least = 1 if flag.startswith("--path") else 2
+            if isinstance(value, int) and value < least:
+                raise AnalysisError(f"{flag} {value} must be at least {least}")
         return self
 
     def flags(self) -> dict:
         return {"--tokens": self.tokens, "--ablation-tokens": self.ablation_tokens, "--seq-len": self.seq_len,
-                "--data": self.data}
+                "--data": self.data, "--path-positions": self.path_positions, "--path-draws": self.path_draws}
 
     def check(self, out: Path) -> None:
         """Record the settings in `out`, or check them against those recorded there (under the folder's
@@ -207,6 +223,9 @@ class Settings:
                 atomic_write_text(path, json.dumps(self.flags(), indent=1))
                 return
             old = json.loads(path.read_text())
+            if set(self.flags()) - set(old):  # a folder from before a setting existed holds no rows that used it
+                old |= {f: v for f, v in self.flags().items() if f not in old}
+                atomic_write_text(path, json.dumps(old, indent=1))
         for flag, value in self.flags().items():
             if old.get(flag) != value:
                 raise AnalysisError(f"{out}: its tables were made with {flag} {old.get(flag)}, not {value}; "
@@ -283,11 +302,13 @@ def smear_tables(model: GPT, batches, base: dict, per_token: bool) -> dict[str, 
 
 def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics: Sequence[str] = METRICS,
             tokens: int = DEFAULT_TOKENS, ablation_tokens: int = DEFAULT_ABLATION_TOKENS, seq_len: int | None = None,
-            data: str | None = None, device: str | None = None, csv: bool = False, progress: bool = True) -> dict[str, int]:
+            data: str | None = None, device: str | None = None, csv: bool = False, progress: bool = True,
+            path_positions: int = path_attribution.DEFAULT_POSITIONS,
+            path_draws: int = path_attribution.DEFAULT_DRAWS) -> dict[str, int]:
     """Evaluate every complete checkpoint of the runs in `paths` into the tables in `out`; returns
     the number of rows added to each table (all zero when everything was already done)."""
     metrics = probes.check_metrics(metrics, METRICS)
-    settings = Settings(tokens, ablation_tokens, seq_len, data).validate()
+    settings = Settings(tokens, ablation_tokens, seq_len, data, path_positions, path_draws).validate()
     out = Path(out)
     targets = resolve_targets(list(paths), skip=out)
     if not targets:
@@ -298,9 +319,10 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
     try:
         settings.check(out)
         tables = Tables(out, csv)
+        samples: dict = {}  # path-attribution samples per data folder: the same for every run on it
         for target in targets:
-            analyze_run(target, tables, head_metrics, "smear" in metrics, settings, device, progress,
-                        [m for m in metrics if m in MECHANISM])
+            analyze_run(target, tables, head_metrics, "smear" in metrics, "paths" in metrics, settings, device,
+                        progress, samples, [m for m in metrics if m in MECHANISM])
         tables.finish()
     except DiskFullError as e:
         raise DiskFullError(f"{e}; the tables keep every checkpoint analysed before; free space and run "
@@ -311,8 +333,15 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
     return tables.added
 
 
-def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smear: bool, settings: Settings,
-                device: str, progress: bool, mechanism: Sequence[str] = ()) -> None:
+def path_tables(model: GPT, samples: path_attribution.PathSamples, base: dict) -> dict[str, pd.DataFrame]:
+    """`paths` and `offsets` rows of one checkpoint."""
+    measured = path_attribution.measure(model, samples)
+    return {"paths": path_attribution.path_frame(measured, base), "offsets": path_attribution.offset_frame(measured, base)}
+
+
+def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smear: bool, paths: bool,
+                settings: Settings, device: str, progress: bool, samples: dict,
+                mechanism: Sequence[str] = ()) -> None:
     batches = None
     bar = tqdm(target.checkpoints, desc=target.run_dir.name, unit="ckpt", disable=not progress, dynamic_ncols=True)
     for path in bar:
@@ -326,7 +355,8 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
             tables.has("smear_vocab", run, step) and tables.has("smear_tokens", run, step)))
         final = path == target.checkpoints[-1]
         mech_todo = [name for name in mechanism if final and not tables.has(name, run, step)]
-        if not todo and not smear_todo and not mech_todo:
+        paths_todo = paths and final and not (tables.has("paths", run, step) and tables.has("offsets", run, step))
+        if not todo and not smear_todo and not mech_todo and not paths_todo:
             continue
         model, meta = load_checkpoint_model(path, device)
         meta.setdefault("run", run)
@@ -341,6 +371,16 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
                     tables.add(name, frame)
         for name, frame in mechanism_tables(model, batches, mech_todo, tables, base, settings).items():
             tables.add(name, frame)
+        if paths_todo:
+            where = str(settings.data or meta.get("data"))
+            if where not in samples:
+                samples[where] = path_attribution.sample_positions(
+                    validation_tokens(meta, settings.data), meta["model_config"]["bos_id"], settings.path_positions,
+                    settings.path_draws)
+            base = {k: v for k, v in base.items() if k != "tokens"}
+            for name, frame in path_tables(model, samples[where], base).items():
+                if not tables.has(name, run, step):
+                    tables.add(name, frame)
     bar.close()
 
 

@@ -11,6 +11,9 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "smear_vocab": RUN_COLUMNS[:5] + ["token_id", "text", "gate", "coefficient"],
     "smear_tokens": RUN_COLUMNS[:5] + ["sample", "position", "token_id", "text", "prev_token_id", "prev_text",
                                        "gate", "coefficient"],
+    # path attribution of the previous token (analysis/paths.py), last checkpoint of each run only
+    "paths": RUN_COLUMNS[:5] + ["offset", "path", "layer", "head", "source", "part", "gate", "metric", "value"],
+    "offsets": RUN_COLUMNS[:5] + ["layer", "head", "key", "gate", "metric", "value"],
 }
 # Mechanism tables (analysis.readout, analysis.knockout, analysis.composition), final checkpoints only.
 # Kept apart from TABLE_COLUMNS, which the statistics read as the core set.

@@ -70,6 +70,8 @@ class Tables:
     smear: pd.DataFrame | None = None
     smear_vocab: pd.DataFrame | None = None
     smear_tokens: pd.DataFrame | None = None
+    paths: pd.DataFrame | None = None  # path attribution (analysis/paths.py), last checkpoints
+    offsets: pd.DataFrame | None = None
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
     folder: Path | None = None

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from analysis.analyze import DEFAULT_ABLATION_TOKENS, DEFAULT_OUT as DEFAULT_TABLES_OUT, DEFAULT_TOKENS, METRICS
+from analysis.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAULT_POSITIONS as DEFAULT_PATH_POSITIONS
 from analysis.recorder import DEFAULT_EVERY
 from analysis.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
@@ -88,7 +89,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     metrics = [m for item in args.metrics for m in item.split(",") if m]
     added = analyze(args.paths, out=args.out, metrics=metrics, tokens=args.tokens,
                     ablation_tokens=args.ablation_tokens, seq_len=args.seq_len,
-                    data=args.data, device=args.device, csv=args.csv, progress=not args.no_progress)
+                    data=args.data, device=args.device, csv=args.csv, progress=not args.no_progress,
+                    path_positions=args.path_positions, path_draws=args.path_draws)
     print(json.dumps({"out": str(args.out), "rows_added": added}))
 
 
@@ -215,6 +217,11 @@ def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablation-tokens", type=int, default=DEFAULT_ABLATION_TOKENS,
                    help=f"the first this many of them for the ablations (default: {DEFAULT_ABLATION_TOKENS})")
     p.add_argument("--seq-len", type=int, help="tokens per row (default: the run's training row, cut to its longest document)")
+    p.add_argument("--path-positions", type=int, default=DEFAULT_PATH_POSITIONS,
+                   help=f"path attribution (last checkpoint of each run): query positions drawn from the validation "
+                        f"data with a fixed seed, the same for every run (default: {DEFAULT_PATH_POSITIONS})")
+    p.add_argument("--path-draws", type=int, default=DEFAULT_PATH_DRAWS,
+                   help=f"replacement tokens per position (default: {DEFAULT_PATH_DRAWS})")
     p.add_argument("--data", help="data folder, when the one in the checkpoint metadata has moved")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

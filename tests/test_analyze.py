@@ -20,6 +20,7 @@ from trainer.errors import AnalysisError, CheckpointError, ConfigError
 from trainer.train import load_run, make_run, train
 
 STEPS, EVERY, TOKENS = 4, 2, 512
+PATHS = dict(path_positions=16, path_draws=2)  # path attribution kept small: 32 rows a checkpoint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +51,7 @@ def pair(tmp_path_factory, tiny_data):
 def tables(pair):
     root, runs = pair
     out = root / "analysis"
-    added = analyze([root / "runs"], out=out, tokens=TOKENS, csv=True, progress=False)
+    added = analyze([root / "runs"], out=out, tokens=TOKENS, csv=True, progress=False, **PATHS)
     return out, added
 
 
@@ -130,7 +131,7 @@ def test_second_run_is_a_no_op(pair, tables):
     root, _ = pair
     out, _ = tables
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    again = analyze([root / "runs"], out=out, tokens=TOKENS, csv=True, progress=False)
+    again = analyze([root / "runs"], out=out, tokens=TOKENS, csv=True, progress=False, **PATHS)
     assert again == {name: 0 for name in COLUMNS}
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
@@ -141,12 +142,35 @@ def test_rerun_fills_in_only_what_is_missing(pair, tables, tmp_path):
     shutil.copytree(out, tmp_path / "a")
     heads = read(tmp_path / "a", "heads")
     heads[~((heads["arm"] == "baseline") & (heads["step"] == 2))].to_parquet(tmp_path / "a" / "heads.parquet")
-    added = analyze([runs["baseline"], runs["smear"] / "step_000004"], out=tmp_path / "a", tokens=TOKENS, progress=False)
+    added = analyze([runs["baseline"], runs["smear"] / "step_000004"], out=tmp_path / "a", tokens=TOKENS, progress=False,
+                    **PATHS)
     assert added == {**{name: 0 for name in COLUMNS}, "heads": 3 * 2 * len(P.HEAD_METRICS)}
     pd.testing.assert_frame_equal(read(tmp_path / "a", "heads").sort_values(["run", "step", "metric", "layer", "head"])
                                   .reset_index(drop=True),
                                   read(out, "heads").sort_values(["run", "step", "metric", "layer", "head"])
                                   .reset_index(drop=True))
+
+
+def test_path_tables_for_the_last_checkpoints(pair, tables):
+    out, _ = tables
+    paths, offsets = read(out, "paths"), read(out, "offsets")
+    assert list(paths.columns) == COLUMNS["paths"] and list(offsets.columns) == COLUMNS["offsets"]
+    assert set(paths["step"]) == set(offsets["step"]) == {4} and set(paths["arm"]) == {"smear", "baseline"}
+    n = paths[(paths["metric"] == "n") & (paths["gate"] == "all")]
+    assert set(n["value"]) == {32}  # 16 positions × 2 draws, the same for both arms
+    share = paths[(paths["metric"] == "share") & (paths["gate"] == "all") & (paths["offset"] == 1)]
+    base = share[share["arm"] == "baseline"].set_index("path")["value"]
+    assert base["smear"] == 0 and base["rest"] == pytest.approx(1, abs=1e-6)
+    smear = share[share["arm"] == "smear"].set_index("path")["value"]
+    # shares of smear, rest and leftover add up (by the leftover's definition, within rounding)
+    assert smear[["smear", "rest", "leftover"]].sum() == pytest.approx(1, abs=1e-6)
+    assert set(paths.loc[paths["arm"] == "smear", "gate"]) <= {"all", "open", "closed"}
+    assert set(offsets["key"]) == {"i", "i-1", "i-2", "bos"} and set(offsets["layer"]) == {0, 1, 3}
+    mass = offsets[(offsets["metric"] == "mass") & (offsets["gate"] == "all")]
+    assert mass["value"].between(0, 1).all()
+    assert mass.groupby(["run", "layer", "head"])["value"].sum().le(1 + 1e-6).all()
+    settings = json.loads((out / "analysis.json").read_text())
+    assert settings["--path-positions"] == 16 and settings["--path-draws"] == 2
 
 
 def test_cli_subcommand_with_chosen_metrics(pair, tmp_path, capsys):

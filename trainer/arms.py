@@ -72,11 +72,9 @@ class ArmSpec:
         return self.mix in ("gate", "lambda")
 
     @property
-    def gate_inputs(self) -> int:
-        """Input channels of `smear_gate` (0: the arm has none)."""
-        from trainer.config import GATE_DIM
-
-        return 0 if self.mix != "gate" else GATE_DIM * (2 if self.gate_from == "both" else 1)
+    def gate_reads(self) -> int:
+        """Tokens the smear gate reads GATE_DIM channels of: `smear_gate` has GATE_DIM × this inputs (0: none)."""
+        return 0 if self.mix != "gate" else (2 if self.gate_from == "both" else 1)
 
     @property
     def vocab_gate(self) -> bool:

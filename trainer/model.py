@@ -301,7 +301,7 @@ class GPT(HookedRootModule):
         self.lm_head = nn.Linear(d, V, bias=False)
         self.scalars = nn.Parameter(torch.empty(config.n_scalars))
         self.arm_spec = spec = config.arm_spec
-        self.smear_gate = nn.Linear(spec.gate_inputs, 1, bias=False) if spec.gate_inputs else None
+        self.smear_gate = nn.Linear(GATE_DIM * spec.gate_reads, 1, bias=False) if spec.gate_reads else None
         if spec.mix == "canon":  # row k weighs the token k positions back (k = 0: the token itself)
             self.canon_w = nn.Parameter(torch.empty(spec.canon_kernel, d))
         # long window and last-layer window, in blocks; grown by `set_windows` (YaRN)

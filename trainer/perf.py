@@ -57,7 +57,7 @@ def model_flops_per_token(config: ModelConfig, seq_len: int, window_blocks: tupl
     attn_layers = config.attn_layers()
     n_mlp = sum(1 for i in range(config.n_layers) if i not in config.no_mlp_layers)
     n_matmul = (len(attn_layers) * (4 * d * d + GATE_DIM * config.n_heads) + n_mlp * 2 * config.mlp_ratio * d * d
-                + config.padded_vocab * d + config.arm_spec.gate_inputs)
+                + config.padded_vocab * d + GATE_DIM * config.arm_spec.gate_reads)
 
     windows = config.layer_windows(*(window_blocks or (config.initial_window, config.initial_window)))
     context = 0.0

@@ -305,3 +305,10 @@ def test_old_configs_with_smear_bool_still_load(tiny_data, tmp_path):
     model, _ = ckpt.load_model(tmp_path / "run")
     assert model.config.arm == "baseline" and model.smear_gate is None
     assert train(tmp_path / "run", run, resume=True, progress=False)["step"] == 2  # resumes as the same run
+
+
+def test_every_arm_is_documented_in_the_registry_table():
+    import trainer.arms
+
+    rows = [line for line in trainer.arms.__doc__.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["baseline", "smear", "dose-<c>", *list(ARMS)[2:]]

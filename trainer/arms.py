@@ -15,8 +15,8 @@ term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with
 | `smear-postnorm` | norm(e): x = x0 = norm(e) + term        | λ · σ(w · norm(e)[i, :12]) · norm(e)[i−1]      | smear_gate (1, 12), λ |
 | `smear-gateprev` | e, before the norm                      | λ · σ(w · e[i−1, :12]) · e[i−1]                | smear_gate (1, 12), λ |
 | `smear-gateboth` | e, before the norm                      | λ · σ(w · [e[i, :12], e[i−1, :12]]) · e[i−1]   | smear_gate (1, 24), λ |
-| `smear-xonly`    | e, but only for x: x0 = norm(e) unsmeared | as `smear`                                   | smear_gate (1, 12), λ |
-| `smear-mtp`      | the final norm, before the head          | λ · norm(x_L)[i−1]  (gate ≡ 1)                | λ                     |
+| `smear-xonly`    | e, for x only (x0 = norm(e), unsmeared) | as `smear`                                     | smear_gate (1, 12), λ |
+| `smear-mtp`      | the final norm h, before the head       | λ · h[i−1]  (gate ≡ 1)                         | λ                     |
 | `canon4`         | e, before the norm                      | Σ_{k=0..3} w_k ⊙ e[i−k], same document only    | canon_w (4, d_model)  |
 
 Notes, and what was decided where the sources leave room:

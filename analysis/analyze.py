@@ -8,9 +8,11 @@ as `checkpoints/*` that names it skips it), as parquet and, with --csv, CSV:
   (repeated random tokens), ablation_zero, ablation_mean (loss increase on validation data).
   Layers without attention have no rows.
 - `smear`: run, preset, arm, seed, step, tokens, lambda, gate_mean, coef_mean, coef_std, coef_p05,
-  coef_p50, coef_p95 over every position of the validation data (smear arm only).
+  coef_p50, coef_p95 over every position of the validation data (every arm whose term is
+  λ · gate · h[i−1]: smear, its variants, doses, Smear-MTP; trainer/arms.py).
 - `smear_vocab`: run, preset, arm, seed, step, token_id, text, gate, coefficient for every token id,
-  sorted by coefficient, largest first (the last named checkpoint of each smear run).
+  sorted by coefficient, largest first (the last named checkpoint of each run of an arm whose gate
+  reads the current token alone: smear, smear-xonly).
 - `smear_tokens`: run, preset, arm, seed, step, sample, position, token_id, text, prev_token_id,
   prev_text, gate, coefficient for every position t ≥ 1 of the validation data (same checkpoint).
 - `paths` (metric "paths"; the last named checkpoint of each run): run, preset, arm, seed, step,
@@ -69,6 +71,7 @@ from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, 
 from analysis.recorder import head_rows, smear_row
 from analysis.schema import MECHANISM_COLUMNS, TABLE_COLUMNS
 from trainer import checkpoint as ckpt
+from trainer.arms import arm_spec
 from trainer.data import validation_batches
 from trainer.errors import AnalysisError, DiskFullError
 from trainer.io import atomic_path, atomic_write_text
@@ -349,8 +352,9 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
         run, step = meta.get("run", target.run_dir.name), meta["step"]
         bar.set_postfix(step=step)
         todo = [m for m in head_metrics if not tables.has("heads", run, step, m)]
-        is_smear = smear and meta["arm"] == "smear"
-        per_token = is_smear and path == target.checkpoints[-1]
+        spec = arm_spec(meta["arm"])  # any arm whose term is λ · gate · h[i−1] has the smear tables
+        is_smear = smear and spec.coefficient
+        per_token = is_smear and spec.vocab_gate and path == target.checkpoints[-1]
         smear_todo = (is_smear and not tables.has("smear", run, step)) or (per_token and not (
             tables.has("smear_vocab", run, step) and tables.has("smear_tokens", run, step)))
         final = path == target.checkpoints[-1]

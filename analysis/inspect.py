@@ -28,7 +28,7 @@ def inspect_text(model: GPT, text: str) -> dict:
     patterns = [cache[f"blocks.{i}.attn.hook_pattern"][0].float().numpy() if block.has_attn else None
                 for i, block in enumerate(model.blocks)]
     coefficients = None
-    if model.smear_gate is not None:
+    if model.arm_spec.coefficient and model.arm_spec.site != "final":
         gate = cache["hook_smear_gate"][0, :, 0].float()
         coefficients = np.concatenate([[0.0], (float(model.smear_lambda) * gate).numpy()])
     return dict(patterns=patterns, tokens=model.to_str_tokens(tokens[0]), coefficients=coefficients)

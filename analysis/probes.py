@@ -154,10 +154,13 @@ def streaming_probe(model: GPT, tokens: Tensor, attn_impl: str | None = None, ch
 
     hooks = [(f"blocks.{l}.attn.{name}", partial(fn, layer=l))
              for l in model.config.attn_layers() for name, fn in (("hook_rot_q", keep_q), ("hook_rot_k", score))]
-    if model.smear_gate is not None:
+    spec = model.arm_spec
+    if spec.coefficient and spec.site != "final":
         hooks.append(("hook_smear_gate", lambda g, hook: gate.append(g[..., 0].float())))
     with evaluating(model):
         run_attention(model, tokens, hooks, attn_impl or long_attn_impl(tokens))
+    if spec.coefficient and spec.site == "final":  # Smear-MTP, after the last attention layer: its gate is 1
+        gate.append(torch.ones(tokens.shape[0], tokens.shape[1] - 1, device=tokens.device))
     return StreamResult(prev, gate[0] if gate else None)
 
 
@@ -270,8 +273,9 @@ def ablation_hooks(model: GPT, heads: Sequence[tuple[int, int]], kind: str, mean
 
 
 def _require_smear(model: GPT) -> None:
-    if model.smear_gate is None:
-        raise AnalysisError("this model has no smear gate (a baseline-arm model)")
+    """Every arm whose term is λ · gate · h[i−1] (trainer/arms.py) has smear statistics."""
+    if not model.arm_spec.coefficient:
+        raise AnalysisError(f"this model has no smear gate (arm {model.config.arm!r}: no term λ · gate · h[i−1])")
 
 
 def smear_lambda(model: GPT) -> float:
@@ -286,13 +290,18 @@ def smear_gates(model: GPT, tokens: Tensor) -> Tensor:
     tokens = _as_batch(model, tokens)
     seen = []
     with evaluating(model), model.hooks(fwd_hooks=[("hook_smear_gate", lambda g, hook: seen.append(g))]):
-        model.embed_tokens(tokens)  # the gate needs only the embedding
+        if model.arm_spec.site == "final":
+            model(tokens)  # Smear-MTP mixes after the last layer
+        else:
+            model.embed_tokens(tokens)  # the gate needs only the embedding
     return seen[0][..., 0].float().cpu()
 
 
 def smear_vocab(model: GPT) -> tuple[Tensor, Tensor]:
     """(gate, coefficient), each (vocab_size,): the smear for every token id as the current token."""
     _require_smear(model)
+    if not model.arm_spec.vocab_gate:
+        raise AnalysisError(f"arm {model.config.arm!r}: the gate is not a function of the current token id alone")
     with torch.no_grad():
         gate = M.smear_vocab_gates(model.embed.weight, model.smear_gate.weight, model.config.vocab_size).cpu()
     return gate, M.smear_coefficients(smear_lambda(model), gate)

@@ -18,12 +18,15 @@ from analysis.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAULT_POSITION
 from analysis.recorder import DEFAULT_EVERY
 from analysis.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
+from trainer.arms import ARMS, DOSE_PREFIX, arm_spec
 from trainer.config import PRESETS, ModelConfig, TrainConfig, get_preset
 from trainer.corpus import embedded_data
 from trainer.errors import AnalysisError, ConfigError, SmearlensError
 from trainer.record import RECORD_PRESET, RECORD_ROW_TOKENS, RECORD_VAL_TOKENS, RECORD_WORLD_SIZES, UNKNOWN_SEED
 
 DEFAULT_OUT = Path("checkpoints")
+PAIR_ARMS = ("smear", "baseline")  # train-pair's default
+ARM_HELP = f"one of {', '.join(ARMS)}, or {DOSE_PREFIX}<c> (a fixed dose, e.g. {DOSE_PREFIX}0.8); see trainer/arms.py"
 
 
 def ensure_data(args: argparse.Namespace) -> Path:
@@ -34,7 +37,7 @@ def ensure_data(args: argparse.Namespace) -> Path:
 def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
     """`--set name=value` for any TrainConfig or ModelConfig field (values parsed as JSON when they can be)."""
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"smear", "vocab_size", "bos_id"}
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"arm", "vocab_size", "bos_id"}
     train, model = {}, {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -52,6 +55,21 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
         else:
             raise ConfigError(f"--set {name}: no such training or model setting")
     return train, model
+
+
+def parse_arms(text: str, option: str) -> list[str]:
+    """`a,b,c` → the arms, each checked (before any training starts), duplicates dropped."""
+    arms = list(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    if not arms:
+        raise ConfigError(f"{option} {text!r}: name at least one arm")
+    if option == "--arm" and len(arms) > 1:
+        raise ConfigError(f"--arm {text!r}: one arm (train-pair --arms takes several)")
+    for arm in arms:
+        try:
+            arm_spec(arm)
+        except ConfigError as e:
+            raise ConfigError(f"{option}: {e}") from None
+    return arms
 
 
 def run_train(args: argparse.Namespace, arms: list[str]) -> None:
@@ -157,7 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from commands.demo import run_demo
 
-    run_demo(args.preset, args.seeds, args.steps, args.out, args.figures, args.jobs, not args.no_notebooks)
+    run_demo(args.preset, args.seeds, args.steps, args.out, args.figures, args.jobs, not args.no_notebooks,
+             arms=parse_arms(args.arms, "--arms"))
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -193,12 +212,14 @@ def add_training_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train one arm")
     add_train_args(p)
-    p.add_argument("--arm", required=True, choices=["smear", "baseline"])
-    p.set_defaults(func=lambda a: run_train(a, [a.arm]))
+    p.add_argument("--arm", required=True, help=ARM_HELP)
+    p.set_defaults(func=lambda a: run_train(a, parse_arms(a.arm, "--arm")))
 
-    p = sub.add_parser("train-pair", help="train both arms from one seed (same initial weights and data order)")
+    p = sub.add_parser("train-pair", help="train several arms from one seed (same initial weights and data order)")
     add_train_args(p)
-    p.set_defaults(func=lambda a: run_train(a, ["smear", "baseline"]))
+    p.add_argument("--arms", default=",".join(PAIR_ARMS), metavar="A,B,...",
+                   help=f"comma-separated arms (default {','.join(PAIR_ARMS)}); {ARM_HELP}")
+    p.set_defaults(func=lambda a: run_train(a, parse_arms(a.arms, "--arms")))
 
 
 def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
@@ -290,11 +311,13 @@ def add_record_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    from commands.demo import DEMO_PRESET
+    from commands.demo import DEMO_ARMS, DEMO_PRESET
 
     p = sub.add_parser("demo", help="the whole study on the embedded corpus: train, record, analyse, report")
     p.add_argument("--preset", default=DEMO_PRESET)
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--arms", default=",".join(DEMO_ARMS), metavar="A,B,...",
+                   help=f"comma-separated arms, each trained for every seed (default {','.join(DEMO_ARMS)}); {ARM_HELP}")
     p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
     p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
     p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")

@@ -1,7 +1,7 @@
 """`smearlens demo`: the whole study on the embedded corpus, in one command.
 
-Data → both arms for each seed (two training processes at a time, one per core, the arms of a
-seed side by side) with recording → `analyze` → notebooks, figures and the report. Every stage
+Data → every arm (default baseline, smear and the fixed dose dose-0.8) for each seed (two training
+processes at a time, one per core, the arms of a seed side by side) with recording → `analyze` → notebooks, figures and the report. Every stage
 skips what is already done, so an interrupted demo continues where it stopped.
 """
 
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -22,6 +23,7 @@ from trainer.corpus import default_data_dir, embedded_data
 from trainer.errors import SmearlensError
 
 DEMO_PRESET = "cpu-small"
+DEMO_ARMS = ("baseline", "smear", "dose-0.8")  # the baseline, the record's smear and a fixed dose (no gate)
 # a recorder probe (4,096 tokens) costs about one 1,024-token cpu-small step: every 50 steps ≈ 2%
 RECORD_EVERY = 50
 STEP = re.compile(rb"(\d+)/(\d+) \[")
@@ -47,9 +49,10 @@ def last_step(log: Path) -> int:
     return int(found[-1][0]) if found else 0
 
 
-def train_all(preset: str, seeds: list[int], data: Path, out: Path, steps: int, extra: list[str], jobs: int) -> None:
+def train_all(preset: str, seeds: list[int], data: Path, out: Path, steps: int, extra: list[str], jobs: int,
+              arms: Sequence[str] = DEMO_ARMS) -> None:
     """Train every (seed, arm) not finished yet, `jobs` processes at a time, one progress bar."""
-    todo = [(seed, arm) for seed in seeds for arm in ("baseline", "smear")
+    todo = [(seed, arm) for seed in seeds for arm in arms
             if not finished(out / run_name(preset, seed, arm), steps)]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -85,7 +88,8 @@ def train_all(preset: str, seeds: list[int], data: Path, out: Path, steps: int, 
 
 
 def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None, out: str | Path = "checkpoints",
-             figures: str | Path = "figures", jobs: int = 2, notebooks: bool = True, extra: list[str] | None = None) -> Path:
+             figures: str | Path = "figures", jobs: int = 2, notebooks: bool = True, extra: list[str] | None = None,
+             arms: Sequence[str] = DEMO_ARMS) -> Path:
     from analysis.analyze import METRICS, analyze
     from analysis.probes import ABLATIONS
     from analysis.report import write_report
@@ -95,9 +99,11 @@ def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None
     out, figures = Path(out), Path(figures)
     print(f"[1/4] data: {default_data_dir(preset)}", flush=True)
     data = embedded_data(preset)
-    print(f"[2/4] training {preset}: arms smear and baseline × seeds 0..{seeds - 1}, {steps} steps each", flush=True)
-    train_all(preset, list(range(seeds)), data, out, steps, ["--record-every", str(RECORD_EVERY), *(extra or [])], jobs)
-    runs = [out / run_name(preset, s, arm) for s in range(seeds) for arm in ("baseline", "smear")]
+    arms = list(arms)
+    print(f"[2/4] training {preset}: arms {', '.join(arms)} × seeds 0..{seeds - 1}, {steps} steps each", flush=True)
+    train_all(preset, list(range(seeds)), data, out, steps, ["--record-every", str(RECORD_EVERY), *(extra or [])], jobs,
+              arms)
+    runs = [out / run_name(preset, s, arm) for s in range(seeds) for arm in arms]
     tables = out / "analysis"
     print(f"[3/4] analysis → {tables}", flush=True)
     # the ablations (21 forwards a checkpoint, 80% of the analysis) only feed final-step figures
@@ -105,7 +111,7 @@ def run_demo(preset: str = DEMO_PRESET, seeds: int = 3, steps: int | None = None
     analyze(runs, out=tables, metrics=[m for m in METRICS if m not in ablations])
     analyze([ckpt.complete_checkpoints(run)[-1] for run in runs], out=tables, metrics=ablations)
     print(f"[4/4] notebooks, figures and report → {figures}", flush=True)
-    command = f"smearlens demo --preset {preset} --seeds {seeds} --steps {steps}"
+    command = f"smearlens demo --preset {preset} --seeds {seeds} --steps {steps} --arms {','.join(arms)}"
     report = write_report(tables, figures, figures / "report.md", commands=[command], preset=preset,
                           notebooks=notebooks, runs_dir=out)
     minutes = (time.perf_counter() - start) / 60

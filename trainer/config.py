@@ -9,8 +9,10 @@ QK-norm logit bound stays at the record's 12.8, see SPEC) and the window block w
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
+from trainer.arms import ArmSpec, arm_spec
 from trainer.errors import ConfigError
 
 GATE_DIM = 12  # both sparse gates read the first 12 channels of their input (record)
@@ -24,7 +26,7 @@ class ModelConfig:
     d_head: int = 128
     d_model: int = 768
     mlp_ratio: int = 4
-    smear: bool = True
+    arm: str = "smear"  # a registered arm (trainer/arms.py); old configs' `smear: bool` maps to smear/baseline
     attn_scale: float = 0.1  # softmax scale before YaRN; QK-norm bounds each logit by scale * d_head
     block_size: int = 128  # window sizes are counted in blocks of this many tokens
     initial_window: int = 3  # long window (blocks) before training grows it
@@ -36,6 +38,15 @@ class ModelConfig:
     softcap_div: float = 7.5
     scalar_pad_to: int = 8  # the record pads the scalars vector for 8 ranks
     bos_id: int = 50256
+
+    @property
+    def arm_spec(self) -> ArmSpec:
+        return arm_spec(self.arm)
+
+    @property
+    def smear(self) -> bool:
+        """The record's smear (arm `smear`); the pre-arm configs' boolean."""
+        return self.arm == "smear"
 
     @property
     def padded_vocab(self) -> int:
@@ -89,6 +100,7 @@ class ModelConfig:
             raise bad(f"bos_id = {self.bos_id} is outside the vocabulary of {self.vocab_size}")
         if self.block_size < 1 or self.attn_scale <= 0 or self.initial_window < 1:
             raise bad("block_size, initial_window and attn_scale must be positive")
+        self.arm_spec  # an unknown arm is a ConfigError naming the choices
         return self
 
 
@@ -121,6 +133,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also every this many steps (0: only the log-spaced ones)
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run, or "skip" the step
     autocast: str = "auto"  # "bf16", "fp32" or "auto" (bf16 on CUDA, fp32 on CPU)
+    smear_lr_mult: float = 1.0  # multiplies the learning rate of λ alone (arms with a learned λ)
     compile: bool = False
 
     def validate(self) -> "TrainConfig":
@@ -136,6 +149,8 @@ class TrainConfig:
             raise ConfigError(f"autocast = {self.autocast!r}: choose auto, bf16 or fp32")
         if not self.ws_schedule:
             raise ConfigError("ws_schedule is empty")
+        if not (isinstance(self.smear_lr_mult, (int, float)) and 0 < self.smear_lr_mult < math.inf):
+            raise ConfigError(f"smear_lr_mult = {self.smear_lr_mult!r} must be a positive number")
         return self
 
 
@@ -196,8 +211,20 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def legacy_smear(cls, d: dict) -> dict:
+    """Configs written before arms had `smear: bool`: True is arm `smear`, False `baseline`."""
+    if cls is not ModelConfig or "smear" not in d:
+        return d
+    d = dict(d)
+    arm = "smear" if d.pop("smear") else "baseline"
+    if d.setdefault("arm", arm) != arm:
+        raise ConfigError(f"model config has smear={arm == 'smear'} and arm={d['arm']!r}, which disagree")
+    return d
+
+
 def replace(cfg, **changes):
     """dataclasses.replace with our error type for unknown fields, then validated."""
+    changes = legacy_smear(type(cfg), changes)
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(changes) - names)
     if unknown:
@@ -211,6 +238,7 @@ def to_dict(cfg) -> dict:
 
 def from_dict(cls, d: dict):
     """Rebuild a config from JSON (tuples come back as lists); unknown keys are an error."""
+    d = legacy_smear(cls, d)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(names))
     if unknown:

@@ -1,4 +1,9 @@
-"""The speedrun GPT (modded-nanogpt record of 2025-09-18), with an optional smear gate.
+"""The speedrun GPT (modded-nanogpt record of 2025-09-18), with the smear gate or another arm.
+
+`ModelConfig.arm` picks the variant (registry and table: trainer/arms.py): the baseline, the record's
+smear, a fixed dose, the smear variants its author tried, Smear-MTP or a canon layer. Each arm's
+mixing term passes through `hook_smear_out` (the term added) and, where it is c_i·h[i−1],
+`hook_smear_gate` (c_i = λ · gate_i).
 
 One definition serves training, hooks and analysis. It is a TransformerLens `HookedRootModule`:
 every `HookPoint` is an identity until a hook is attached, and the T×T attention pattern is only
@@ -366,12 +371,15 @@ class GPT(HookedRootModule):
         self.yarn = Yarn(config.d_head, config.attn_scale)
         self.lm_head = nn.Linear(d, V, bias=False)
         self.scalars = nn.Parameter(torch.empty(config.n_scalars))
-        self.smear_gate = nn.Linear(GATE_DIM, 1, bias=False) if config.smear else None
+        self.arm_spec = spec = config.arm_spec
+        self.smear_gate = nn.Linear(GATE_DIM * spec.gate_reads, 1, bias=False) if spec.gate_reads else None
+        if spec.mix == "canon":  # row k weighs the token k positions back (k = 0: the token itself)
+            self.canon_w = nn.Parameter(torch.empty(spec.canon_kernel, d))
         # long window and last-layer window, in blocks; grown by `set_windows` (YaRN)
         self.register_buffer("window_blocks", torch.tensor([0, 0]))
         self.hook_embed = HookPoint()  # raw token embedding e
-        self.hook_smear_gate = HookPoint()  # (B, T-1, 1) sigmoid(w · e[1:, :12]); coefficient = λ · gate
-        self.hook_smear_out = HookPoint()  # e after the smear, before the norm that makes x0
+        self.hook_smear_gate = HookPoint()  # (B, T-1, 1) gate at positions 1…T−1, e.g. σ(w · e[1:, :12]); c = λ · gate
+        self.hook_smear_out = HookPoint()  # (B, T, d) the arm's term added at its site (trainer/arms.py); 0 at position 0
         self.init_weights(seed)
         self.setup()
 
@@ -394,7 +402,7 @@ class GPT(HookedRootModule):
                 p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
             elif name == "scalars":
                 p.copy_(self.initial_scalars())
-            else:  # c_proj, lm_head, attention gates, smear gate: zero, as in the record
+            else:  # c_proj, lm_head, attention gates, smear gate: zero, as in the record; canon_w: zero
                 p.zero_()
         self.yarn.reset()
         self.window_blocks.fill_(cfg.initial_window)
@@ -405,13 +413,16 @@ class GPT(HookedRootModule):
             torch.full((n,), -1.5),  # U-net skip weights (first n/2 used): sigmoid(-1.5) ≈ 0.18
             torch.tensor([1.0, 0.0]).repeat(n),  # block lambdas: x, x0
             torch.tensor([0.5, 0.5]).repeat(n),  # SA lambdas: v, value embedding
-            torch.zeros(n),  # smear lambda (first), the rest unused
+            torch.zeros(n),  # λ of every learned-λ arm (first; the smear's in the record), the rest unused
         ]
         pad = self.config.n_scalars - 6 * n
         return torch.cat(parts + [torch.ones(pad)])
 
     @property
     def smear_lambda(self) -> Tensor:
+        """λ of the mixing term c_i = λ · gate_i: learned (scalars entry), or a dose's fixed c."""
+        if self.arm_spec.mix == "dose":
+            return self.scalars.new_tensor(self.arm_spec.dose)
         return self.scalars[5 * self.config.n_layers]
 
     # ---- sliding windows ----------------------------------------------------------------------
@@ -494,13 +505,48 @@ class GPT(HookedRootModule):
 
     # ---- forward ------------------------------------------------------------------------------
 
-    def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """x0: the token embedding, smeared with the previous token's in the smear arm, normed."""
+    def mix_term(self, h: Tensor, tokens: Tensor) -> Tensor:
+        """The arm's term added to h (B, T, d) at its site, through the hooks; 0 at position 0."""
+        spec = self.arm_spec
+        if spec.mix == "canon":
+            docs = (tokens == self.config.bos_id).cumsum(dim=1)
+            term = self.canon_w[0] * h
+            for k in range(1, min(spec.canon_kernel, h.size(1))):
+                same_doc = (docs[:, k:] == docs[:, :-k])[..., None]
+                term = term + F.pad(self.canon_w[k] * h[:, :-k] * same_doc, (0, 0, k, 0))
+            return self.hook_smear_out(term)
+        cur, prev = h[:, 1:], h[:, :-1]
+        if spec.mix == "gate":
+            reads = {"current": cur[..., :GATE_DIM], "prev": prev[..., :GATE_DIM],
+                     "both": torch.cat([cur[..., :GATE_DIM], prev[..., :GATE_DIM]], dim=-1)}[spec.gate_from]
+            gate = torch.sigmoid(self.smear_gate(reads))
+        elif spec.mix == "dose":  # no mixing into a BOS: a new document starts clean
+            gate = (tokens[:, 1:, None] != self.config.bos_id).to(h.dtype)
+        else:  # "lambda": no gate
+            gate = torch.ones_like(cur[..., :1])
+        gate = self.hook_smear_gate(gate)
+        # λ · gate first, then times h: the record's order, so the smear arm is bit-for-bit the record
+        return self.hook_smear_out(torch.cat([torch.zeros_like(h[:, :1]), self.smear_lambda * gate * prev], dim=1))
+
+    def embed_streams(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, x0): the residual stream's start and the embedding every block mixes back in. They are
+        one tensor, norm(e + term), except in `smear-postnorm` (norm(e) + term) and `smear-xonly` (x0 = norm(e))."""
+        spec = self.arm_spec
         e = self.hook_embed(self.embed(tokens))
-        if self.smear_gate is not None:
-            gate = self.hook_smear_gate(torch.sigmoid(self.smear_gate(e[:, 1:, :GATE_DIM])))
-            e = self.hook_smear_out(torch.cat([e[:, :1], e[:, 1:] + self.smear_lambda * gate * e[:, :-1]], dim=1))
-        return norm(e)
+        if spec.mix is None or spec.site == "final":
+            x = norm(e)
+            return x, x
+        if spec.site == "postnorm":
+            x = norm(e)
+            x = x + self.mix_term(x, tokens)
+            return x, x
+        x = norm(e + self.mix_term(e, tokens))
+        return x, (x if spec.into_x0 else norm(e))
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """x: the start of the residual stream, the normed token embedding with the arm's term (x0 too,
+        but in `smear-xonly`, see `embed_streams`)."""
+        return self.embed_streams(tokens)[0]
 
     def forward(
         self,
@@ -526,7 +572,7 @@ class GPT(HookedRootModule):
         ctx = AttnContext(docs, cos, sin, float(self.yarn.attn_scale), attn_impl, {})
         windows = self.layer_windows()
 
-        x = x0 = self.embed_tokens(tokens)
+        x, x0 = self.embed_streams(tokens)
         ve = [embed(tokens) for embed in self.value_embeds]
         skip_weights = self.scalars[: n // 2]
         lambdas = self.scalars[n : 3 * n].view(-1, 2)
@@ -539,7 +585,10 @@ class GPT(HookedRootModule):
             x = block(x, x0, lambdas[i], ve[j] if j is not None else None, sa_lambdas[i], windows[i], ctx)
             if i < n // 2:
                 skips.append(x)
-        logits = self.lm_head(norm(x)).float()
+        x = norm(x)
+        if self.arm_spec.site == "final" and self.arm_spec.mix is not None:  # Smear-MTP: after the final norm
+            x = x + self.mix_term(x, tokens)
+        logits = self.lm_head(x).float()
         logits = cfg.softcap * torch.sigmoid(logits / cfg.softcap_div)
         if return_type == "logits":
             return logits

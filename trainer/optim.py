@@ -1,8 +1,10 @@
 """The record's optimisers and schedules.
 
 Muon (lr 0.05, momentum warmed 0.85→0.95) takes the block matrices and the smear gate; Adam
-(lr 0.008, betas 0.8/0.95) takes embeddings (lr ×75), the head (×1) and the scalars (×5). Both
-share one learning-rate multiplier: flat, then a linear cooldown to 0.1 over the last half.
+(lr 0.008, betas 0.8/0.95) takes embeddings (lr ×75), the head (×1) and the scalars (×5), and with
+the scalars the `canon4` arm's per-offset vectors (vectors go to Adam). Both share one learning-rate
+multiplier: flat, then a linear cooldown to 0.1 over the last half. `TrainConfig.smear_lr_mult`
+scales the step of λ alone, one entry of the scalars (see `adam_step`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def build_optimizers(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.Adam, Mu
     named = dict(model.named_parameters())
     embeds = [p for n, p in named.items() if n.startswith(("embed.", "value_embeds."))]
     head = [named["lm_head.weight"]]
-    scalars = [named["scalars"]]
+    scalars = [named["scalars"]] + ([named["canon_w"]] if "canon_w" in named else [])
     muon = [p for n, p in named.items() if (n.startswith("blocks.") and p.ndim >= 2) or n.startswith("smear_gate.")]
     assert len(embeds) + len(head) + len(scalars) + len(muon) == len(named), "a parameter has no optimiser"
     groups = [
@@ -69,6 +71,21 @@ def build_optimizers(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.Adam, Mu
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
     return adam, muon_opt
+
+
+@torch.no_grad()
+def adam_step(adam: torch.optim.Optimizer, model: GPT, cfg: TrainConfig) -> None:
+    """`adam.step()`, with λ's update scaled by `smear_lr_mult`. λ shares the scalars tensor with other
+    entries, so it cannot have a param group of its own; but Adam's update is lr · m̂/(√v̂ + eps) with
+    moments that do not depend on lr (and no weight decay), so scaling λ's change after the step is
+    exactly a step at lr × smear_lr_mult for that entry."""
+    if cfg.smear_lr_mult == 1 or not model.arm_spec.learned_lambda:
+        adam.step()
+        return
+    i = 5 * model.config.n_layers
+    before = model.scalars[i].clone()
+    adam.step()
+    model.scalars[i] = before + cfg.smear_lr_mult * (model.scalars[i] - before)
 
 
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:

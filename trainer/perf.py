@@ -40,9 +40,9 @@ def model_flops_per_token(config: ModelConfig, seq_len: int, window_blocks: tupl
     N_matmul counts every weight that multiplies activations: per attention layer the q, k, v, o
     matrices (4 · d_model²) and the attention gate (GATE_DIM · n_heads); per MLP layer c_fc and
     c_proj (2 · mlp_ratio · d_model²); the head (padded_vocab · d_model, as computed); and the smear
-    gate (GATE_DIM) when the model has one. Each such weight costs 2 FLOPs per token forward and
-    4 backward (input and weight gradients): 6 · N_matmul. Not counted: the token and value
-    embeddings (lookups, no FLOPs), norms, rotary, gates' sigmoids, softcap, softmax and other
+    gate (GATE_DIM, 2·GATE_DIM in `smear-gateboth`) when the arm has one. Each such weight costs
+    2 FLOPs per token forward and 4 backward (input and weight gradients): 6 · N_matmul. Not counted:
+    the token and value embeddings (lookups, no FLOPs), the other arms' element-wise terms, norms, rotary, gates' sigmoids, softcap, softmax and other
     element-wise work, and the optimisers (Muon's Newton–Schulz matmuls included).
 
     Attention: a query that sees k keys costs 2·d_model·k FLOPs for Q·Kᵀ and 2·d_model·k for
@@ -57,7 +57,7 @@ def model_flops_per_token(config: ModelConfig, seq_len: int, window_blocks: tupl
     attn_layers = config.attn_layers()
     n_mlp = sum(1 for i in range(config.n_layers) if i not in config.no_mlp_layers)
     n_matmul = (len(attn_layers) * (4 * d * d + GATE_DIM * config.n_heads) + n_mlp * 2 * config.mlp_ratio * d * d
-                + config.padded_vocab * d + (GATE_DIM if config.smear else 0))
+                + config.padded_vocab * d + GATE_DIM * config.arm_spec.gate_reads)
 
     windows = config.layer_windows(*(window_blocks or (config.initial_window, config.initial_window)))
     context = 0.0

@@ -215,7 +215,7 @@ def import_state_dict(sd: dict[str, Tensor], config: ModelConfig | None = None, 
     """Our model holding the record-layout weights `sd` (prefix already stripped), in fp32, in the
     record's end-of-training validation state. The smear is detected from `smear_gate.weight`."""
     smear = "smear_gate.weight" in sd
-    config = replace(config or get_preset(RECORD_PRESET).model, smear=smear)
+    config = replace(config or get_preset(RECORD_PRESET).model, arm="smear" if smear else "baseline")
     train = train or get_preset(RECORD_PRESET).train
     if world_size is not None and world_size not in RECORD_WORLD_SIZES:
         raise ConfigError(f"--world-size {world_size}: the record runs on 1, 2, 4 or 8 GPUs")

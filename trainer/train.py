@@ -1,4 +1,4 @@
-"""The training loop: one arm (smear or baseline) of one seed, on CPU or CUDA, one or many ranks.
+"""The training loop: one arm (baseline, smear, or another of trainer/arms.py) of one seed, on CPU or CUDA, one or many ranks.
 
 Launch with `smearlens train` (one process) or `torchrun --nproc_per_node N -m commands.cli train`
 (gloo on CPUs, NCCL on GPUs). Ranks each take an equal slice of every batch and average gradients,
@@ -24,16 +24,16 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from tqdm.auto import tqdm
 
 from trainer import checkpoint as ckpt
+from trainer.arms import arm_spec
 from trainer.config import ModelConfig, Preset, TrainConfig, from_dict, replace, to_dict
 from trainer.data import BatchLoader, load_split, validation_batches
 from trainer.errors import ConfigError, DataError, DiskFullError, SmearlensError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import keep_freed_memory
-from trainer.optim import apply_schedules, build_optimizers, window_blocks
+from trainer.optim import adam_step, apply_schedules, build_optimizers, window_blocks
 from trainer.tokenizer import Tokenizer, gpt2_tokenizer
 
-ARMS = ("smear", "baseline")
 LOG_FILE = "loss.csv"
 
 
@@ -134,10 +134,15 @@ def prepare_run(run_dir: Path, run: Run, resume: bool) -> None:
     if manifest.exists():
         old = ckpt.read_json(manifest, "run manifest")
         for key in ("arm", "seed", "model_config", "train_config", "preset"):
-            new = run.manifest()[key]
+            new, was = run.manifest()[key], old.get(key)
             if key in ("model_config", "train_config"):
                 new = json.loads(json.dumps(new))  # tuples as lists, as they were saved
-            if old.get(key) != new:
+                cls = ModelConfig if key == "model_config" else TrainConfig
+                try:  # a manifest from before a field was added (or `smear: bool` became `arm`) reads as it is now
+                    was = json.loads(json.dumps(to_dict(from_dict(cls, was))))
+                except (ConfigError, TypeError, AttributeError):
+                    pass
+            if was != new:
                 raise ConfigError(f"{run_dir}: this folder holds a run with another {key.replace('_', ' ')} "
                                   f"({old.get(key)!r} ≠ {new!r}); choose another --run name")
         if not resume and ckpt.complete_checkpoints(run_dir):
@@ -248,7 +253,7 @@ def train(
         train_loss = loss.item()
         finite = math.isfinite(train_loss) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         if finite:
-            adam.step()
+            adam_step(adam, model, cfg)
             muon.step()
         elif cfg.on_nonfinite == "stop":
             raise NonFiniteLoss(f"{run_dir}: non-finite loss or gradient at step {step + 1} (loss {train_loss}); "
@@ -298,13 +303,16 @@ def data_tokenizer(data: str | Path) -> Tokenizer:
 
 def make_run(preset_name: str, preset: Preset, arm: str, seed: int, data_dir: str | Path, name: str | None = None,
              train_overrides: dict | None = None, model_overrides: dict | None = None) -> Run:
-    """The run for one arm: the preset with the data's vocabulary, the arm's smear and the seed."""
-    if arm not in ARMS:
-        raise ConfigError(f"--arm {arm!r}: choose smear or baseline")
+    """The run for one arm: the preset with the data's vocabulary, the arm and the seed."""
+    try:
+        spec = arm_spec(arm)
+    except ConfigError as e:
+        raise ConfigError(f"--arm: {e}") from None
     tok = data_tokenizer(data_dir)
-    model = replace(preset.model, smear=arm == "smear", vocab_size=tok.vocab_size, bos_id=tok.bos_id,
-                    **(model_overrides or {}))
+    model = replace(preset.model, arm=arm, vocab_size=tok.vocab_size, bos_id=tok.bos_id, **(model_overrides or {}))
     train_cfg = replace(preset.train, seed=seed, **(train_overrides or {}))
+    if train_cfg.smear_lr_mult != 1 and not spec.learned_lambda:
+        raise ConfigError(f"--set smear_lr_mult={train_cfg.smear_lr_mult}: arm {arm!r} has no learned λ")
     name = name or f"{preset_name}-s{seed}-{arm}"
     return Run(name=name, preset=preset_name, arm=arm, seed=seed, data=str(data_dir), model=model, train=train_cfg,
                tokenizer=dict(kind=tok.kind, vocab_size=tok.vocab_size, bos_id=tok.bos_id))
@@ -320,4 +328,4 @@ def load_run(run_dir: str | Path) -> Run:
         raise ConfigError(f"{run_dir}/{ckpt.RUN_FILE}: manifest has no {e}") from None
 
 
-__all__ = ["ARMS", "Run", "train", "make_run", "load_run", "evaluate", "checkpoint_steps", "NonFiniteLoss"]
+__all__ = ["Run", "train", "make_run", "load_run", "evaluate", "checkpoint_steps", "NonFiniteLoss"]

@@ -1,0 +1,314 @@
+"""Arms (trainer/arms.py): each variant's mixing term read through its hooks, step-0 equality with the
+baseline, shared initial weights and data order, λ's learning-rate multiple, the CLI and old configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from commands.cli import main as cli_main
+from trainer import checkpoint as ckpt
+from trainer.arms import ARMS, arm_spec
+from trainer.config import GATE_DIM, ModelConfig, from_dict, get_preset, replace, to_dict
+from trainer.errors import ConfigError
+from trainer.model import GPT
+from trainer.optim import adam_step, build_optimizers
+from trainer.train import make_run, train
+
+TINY = get_preset("tiny").model
+ZERO_INIT = [a for a in ARMS if a != "baseline"]  # every registered arm starts as the baseline; doses do not
+ALL = list(ARMS) + ["dose-0.8"]
+ARM_PARAMS = {"baseline": set(), "smear-mtp": set(), "dose-0.8": set(), "canon4": {"canon_w"}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads(one_thread):
+    yield
+
+
+def cfg(arm: str) -> ModelConfig:
+    return replace(TINY, arm=arm)
+
+
+def tokens(B=2, T=64, seed=0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(1, TINY.vocab_size, (B, T), generator=gen)
+    t[:, 0] = 0  # BOS (the tiny preset's bos_id)
+    t[0, 23] = t[1, 40] = t[1, 41] = 0  # documents starting mid-row, one of them empty
+    return t
+
+
+def hooked(model: GPT, t: torch.Tensor, names=("hook_embed", "hook_smear_gate", "hook_smear_out")) -> tuple:
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(t, names_filter=lambda n: n in names or n.endswith("resid_post")
+                                             or n == "blocks.0.hook_resid_pre")
+    return logits, cache
+
+
+def randomize_shared(model: GPT, seed: int = 0) -> GPT:
+    """Give every weight a value drawn from (seed, name), the same in every arm; then put λ and the
+    canon weights back at their initial zeros, so the arm still starts as the baseline."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            gen = torch.Generator().manual_seed(seed + len(name) * 7919 + sum(map(ord, name)))
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+            if name == "canon_w":
+                p.zero_()
+        model.scalars[5 * model.config.n_layers] = 0.0
+    return model
+
+
+# ---- the fixed dose: exactly c · e[i−1], nothing at a BOS -------------------------------------------------
+
+
+def check_dose(model: GPT, c: float) -> None:
+    t = tokens()
+    _, cache = hooked(model, t)
+    e, term, gate = cache["hook_embed"], cache["hook_smear_out"], cache["hook_smear_gate"]
+    not_bos = t[:, 1:] != model.config.bos_id
+    assert torch.equal(gate[..., 0], not_bos.float())
+    assert torch.equal(term[:, 0], torch.zeros_like(term[:, 0]))  # nothing before the first token
+    assert torch.equal(term[:, 1:][not_bos], (c * e[:, :-1])[not_bos])  # exactly c · e[i−1]
+    assert torch.equal(term[:, 1:][~not_bos], torch.zeros_like(term[:, 1:][~not_bos]))  # nothing at a BOS
+    assert int((~not_bos).sum()) == 3 and float(model.smear_lambda) == pytest.approx(c)
+    # and that term is what the residual stream starts from: x = x0 = norm(e + term)
+    x, x0 = model.embed_streams(t)
+    assert torch.equal(x, F.rms_norm(e + term, (e.size(-1),))) and x is x0
+
+
+def test_trained_dose_mixes_exactly_c_times_the_previous_embedding(tiny_data, tmp_path):
+    run = make_run("tiny", get_preset("tiny"), "dose-0.8", 0, tiny_data,
+                   train_overrides=dict(steps=4, n_checkpoints=1, val_tokens=1024))
+    train(tmp_path / "run", run, progress=False)
+    model, meta = ckpt.load_model(tmp_path / "run")
+    assert meta["arm"] == "dose-0.8" and model.config.arm == "dose-0.8"
+    start = GPT(run.model, seed=0)
+    assert not torch.equal(model.embed.weight, start.embed.weight)  # trained: the check is not of the init
+    assert dict(model.named_parameters()).keys() == dict(start.named_parameters()).keys()  # c is no parameter
+    check_dose(model, 0.8)
+
+
+@pytest.mark.parametrize("c", [0.05, 1.6, -0.3])
+def test_dose_at_any_constant(c):
+    check_dose(randomize_shared(GPT(cfg(f"dose-{c}"))), c)
+
+
+# ---- zero-initialised arms start as the baseline ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("arm", ZERO_INIT)
+def test_zero_initialised_arm_equals_baseline_at_step_0(arm):
+    t = tokens()
+    base_logits, base = hooked(GPT(cfg("baseline"), seed=3), t)
+    logits, cache = hooked(GPT(cfg(arm), seed=3), t)
+    last = f"blocks.{TINY.n_layers - 1}.hook_resid_post"
+    assert torch.equal(logits, base_logits) and torch.equal(cache[last], base[last])
+    # with every shared weight moved away from its init (the head too, so the logits depend on it)
+    base_model = randomize_shared(GPT(cfg("baseline"), seed=3))
+    model = randomize_shared(GPT(cfg(arm), seed=3))
+    with torch.no_grad():
+        assert torch.equal(model(t), base_model(t))
+        if model.smear_gate is not None:  # λ = 0 silences any gate
+            assert model.smear_gate.weight.abs().sum() > 0
+
+
+def test_step_0_equality_is_not_vacuous():
+    """A dose changes the step-0 residual stream, and a zero-init arm moved off zero changes the logits."""
+    t = tokens()
+    _, base = hooked(GPT(cfg("baseline"), seed=3), t)
+    _, dose = hooked(GPT(cfg("dose-0.8"), seed=3), t)
+    last = f"blocks.{TINY.n_layers - 1}.hook_resid_post"
+    assert (dose[last] - base[last]).abs().max() > 0.1
+    base_model = randomize_shared(GPT(cfg("baseline")))
+    for arm in ZERO_INIT:
+        model = randomize_shared(GPT(cfg(arm)))
+        with torch.no_grad():
+            model.scalars[5 * TINY.n_layers] = 0.5
+            if arm == "canon4":
+                model.canon_w.fill_(0.1)
+            assert not torch.allclose(model(t), base_model(t)), arm
+
+
+# ---- each variant's term, read through the hooks ------------------------------------------------------------
+
+
+def moved(arm: str) -> GPT:
+    model = randomize_shared(GPT(cfg(arm)))
+    with torch.no_grad():
+        model.scalars[5 * TINY.n_layers] = 0.7
+        if arm == "canon4":
+            model.canon_w.copy_(torch.randn(model.canon_w.shape, generator=torch.Generator().manual_seed(1)))
+    return model
+
+
+@pytest.mark.parametrize("arm", ["smear", "smear-postnorm", "smear-gateprev", "smear-gateboth", "smear-xonly"])
+def test_gated_variants_mix_what_their_gate_reads(arm):
+    model, t = moved(arm), tokens()
+    _, cache = hooked(model, t)
+    e = cache["hook_embed"]
+    h = F.rms_norm(e, (e.size(-1),)) if arm == "smear-postnorm" else e
+    cur, prev = h[:, 1:, :GATE_DIM], h[:, :-1, :GATE_DIM]
+    reads = {"smear-gateprev": prev, "smear-gateboth": torch.cat([cur, prev], -1)}.get(arm, cur)
+    gate = torch.sigmoid(reads @ model.smear_gate.weight.detach().T)
+    torch.testing.assert_close(cache["hook_smear_gate"], gate, rtol=1e-6, atol=0)
+    torch.testing.assert_close(cache["hook_smear_out"][:, 1:], 0.7 * gate * h[:, :-1], rtol=1e-6, atol=1e-7)
+    assert torch.equal(cache["hook_smear_out"][:, 0], torch.zeros_like(e[:, 0]))
+    x, x0 = model.embed_streams(t)
+    smeared = h + cache["hook_smear_out"]
+    torch.testing.assert_close(x, smeared if arm == "smear-postnorm" else F.rms_norm(smeared, (e.size(-1),)))
+    if arm == "smear-xonly":  # the residual starts smeared; the x0 every block mixes back in does not
+        torch.testing.assert_close(x0, F.rms_norm(e, (e.size(-1),)))
+        assert not torch.allclose(x, x0)
+    else:
+        assert x0 is x
+
+
+def test_smear_mtp_mixes_the_final_normed_stream_before_the_head():
+    model, t = moved("smear-mtp"), tokens()
+    logits, cache = hooked(model, t)
+    final = cache[f"blocks.{TINY.n_layers - 1}.hook_resid_post"]
+    h = F.rms_norm(final, (final.size(-1),))
+    assert torch.equal(cache["hook_smear_gate"], torch.ones(2, 63, 1))
+    torch.testing.assert_close(cache["hook_smear_out"][:, 1:], 0.7 * h[:, :-1], rtol=1e-6, atol=0)
+    assert torch.equal(cache["hook_embed"], model.embed(t))  # the embedding is left alone
+    expected = TINY.softcap * torch.sigmoid(model.lm_head(h + cache["hook_smear_out"]) / TINY.softcap_div)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_canon4_is_a_causal_depthwise_convolution_within_each_document():
+    model, t = moved("canon4"), tokens()
+    _, cache = hooked(model, t)
+    e, w = cache["hook_embed"], model.canon_w.detach()
+    assert w.shape == (4, TINY.d_model)  # one weight vector per offset, inspectable
+    expected = torch.zeros_like(e)
+    docs = (t == TINY.bos_id).cumsum(1)
+    for b in range(t.size(0)):
+        for i in range(t.size(1)):
+            for k in range(4):
+                if i - k >= 0 and docs[b, i - k] == docs[b, i]:
+                    expected[b, i] += w[k] * e[b, i - k]
+    torch.testing.assert_close(cache["hook_smear_out"], expected, rtol=1e-5, atol=1e-6)
+    assert "hook_smear_gate" not in cache.cache_dict  # no λ · gate: no smear statistics
+    with torch.no_grad():
+        assert torch.equal(model.embed_tokens(t), F.rms_norm(e + cache["hook_smear_out"], (e.size(-1),)))
+
+
+# ---- one seed: common weights and data order shared ------------------------------------------------------------
+
+
+def test_arms_of_one_seed_share_every_common_initial_weight():
+    states = {arm: GPT(cfg(arm), seed=11).state_dict() for arm in ALL}
+    base = states["baseline"]
+    for arm, state in states.items():
+        assert set(state) - set(base) == ARM_PARAMS.get(arm, {"smear_gate.weight"}), arm
+        assert set(base) <= set(state)
+        for name, tensor in base.items():
+            assert torch.equal(tensor, state[name]), (arm, name)
+    assert not torch.equal(GPT(cfg("baseline"), seed=12).state_dict()["embed.weight"], base["embed.weight"])
+
+
+def test_arms_of_one_seed_see_the_same_batches(tiny_data, tmp_path):
+    seen = {}
+    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp"):
+        batches = []
+        run = make_run("tiny", get_preset("tiny"), arm, 0, tiny_data,
+                       train_overrides=dict(steps=3, n_checkpoints=1, val_tokens=512))
+        train(tmp_path / arm, run, callbacks=(lambda inputs, **_: batches.append(inputs.clone()),), progress=False)
+        seen[arm] = batches
+    first = seen["baseline"]
+    assert len(first) == 3
+    for arm, batches in seen.items():
+        assert all(torch.equal(a, b) for a, b in zip(first, batches)), arm
+
+
+# ---- λ's learning-rate multiple --------------------------------------------------------------------------------
+
+
+def test_smear_lr_mult_scales_the_step_of_lambda_alone():
+    t = tokens()
+    after = {}
+    for mult in (1.0, 0.1, 2.0):
+        model = randomize_shared(GPT(cfg("smear")))
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        train_cfg = replace(get_preset("tiny").train, smear_lr_mult=mult)
+        adam, muon = build_optimizers(model, train_cfg)
+        model(t[:, :-1], t[:, 1:], return_type="loss").backward()
+        adam_step(adam, model, train_cfg)
+        muon.step()
+        after[mult] = {n: p.detach().clone() - start[n] for n, p in model.named_parameters()}
+    i = 5 * TINY.n_layers
+    step = after[1.0]["scalars"][i]
+    assert step.abs() > 1e-4
+    for mult in (0.1, 2.0):
+        torch.testing.assert_close(after[mult]["scalars"][i], mult * step, rtol=1e-5, atol=0)
+        others = torch.ones_like(after[mult]["scalars"], dtype=torch.bool)
+        others[i] = False
+        assert torch.equal(after[mult]["scalars"][others], after[1.0]["scalars"][others])
+        for name in after[1.0]:
+            if name != "scalars":
+                assert torch.equal(after[mult][name], after[1.0][name]), name
+
+
+def test_smear_lr_mult_needs_an_arm_with_a_learned_lambda(tiny_data):
+    with pytest.raises(ConfigError, match="no learned λ"):
+        make_run("tiny", get_preset("tiny"), "dose-0.8", 0, tiny_data, train_overrides=dict(smear_lr_mult=2))
+    with pytest.raises(ConfigError, match="smear_lr_mult"):
+        replace(get_preset("tiny").train, smear_lr_mult=0)
+
+
+# ---- names, the CLI and old configs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, message", [
+    ("smeer", "unknown arm 'smeer'"), ("dose-", "dose-<c>"), ("dose-abc", "dose-<c>"), ("dose-nan", "dose-<c>"),
+    ("dose-inf", "dose-<c>")])
+def test_unknown_arm_is_a_one_line_error(name, message, capsys, tiny_data):
+    with pytest.raises(ConfigError, match=message):
+        arm_spec(name)
+    assert cli_main(["train", "--preset", "tiny", "--arm", name, "--data", str(tiny_data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smearlens: error: --arm:") and message in err and "\n" not in err
+
+
+def test_train_pair_arms_trains_each_arm_of_one_seed(tiny_data, tmp_path, capsys):
+    argv = ["train-pair", "--preset", "tiny", "--data", str(tiny_data), "--out", str(tmp_path), "--steps", "1",
+            "--record-every", "0", "--set", "n_checkpoints=1", "--set", "val_tokens=512"]
+    assert cli_main([*argv, "--arms", "baseline,nope"]) == 2  # checked before anything trains
+    assert "unknown arm 'nope'" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    assert cli_main([*argv, "--arms", "baseline, dose-0.4 ,smear-gateboth"]) == 0
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert runs == ["tiny-s0-baseline", "tiny-s0-dose-0.4", "tiny-s0-smear-gateboth"]
+    assert ckpt.read_meta(ckpt.resolve_checkpoint(tmp_path / "tiny-s0-dose-0.4"))["arm"] == "dose-0.4"
+
+
+def test_old_configs_with_smear_bool_still_load(tiny_data, tmp_path):
+    assert from_dict(ModelConfig, {**to_dict(TINY), "smear": False} | {"arm": "baseline"}).arm == "baseline"
+    old = to_dict(TINY)
+    del old["arm"]
+    assert from_dict(ModelConfig, dict(old, smear=True)).arm == "smear"
+    assert from_dict(ModelConfig, dict(old, smear=False)).arm == "baseline"
+    assert replace(cfg("dose-0.8"), smear=True).arm == "smear" and not cfg("dose-0.8").smear
+    with pytest.raises(ConfigError, match="disagree"):
+        from_dict(ModelConfig, dict(old, smear=True, arm="baseline"))
+    # a checkpoint (and run manifest) written before arms: `smear` in place of `arm`
+    run = make_run("tiny", get_preset("tiny"), "baseline", 0, tiny_data,
+                   train_overrides=dict(steps=2, n_checkpoints=1, val_tokens=512))
+    train(tmp_path / "run", run, stop_at=1, progress=False)
+    for file in [ckpt.resolve_checkpoint(tmp_path / "run") / ckpt.META_FILE, tmp_path / "run" / ckpt.RUN_FILE]:
+        meta = json.loads(file.read_text())
+        meta["model_config"].pop("arm")
+        meta["model_config"]["smear"] = False
+        file.write_text(json.dumps(meta))
+    model, _ = ckpt.load_model(tmp_path / "run")
+    assert model.config.arm == "baseline" and model.smear_gate is None
+    assert train(tmp_path / "run", run, resume=True, progress=False)["step"] == 2  # resumes as the same run
+
+
+def test_every_arm_is_documented_in_the_registry_table():
+    import trainer.arms
+
+    rows = [line for line in trainer.arms.__doc__.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["baseline", "smear", "dose-<c>", *list(ARMS)[2:]]

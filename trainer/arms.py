@@ -1,0 +1,114 @@
+"""The registry of arms: named variants of the one model (trainer/model.py), chosen by `ModelConfig.arm`.
+
+Every arm is the baseline plus at most one *mixing term* that carries the previous position into the
+current one. The term is exposed through hooks so analysis can read and patch it:
+`hook_smear_out` holds exactly the term ADDED at its site (a previous-token term is zero at position
+0; canon's has the k = 0 part there too), and, for arms whose
+term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with c_i = λ · g_i
+(`GPT.smear_lambda` is λ). e is the raw token embedding, x0 = norm(·) the first residual stream.
+
+| arm              | site (what hook_smear_out is added to) | term at position i ≥ 1                         | new parameters        |
+|------------------|-----------------------------------------|------------------------------------------------|-----------------------|
+| `baseline`       | —                                       | none                                           | —                     |
+| `smear`          | e, before the norm (the record)         | λ · σ(w · e[i, :12]) · e[i−1]                  | smear_gate (1, 12), λ |
+| `dose-<c>`       | e, before the norm                      | c · e[i−1], and 0 where token i is BOS         | none (c is fixed)     |
+| `smear-postnorm` | norm(e): x = x0 = norm(e) + term        | λ · σ(w · norm(e)[i, :12]) · norm(e)[i−1]      | smear_gate (1, 12), λ |
+| `smear-gateprev` | e, before the norm                      | λ · σ(w · e[i−1, :12]) · e[i−1]                | smear_gate (1, 12), λ |
+| `smear-gateboth` | e, before the norm                      | λ · σ(w · [e[i, :12], e[i−1, :12]]) · e[i−1]   | smear_gate (1, 24), λ |
+| `smear-xonly`    | e, for x only (x0 = norm(e), unsmeared) | as `smear`                                     | smear_gate (1, 12), λ |
+| `smear-mtp`      | the final norm h, before the head       | λ · h[i−1]  (gate ≡ 1)                         | λ                     |
+| `canon4`         | e, before the norm                      | Σ_{k=0..3} w_k ⊙ e[i−k], same document only    | canon_w (4, d_model)  |
+
+Notes, and what was decided where the sources leave room:
+- `smear` is the 2025-09-18 record, bit for bit; like the record it crosses a BOS (the record trains on
+  one flat stream). The author's variants (`smear-*`, seed thread of the record's PR) keep that.
+- `dose-<c>`: c any finite float (`dose-0.8`, `dose-1e-1`); not learned, no gate. hook_smear_gate holds
+  the BOS mask (1 where token i is not BOS, else 0), so c_i = c · g_i as for the gated arms.
+- `smear-postnorm`: the whole smear moved after the norm: the gate reads the normed current token and
+  the normed previous token is added; the sum is not normed again (x = x0 = that sum).
+- `smear-xonly`: the record sets `x = x0 = norm(smeared e)`; every block then mixes `λ_x·x + λ_x0·x0`.
+  "Only to x instead of x0" is taken as: the residual stream starts from norm(smeared e) while x0, the
+  embedding every block mixes back in, is norm(e) without the smear.
+- `smear-mtp` (modded-nanogpt PR #151, medium track): on the baseline (no embedding smear), after the
+  final norm h[1:] += λ·h[:-1] before the head; no gate (hook_smear_gate holds ones), crosses a BOS.
+- `canon4` (Allen-Zhu, Physics of LMs 4.1): a causal depthwise convolution of kernel 4 with a residual,
+  over the raw embedding; offset k's weights are `canon_w[k]` (k = 0 is the token itself). Unlike the
+  smear it does not reach across a BOS: a document sees nothing of the one before (as in attention).
+- λ (every learned-λ arm) is the scalars entry the record uses for the smear, `scalars[5 · n_layers]`,
+  zero-initialised; `TrainConfig.smear_lr_mult` (× 0.1, × 2 in the author's tries) scales its Adam step.
+  Arms have the same scalars vector, so every parameter two arms have in common is bit-for-bit equal
+  at step 0 for one seed. `smear_gate` goes to Muon (the record's choice); `canon_w`, one vector per
+  offset, to Adam with the scalars' learning rate. Every arm but `dose-<c>` starts as the baseline
+  (λ = 0, canon_w = 0), so its step-0 forward equals the baseline's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from trainer.errors import ConfigError
+
+DOSE_PREFIX = "dose-"
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str
+    mix: str | None = None  # None, "gate" (learned λ · sigmoid gate), "dose" (fixed c), "lambda" (learned λ), "canon"
+    site: str = "embed"  # "embed" (raw e), "postnorm" (norm(e)), "final" (the final norm, before the head)
+    gate_from: str = "current"  # mix == "gate": what the gate reads: "current", "prev" or "both" tokens
+    into_x0: bool = True  # the mixed embedding is also x0 (False: only the residual x starts from it)
+    dose: float | None = None
+    canon_kernel: int = 4
+
+    @property
+    def coefficient(self) -> bool:
+        """The term is c_i · h[i−1] with c_i = λ · gate_i, read through hook_smear_gate and smear_lambda."""
+        return self.mix in ("gate", "dose", "lambda")
+
+    @property
+    def learned_lambda(self) -> bool:
+        return self.mix in ("gate", "lambda")
+
+    @property
+    def gate_reads(self) -> int:
+        """Tokens the smear gate reads GATE_DIM channels of: `smear_gate` has GATE_DIM × this inputs (0: none)."""
+        return 0 if self.mix != "gate" else (2 if self.gate_from == "both" else 1)
+
+    @property
+    def vocab_gate(self) -> bool:
+        """The gate is a function of the current token id alone: σ(w · E[id, :12])."""
+        return self.mix == "gate" and self.gate_from == "current" and self.site == "embed"
+
+
+ARMS: dict[str, ArmSpec] = {a.name: a for a in (
+    ArmSpec("baseline"),
+    ArmSpec("smear", mix="gate"),
+    ArmSpec("smear-postnorm", mix="gate", site="postnorm"),
+    ArmSpec("smear-gateprev", mix="gate", gate_from="prev"),
+    ArmSpec("smear-gateboth", mix="gate", gate_from="both"),
+    ArmSpec("smear-xonly", mix="gate", into_x0=False),
+    ArmSpec("smear-mtp", mix="lambda", site="final"),
+    ArmSpec("canon4", mix="canon"),
+)}
+
+
+def arm_spec(name: str) -> ArmSpec:
+    """The registered arm `name`, or a fixed dose `dose-<c>`; a clear ConfigError otherwise."""
+    if not isinstance(name, str):
+        raise ConfigError(f"arm {name!r}: expected a name")
+    if name in ARMS:
+        return ARMS[name]
+    if name.startswith(DOSE_PREFIX):
+        try:
+            c = float(name[len(DOSE_PREFIX):])
+        except ValueError:
+            c = math.nan
+        if not math.isfinite(c):
+            raise ConfigError(f"arm {name!r}: a dose is dose-<c> with c a finite number, e.g. dose-0.8")
+        return ArmSpec(name, mix="dose", dose=c)
+    raise ConfigError(f"unknown arm {name!r}; choose one of: {', '.join(ARMS)}, or dose-<c> (e.g. dose-0.8)")
+
+
+__all__ = ["ArmSpec", "ARMS", "arm_spec", "DOSE_PREFIX"]

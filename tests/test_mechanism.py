@@ -10,7 +10,7 @@ from analysis import composition as C
 from analysis import knockout as K
 from analysis import probes as P
 from analysis import readout as R
-from trainer.config import get_preset
+from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError
 from trainer.model import GPT
 
@@ -21,7 +21,7 @@ BOS = 0
 def random_model(smear: bool, seed: int = 0, smear_lambda: float = 0.7) -> GPT:
     """A tiny model with every weight random (the record's init zeroes W_O and the MLP outputs)."""
     cfg = get_preset("tiny").model
-    model = GPT(cfg if smear else cfg.__class__(**{**cfg.__dict__, "smear": False}), seed=seed)
+    model = GPT(cfg if smear else replace(cfg, arm="baseline"), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

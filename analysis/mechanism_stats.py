@@ -127,7 +127,8 @@ def share_tests(paths: pd.DataFrame | None, offset: int = 1, reference: str = RE
         if arm not in smeared:
             continue
         a = per_seed[per_seed["arm"] == arm]
-        for gate in GATES:
+        split = a["smear_open"].notna().any() and a["smear_closed"].notna().any()  # a fixed dose is always open
+        for gate in GATES if split else ("all",):
             if a[f"smear_{gate}"].notna().any():
                 rows.append(dict(kind="share", arm=arm, reference="", gate=gate,
                                  label=f"smear share of token i−{offset}'s effect (gate {gate})",

@@ -11,7 +11,9 @@ Heads are knocked out by `probes.ablation_hooks` (zero or mean of their gated ou
 heads by previous-token score (each model's own), `interaction_2x2` measures the loss with neither,
 the heads only, the smear only and both knocked out; interaction = both − heads − smear + neither
 (0 when the two routes are independent; negative when they are redundant, i.e. each stands in for
-the other). On a model without a smear gate the smear knock-outs change nothing (their hooks never run).
+the other). Every arm whose term is λ · gate · h[i−1] (smear, its variants, the fixed doses, whose gate
+hook holds ones) is knocked out the same way; on a model without such a term (the baseline) the smear
+knock-outs change nothing (their hooks never run).
 """
 
 from __future__ import annotations
@@ -97,13 +99,13 @@ def knockout_table(model: GPT, batches: Sequence[tuple[Tensor, Tensor]], prev_sc
     if not batches:
         raise AnalysisError("knock-outs need at least one batch of data")
     batches = [(_as_batch(model, x), _as_batch(model, y)) for x, y in batches]
-    has_smear = model.smear_gate is not None
+    has_smear = model.arm_spec.coefficient  # a dose has no gate weights but its term runs through the hooks
     rows = []
     with evaluating(model):
         neither, means = _clean_loss_and_head_means(model, batches)
         mean_e = mean_embedding(model, batches)
         smear_hooks = {kind: smear_knockout_hooks(model, kind, mean_e) for kind in smear_knockouts}
-        # without a smear gate its hooks never run: the knocked-out losses are the plain ones
+        # without a smear term its hooks never run: the knocked-out losses are the plain ones
         smear_loss = {kind: _loss(model, batches, hooks) if has_smear else neither for kind, hooks in smear_hooks.items()}
         for k in ks:
             heads = top_heads(prev_scores, k)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from analysis.schema import HEAD_METRICS, RUN_COLUMNS, TABLE_COLUMNS  # noqa: F401 (re-exported)
+from analysis.schema import HEAD_METRICS, MECHANISM_COLUMNS, RUN_COLUMNS, TABLE_COLUMNS  # noqa: F401 (re-exported)
 from trainer.config import TrainConfig, from_dict
 from trainer.errors import AnalysisError, ConfigError, one_line
 from trainer.optim import window_blocks
@@ -42,6 +42,7 @@ N_BOOT = 10_000
 BOOT_SEED = 0  # fixed so a report is reproducible to the digit
 
 RECORD_TABLES = {"record_heads": "heads", "record_smear": "smear"}  # written per run folder during training
+ALL_COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}  # every table `load_tables` reads from the tables folder
 
 # Each claim: the per-seed column, what it means, and the format of its numbers.
 CLAIMS: dict[str, tuple[str, str]] = {
@@ -72,6 +73,9 @@ class Tables:
     smear_tokens: pd.DataFrame | None = None
     paths: pd.DataFrame | None = None  # path attribution (analysis/paths.py), last checkpoints
     offsets: pd.DataFrame | None = None
+    readout: pd.DataFrame | None = None  # the mechanism tables (MECHANISM_COLUMNS), last checkpoints
+    knockouts: pd.DataFrame | None = None
+    composition: pd.DataFrame | None = None
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
     folder: Path | None = None
@@ -107,10 +111,11 @@ def _read_parquet(path: Path, kind: str) -> pd.DataFrame:
         df = table.to_pandas()
     except Exception as e:  # pyarrow raises several types for a bad file; all mean the same to a user
         raise AnalysisError(f"{path}: not a readable parquet table ({type(e).__name__}: {one_line(e)})") from None
-    missing = [c for c in TABLE_COLUMNS[kind] if c not in df.columns]
+    columns = ALL_COLUMNS[kind]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise AnalysisError(f"{path}: the {kind} table lacks column(s) {', '.join(missing)} "
-                            f"(expected {', '.join(TABLE_COLUMNS[kind])})")
+                            f"(expected {', '.join(columns)})")
     return df
 
 
@@ -145,7 +150,8 @@ def window_growth_tokens(configs: dict[str, dict]) -> list[int]:
 
 def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: str | None = None,
                 validate: bool = True) -> Tables:
-    """Read heads/smear/smear_vocab/smear_tokens from `folder` and the runs' record_*.parquet.
+    """Read the analysis tables (heads, smear*, paths, offsets, readout, knockouts, composition) from `folder`
+    and the runs' record_*.parquet.
 
     Record tables are looked for in `folder` and in each run folder under `runs_dir` (default: the
     parent of `folder`, where the training writes run folders), keeping only the runs in the heads
@@ -159,7 +165,7 @@ def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: 
         found = sorted(p.name for p in folder.glob("*.parquet"))
         raise AnalysisError(f"{folder}: no heads.parquet here (found: {', '.join(found) or 'no parquet files'})")
     frames: dict[str, pd.DataFrame | None] = {}
-    for kind in TABLE_COLUMNS:
+    for kind in ALL_COLUMNS:
         path = folder / f"{kind}.parquet"
         frames[kind] = _read_parquet(path, kind) if path.exists() else None
 

@@ -143,6 +143,59 @@ NOTEBOOKS = {
         new_code_cell('report.notebook_statistics(tables, threshold, claims=["ablation_mean_at_prev", '
                       '"ablation_zero_at_prev", "induction_at_prev", "n_prev_heads"]);'),
     ],
+    "05_mechanism": [
+        new_markdown_cell(
+            "# Where the previous token travels\n\n"
+            "If the smear gate frees the heads that attend to the previous token, the previous token's identity "
+            "should reach the prediction through the smear term instead of through those heads. At each run's "
+            "final checkpoint this notebook traces it: token i−1 is resampled and the change of the prediction at "
+            "i is split into the smear path, the rest of the model and their interaction (and, per head, the key "
+            "and value read at i−1); it shows where each head's query at i looks, where a linear probe can read "
+            "token i−1, and what knocking the smear term and the previous-token heads out does to the loss. Every "
+            "number here is exploratory.\n\n"
+            "Parameters (papermill `-p`): `tables_dir`, `figures_dir`, `runs_dir`, `preset`, `threshold`."),
+        params(TABLE_PARAMS),
+        new_code_cell(LOAD),
+        new_markdown_cell(
+            "## Path shares: smear, rest, leftover\n\n"
+            "The Fisher-linear share of token i−1's effect on the prediction at i that goes through the smear "
+            "term alone, through everything else, and their interaction; the three add up to 1. The middle and "
+            "right panels split the positions by the smear gate at i (open: coefficient above λ/2). A gate that "
+            "routes the previous token where it matters puts the smear share high where it is open and near 0 "
+            "where it is closed; a fixed dose has no gate, so all its positions count as open."),
+        show("path_shares"),
+        new_markdown_cell(
+            "## Which heads carry token i−1 (and i−2)\n\n"
+            "The share through each head at query i reading the earlier position (its key and value there "
+            "patched, nothing else). A freed head would carry less of token i−1 in the smear arm than the "
+            "baseline's previous-token heads do."),
+        show("edge_shares"),
+        new_markdown_cell(
+            "## What the query at i reads\n\n"
+            "Attention of query i on itself, i−1, i−2 and the BOS per head (top), and the same weighted by the "
+            "head's output gate and how much it writes from there (bottom). With the smear, position i already "
+            "holds part of token i−1, so attending to i can stand in for attending to i−1."),
+        show("offset_attention"),
+        new_markdown_cell(
+            "## Where token i−1 becomes readable\n\n"
+            "Held-out accuracy of a linear probe for token i−1 at each layer's residual input, above what "
+            "token i alone predicts (backward bigram). The controls — token i itself and token i−2 — show what "
+            "a probe reads without any mixing."),
+        show("readout_by_layer"),
+        new_markdown_cell(
+            "## Knock-outs\n\n"
+            "Loss increase at inference when the smear term is knocked out (zero: λ = 0; mean: the previous "
+            "token's embedding replaced by the mean embedding), when the top-k previous-token heads are "
+            "mean-ablated, and the interaction of the two (both − heads − smear + neither): below 0 the two "
+            "routes stand in for each other, so knocking out both costs more than the sum."),
+        show("knockout_effects"),
+        new_markdown_cell(
+            "## Numbers with paired tests\n\n"
+            "Per arm, each quantity measured within a run (a share, a loss increase) is tested against 0 across "
+            "seeds; arms are compared paired by seed (t CI, paired t, exact sign-flip, TOST at the measure's "
+            "smallest effect of interest). None of this is corrected for multiple comparisons."),
+        new_code_cell("report.notebook_mechanism(tables);"),
+    ],
     "04_inspect": [
         new_markdown_cell(
             "# Inspect a text\n\n"

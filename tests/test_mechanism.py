@@ -126,6 +126,21 @@ def test_zero_knockout_is_lambda_zero_and_a_no_op_without_smear():
         assert loss(base, [(x, y)], K.smear_knockout_hooks(base, kind, mean)) == loss(base, [(x, y)])
 
 
+def test_a_fixed_dose_is_knocked_out_too():
+    """A dose has no gate weights, but its term runs through the smear hooks: the table knocks it out."""
+    x, y = data()
+    cfg = get_preset("tiny").model
+    dose = GPT(replace(cfg, arm="dose-0.8"), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random weights, as random_model: the record's init zeroes W_O and the head
+        for name, p in dose.named_parameters():
+            if name != "scalars":
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embed" in name else 0.15))
+    table = K.knockout_table(dose, [(x, y)], torch.rand(cfg.n_layers, cfg.n_heads), ks=(1,), head_ablations=("mean",))
+    smear = table[table["metric"] == "smear"]["value"]
+    assert len(smear) == 2 and (smear.abs() > 1e-4).all()
+
+
 def test_mean_knockout_of_a_constant_smear_term_changes_nothing():
     x, y = data()
     model = random_model(smear=True)
@@ -219,11 +234,14 @@ def test_formation_steps_by_hand():
 
 
 def test_readout_figure(tmp_path):
-    from analysis.plots.mechanism import plot_readout
+    from analysis.plots import readout_by_layer, save
 
-    rows = [dict(arm=arm, seed=s, layer=l, target=t, metric="above_baseline", value=0.1 * l + (arm == "smear") * 0.05)
+    rows = [dict(run=f"tiny-s{s}-{arm}", preset="tiny", arm=arm, seed=s, step=10, layer=l, target=t,
+                 metric="above_baseline", value=0.1 * l + (arm == "smear") * 0.05)
             for arm in ("baseline", "smear") for s in range(2) for l in range(5) for t in ("prev", "curr", "prev2")]
-    fig = plot_readout(pd.DataFrame(rows), tmp_path / "readout")
-    assert len(fig.axes) == 3 and (tmp_path / "readout.png").stat().st_size > 0 and (tmp_path / "readout.svg").exists()
-    with pytest.raises(AnalysisError, match="non-empty readout table"):
-        plot_readout(pd.DataFrame())
+    fig = readout_by_layer(pd.DataFrame(rows))
+    paths = save(fig, tmp_path, "readout")
+    assert len(fig.axes) == 3 and paths[0].stat().st_size > 0 and (tmp_path / "readout.svg").exists()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][-1] == "final"
+    with pytest.raises(AnalysisError, match="no readout table"):
+        readout_by_layer(pd.DataFrame())

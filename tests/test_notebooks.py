@@ -64,6 +64,7 @@ def executed(tmp_path_factory) -> dict[str, Path]:
         "01": ("01_previous_token_heads", dict(tables_dir=good, figures_dir=figs)),
         "02": ("02_smear_gate", dict(tables_dir=good, figures_dir=figs)),
         "03": ("03_freed_heads", dict(tables_dir=good, figures_dir=figs)),
+        "05": ("05_mechanism", dict(tables_dir=good, figures_dir=figs)),
         "01-mixed": ("01_previous_token_heads", dict(tables_dir=mixed, figures_dir=root / "figs-mixed")),
         "03-thin": ("03_freed_heads", dict(tables_dir=thin, figures_dir=root / "figs-thin")),
         "02-thin": ("02_smear_gate", dict(tables_dir=thin, figures_dir=root / "figs-thin")),
@@ -111,7 +112,7 @@ def test_notebooks_match_their_builder(tmp_path):
         assert not any(c.get("outputs") for c in committed.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("key", ["01", "02", "03"])
+@pytest.mark.parametrize("key", ["01", "02", "03", "05"])
 def test_notebook_draws_its_figures(executed, key):
     text, errors = outputs(executed[key])
     assert not errors
@@ -129,6 +130,19 @@ def test_statistics_in_notebooks(executed):
     assert "| smear − baseline | 0.05 | 3 |" in text and "| lower |" in text
     text, _ = outputs(executed["03"])
     assert "induction score at the baseline's previous-token heads" in text
+
+
+def test_mechanism_notebook_states_its_numbers(executed):
+    text, _ = outputs(executed["05"])
+    assert "What the mechanism tables say:** In the smear arm the smear term carries 0.30" in text
+    assert "| smear share, gate open − closed (within each run) | smear vs 0 | 3 |" in text
+
+
+def test_report_runs_every_notebook():
+    from analysis import report
+
+    assert set(report.NOTEBOOKS) == set(plots.NOTEBOOK_FIGURES) | {"04_inspect"}
+    assert all((NOTEBOOKS / f"{name}.ipynb").exists() for name in report.NOTEBOOKS)
 
 
 def test_inspect_notebook_explains_what_is_missing(executed):

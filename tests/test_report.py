@@ -57,6 +57,20 @@ def test_report_states_the_verdict_and_the_statistics(good_report):
     assert "| 0 | tiny-s0-smear | 40 |" in text  # smear λ per seed
 
 
+def test_report_has_the_mechanism_section(good_report):
+    out, text = good_report
+    section = text[text.index("## Mechanism: where the previous token travels"):text.index("## Smear gate at the last")]
+    for name in plots.MECHANISM_FIGURES:
+        assert f"]({'../figures/'}{name}.png)" in section  # the mechanism figures sit in their section
+    figures = text[text.index("## Figures"):text.index("## Mechanism")]
+    assert not any(f"{name}.png" in figures for name in plots.MECHANISM_FIGURES)
+    assert "#### Path shares" in section and "| smear share of token i−1's effect (gate all) | smear vs 0 | 3 |" in section
+    conclusion = text[text.index("## Conclusion"):text.index("## Statistics")]
+    assert "the smear term carries 0.30 (95% CI" in conclusion and "read-out above the backward-bigram" in conclusion
+    assert "Knock-outs: knocking the smear term out" in conclusion and "no difference" not in text
+    assert "`readout` (" in text and "`knockouts` (" in text  # provenance lists the mechanism tables
+
+
 def test_report_lists_commands_and_configs(good_report):
     _, text = good_report
     prov = text.split("## How these numbers were made", 1)[1]

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from analysis import stats
 from analysis.plots.freed import ablation_by_head, freed_head_profiles
+from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
 from analysis.plots.style import arms_in, display_markdown, save, seed_text, show_figure
@@ -65,12 +66,41 @@ FIGURES: dict[str, FigureSpec] = {
         "Per-head ablation loss",
         "Loss increase when each head is ablated, both arms; shaded: baseline previous-token heads.",
         lambda t, th: ablation_by_head(t.heads, th)),
+    "path_shares": FigureSpec(
+        "Where token i−1's effect goes",
+        "Fisher-linear share of the change in the prediction at i when token i−1 is resampled that flows through "
+        "the smear term alone, through every other route, and their interaction (they add up to 1); every position, "
+        "and split by the smear gate at i (bars: seed mean, dots: seeds).",
+        lambda t, th: path_shares(t.get("paths"))),
+    "edge_shares": FigureSpec(
+        "Which heads carry the earlier tokens",
+        "Share of token i−1's (top) and i−2's (bottom) effect through each head at query i reading that position "
+        "(its key and value patched, nothing else), seed mean; hatched: layers without attention.",
+        lambda t, th: edge_shares(t.get("paths"))),
+    "offset_attention": FigureSpec(
+        "What the query at i reads",
+        "Attention of query i on i, i−1, i−2 and the BOS per head (top), and the same weighted by the head's output "
+        "gate and the norm of what it writes from there (bottom); bars: seed mean, dots: seeds.",
+        lambda t, th: offset_attention(t.get("offsets"))),
+    "readout_by_layer": FigureSpec(
+        "Where the previous token becomes readable",
+        "Held-out accuracy of a linear probe for token i−1 (and the controls i, i−2) at each layer's residual "
+        "input, above a baseline that guesses it from token i alone (backward bigram); lines: seed mean, dots: seeds.",
+        lambda t, th: readout_by_layer(t.get("readout"))),
+    "knockout_effects": FigureSpec(
+        "Knock-outs: smear, previous-token heads, both",
+        "Loss increase at inference when the smear term is knocked out, when the top-k previous-token heads are "
+        "mean-ablated, and their interaction (both − heads − smear + neither; below 0: the routes stand in for "
+        "each other); bars: seed mean, dots: seeds.",
+        lambda t, th: knockout_effects(t.get("knockouts"))),
 }
 NOTEBOOK_FIGURES = {
     "01_previous_token_heads": ["prev_token_heatmaps", "prev_heads_vs_threshold", "prev_mass_over_training"],
     "02_smear_gate": ["smear_lambda", "coefficient_histogram", "vocab_extremes", "coefficient_by_class"],
     "03_freed_heads": ["freed_head_profiles", "ablation_by_head"],
+    "05_mechanism": ["path_shares", "edge_shares", "offset_attention", "readout_by_layer", "knockout_effects"],
 }
+MECHANISM_FIGURES = NOTEBOOK_FIGURES["05_mechanism"]  # the report's mechanism section, not its Figures section
 
 
 def draw_figure(name: str, tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> Figure:
@@ -92,7 +122,7 @@ def draw_all(tables: Tables, folder: str | Path, threshold: float = DEFAULT_THRE
 
 
 # ---------------------------------------------------------------------------------------------
-# Notebook cell bodies (01–03)
+# Notebook cell bodies (01–03, 05)
 
 
 def notebook_tables(tables_dir: str | Path, preset: str | None = None,

@@ -44,3 +44,17 @@ def test_muon_step_is_the_per_matrix_step_bit_for_bit():
         with torch.no_grad():
             reference_muon_step(ref_params, bufs, lr, mom)
         assert all(torch.equal(p, q) for p, q in zip(params, ref_params))
+
+
+def test_cpu_attention_under_bf16_autocast_is_computed_in_fp32():
+    """CPU's bf16 flash-attention backward is slower than fp32's: under autocast sdpa attends in fp32."""
+    from trainer.model import dense_mask, sdpa
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 32, 16, generator=gen).bfloat16() for _ in range(3))
+    mask = dense_mask(torch.zeros(2, 32, dtype=torch.long), 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = sdpa(q, k, v, mask, 0.25)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                                scale=0.25).bfloat16()
+    assert z.dtype == torch.bfloat16 and torch.equal(z, expected)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -227,7 +228,7 @@ def main() -> None:
     print(f"smearlens training levers: preset {args.preset}, {preset.train.batch_size} rows × {preset.train.seq_len} "
           f"tokens, one thread, {args.steps} steps × {args.reps} reps per variant")
     print(f"torch {torch.__version__}, {cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, "
-          f"load average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}")
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
     p32, p16 = max(peak_gflops(torch.float32) for _ in range(2)), max(peak_gflops(torch.bfloat16) for _ in range(2))
     print(f"\n== 1. one thread's matmul peak (1024², CPU time): fp32 {p32:.1f} GFLOP/s, bf16 {p16:.1f} GFLOP/s "
@@ -258,7 +259,7 @@ def main() -> None:
               f"{rate / p16:>11.1%} {up:>8.2f}×")
     if args.seeds:
         batched_seeds(preset, tokens, args.seeds, args.reps)
-    print(f"\nload average {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}")
+    print(f"\nload average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

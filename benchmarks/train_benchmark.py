@@ -1,6 +1,6 @@
 """Training benchmark: matmul peak, tokens/s and MFU, the smear's cost, and kernel time per step.
 
-    python benchmarks/train_benchmark.py [--preset cpu-small] [--batch-size B] [--steps N] [--reps R]
+    python benchmarks/train_benchmark.py [--preset cpu-small] [--batch-size B] [--autocast bf16] [--steps N] [--reps R]
 
 1. The matmul peak of this machine (torch.mm on square matrices, torch's default threads), in
    fp32 (what the trainer computes in on CPU) and bf16 (for reference), best GFLOP/s; and what the
@@ -8,7 +8,8 @@
 2. Full training steps of the preset (the train loop's body: schedules, BOS-aligned batch, forward,
    backward, Adam + Muon step) with the real model and optimisers on random BOS-aligned tokens:
    step time, tokens/s and MFU = model FLOPs/token (trainer.perf.model_flops_per_token) × tokens/s
-   ÷ fp32 peak.
+   ÷ peak, against both the fp32 and the bf16 peak (--autocast bf16 steps as `--set autocast=bf16`
+   trains). benchmarks/speed_levers.py compares the levers one thread at a time, in CPU time.
 3. The smear arm's step time over the baseline's, same preset and batch.
 4. User and kernel (sys) CPU time per step (getrusage, all threads) with trainer.perf's
    keep_freed_memory(), and without it in a subprocess (mallopt is process-wide), driven block by
@@ -177,8 +178,9 @@ class Blocks:
 class Arm(Blocks):
     """One arm's model, optimisers and loader, stepped exactly as trainer.train's loop does."""
 
-    def __init__(self, preset, smear: bool, tokens: np.ndarray):
+    def __init__(self, preset, smear: bool, tokens: np.ndarray, autocast: str = "fp32"):
         self.cfg = cfg = preset.train
+        self.autocast = autocast
         self.mcfg = replace(preset.model, smear=smear)
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.mcfg, seed=cfg.seed)
@@ -196,8 +198,9 @@ class Arm(Blocks):
         self.model.set_windows(self.window)
         apply_schedules(self.step_no, self.cfg, self.adam, self.muon)
         inputs, targets = self.loader.next_batch()
-        loss = self.model(inputs, targets, return_type="loss")
-        loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast == "bf16"):
+            loss = self.model(inputs, targets, return_type="loss")
+        (loss * self.tokens_per_step()).backward()  # the sum over the step's tokens, as trainer.train
         loss = loss.detach().view(1)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]  # (one process: no all-reduce)
         train_loss = loss.item()
@@ -242,7 +245,7 @@ def child_main(args) -> None:
     """
     preset = bench_preset(args)
     tokens = random_bos_tokens(preset.model.vocab_size, preset.model.bos_id, args.data_tokens)
-    arm = Arm(preset, smear=True, tokens=tokens)
+    arm = Arm(preset, smear=True, tokens=tokens, autocast=args.autocast)
     arm.run(args.warmup, record=False)
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     for line in sys.stdin:
@@ -256,7 +259,7 @@ class Child(Blocks):
     def __init__(self, args):
         cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--preset", args.preset,
                *(["--threads", str(args.threads)] if args.threads else []),
-               *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
+               *(["--batch-size", str(args.batch_size)] if args.batch_size else []), "--autocast", args.autocast,
                "--warmup", str(args.warmup), "--data-tokens", str(args.data_tokens)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = self._read()
@@ -306,6 +309,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu-small", choices=list(PRESETS))
     ap.add_argument("--batch-size", type=int, default=None, help="rows a step (default: the preset's)")
+    ap.add_argument("--autocast", choices=("fp32", "bf16"), default="fp32",
+                    help="compute the steps in fp32 (the trainer's CPU default) or under bf16 autocast")
     ap.add_argument("--steps", type=int, default=24, help="timed steps per arm, split over the repetitions")
     ap.add_argument("--reps", type=int, default=24, help="interleaved repetitions (arm order rotates)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, all cores)")
@@ -363,7 +368,7 @@ def main() -> None:
     # 2-4. training: every repetition runs each arm's block, in rotating order
     tokens = random_bos_tokens(preset.model.vocab_size, preset.model.bos_id, args.data_tokens)
     child = None if args.no_child else Child(args)  # builds and warms up alone, before we do
-    arms = {"smear": Arm(preset, True, tokens), "baseline": Arm(preset, False, tokens)}
+    arms = {"smear": Arm(preset, True, tokens, args.autocast), "baseline": Arm(preset, False, tokens, args.autocast)}
     for arm in arms.values():
         arm.run(args.warmup, record=False)
     runners = {**arms, **({"no-mallopt": child} if child else {})}
@@ -401,7 +406,7 @@ def main() -> None:
 
     # 2. throughput and MFU
     print(f"\n== 2. training steps: B={preset.train.batch_size} × T={preset.train.seq_len}, "
-          f"fwd + bwd + Adam + Muon, fp32 ==")
+          f"fwd + bwd + Adam + Muon, {args.autocast} ==")
     flops = {}
     for name, arm in arms.items():
         flops[name] = model_flops_per_token(arm.mcfg, arm.cfg.seq_len, tuple(int(w) for w in arm.model.window_blocks))
@@ -411,7 +416,7 @@ def main() -> None:
     print(f"model FLOPs/token: {flops['smear'] / 1e6:.3f} M = 6·N_matmul {n6 / 1e6:.3f} M + attention "
           f"{(flops['smear'] - n6) / 1e6:.3f} M (windows {s.model.layer_windows()} tokens); fp32 peak {p32:.1f} GFLOP/s")
     print(f"{'arm':>9} {'reps':>10} {'step ms':>8} {'IQR ms':>12} {'best ms':>8} {'tokens/s':>9} {'GFLOP/s':>8} "
-          f"{'MFU':>6} {'MFU@best':>9}")
+          f"{'MFU':>6} {'MFU@best':>9} {'MFU bf16pk':>11}   (MFU: of the fp32 peak)")
     mfu = {}
     for name, arm in arms.items():
         for label, subset in subsets:
@@ -422,7 +427,8 @@ def main() -> None:
             gf = flops[name] * tps / 1e9
             mfu[name, label] = gf / p32
             print(f"{name:>9} {label:>10} {t * 1e3:>8.0f} {f'{q1 * 1e3:.0f}–{q3 * 1e3:.0f}':>12} {best * 1e3:>8.0f} "
-                  f"{tps:>9.0f} {gf:>8.1f} {gf / p32:>6.1%} {flops[name] * tps * t / best / 1e9 / p32:>9.1%}")
+                  f"{tps:>9.0f} {gf:>8.1f} {gf / p32:>6.1%} {flops[name] * tps * t / best / 1e9 / p32:>9.1%} "
+                  f"{gf / p16:>11.1%}")
     judged = subsets[-1][0] if use_quiet else "all"
     lo = min(mfu["smear", judged], mfu["baseline", judged])
     print(f"MFU target ≥ {TARGET_MFU:.0%}: {'meets' if lo >= TARGET_MFU else 'BELOW'} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _adjust_lr, _zeropower_via_newtonschulz
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _adjust_lr
 
 from trainer.config import TrainConfig
 from trainer.model import GPT
@@ -31,8 +31,9 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
+        todo: list[tuple[Tensor, Tensor, dict]] = []  # (parameter, momentum update, its group)
         for group in self.param_groups:
-            lr, mom = group["lr"], group["momentum"]
+            mom = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -41,14 +42,38 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf: Tensor = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mom)
-                update = p.grad.lerp(buf, mom)
-                matrices = update.reshape(-1, *update.shape[-2:])
-                ortho = torch.stack(
-                    [_zeropower_via_newtonschulz(m, (DEFAULT_A, DEFAULT_B, DEFAULT_C), group["ns_steps"], EPS)
-                     for m in matrices]
-                )
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(ortho.view_as(p).to(p.dtype), alpha=-_adjust_lr(lr, "original", p.shape[-2:]))
+                todo.append((p, p.grad.lerp(buf, mom), group))
+        # Every matrix of one shape (and step count) is orthogonalised in one batched Newton–Schulz:
+        # bit-for-bit torch's per-matrix iteration (checked in tests/test_train.py), in a third of the
+        # ops and half the time for cpu-small's 30 small matrices.
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (p, update, group) in enumerate(todo):
+            by_shape.setdefault((*update.shape[-2:], group["ns_steps"]), []).append(i)
+        ortho: list[Tensor | None] = [None] * len(todo)
+        for (rows, cols, ns_steps), idx in by_shape.items():
+            stacked = torch.cat([todo[i][1].reshape(-1, rows, cols) for i in idx])
+            done = zeropower_batched(stacked, ns_steps).split([todo[i][1].numel() // (rows * cols) for i in idx])
+            for i, o in zip(idx, done):
+                ortho[i] = o
+        for (p, _, group), o in zip(todo, ortho):
+            lr = group["lr"]
+            p.mul_(1 - lr * group["weight_decay"])
+            p.add_(o.view_as(p).to(p.dtype), alpha=-_adjust_lr(lr, "original", p.shape[-2:]))
+
+
+def zeropower_batched(G: Tensor, ns_steps: int) -> Tensor:
+    """torch's `_zeropower_via_newtonschulz` on each matrix of a (n, rows, cols) stack at once (bf16 out):
+    the same bf16 quintic iteration, with batched matmuls in place of 2-D ones."""
+    a, b, c = DEFAULT_A, DEFAULT_B, DEFAULT_C
+    X = G.bfloat16()
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=EPS)
+    for _ in range(ns_steps):
+        gram = X @ X.mT
+        X = torch.baddbmm(X, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), X, beta=a)
+    return X.mT if tall else X
 
 
 def build_optimizers(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.Adam, Muon]:

@@ -50,6 +50,7 @@ LOCK_FILE = ".study.lock"
 # a recorder probe (4,096 tokens) costs about one 1,024-token cpu-small step: every 50 steps ≈ 2%
 RECORD_EVERY = 50
 STEP = re.compile(rb"(\d+)/(\d+) \[")
+POLL = 0.25  # seconds between looks at the training processes (a look reads 4 KB of each log)
 # Settings a study keeps for good (a change means another study); arms, seeds and metrics only grow.
 FIXED = ("preset", "steps", "overrides", "data", "record_every", "tokens", "ablation_tokens", "path_positions",
          "path_draws")
@@ -176,9 +177,11 @@ class Progress:
     not measured yet is priced in training steps (ANALYSIS_PRIOR), and the time left reads "?" until
     there is a rate to price with. The bar itself fills by that same estimate of seconds."""
 
-    # an analysis stage in training steps of the same study before it is measured (cpu-small, 1 thread:
-    # a run's checkpoints without ablations ≈ 60 steps, the final checkpoint's ablations ≈ 10)
-    ANALYSIS_PRIOR = {"run": 60.0, "ablations": 10.0}
+    # an analysis stage in training steps of the same study before it is measured: cpu-small at one
+    # thread measured a run's 7 checkpoints without ablations at 40.7 s, the final checkpoint's
+    # ablations at 8.7 s, a step at ~0.4 s (steps of two processes at a time count twice, as does
+    # analysis on two threads)
+    ANALYSIS_PRIOR = {"run": 100.0, "ablations": 20.0}
 
     def __init__(self, train_total: int, train_done: int, stages: dict[str, int], enabled: bool = True):
         self.train_total, self.train_done = train_total, train_done
@@ -271,7 +274,7 @@ def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progr
                 proc = subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env,
                                         preexec_fn=_die_with_parent(os.getpid()))
                 running.append((proc, log, handle, start))
-            time.sleep(1)
+            time.sleep(POLL)
             for item in list(running):
                 proc, log, handle, _ = item
                 if proc.poll() is None:

@@ -327,9 +327,13 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
     get_preset(plan.preset)
     for arm in plan.arms:
         arm_spec(arm)
+    from analysis.analyze import Settings
     from analysis.probes import check_metrics
 
     check_metrics(plan.metrics, _metrics())
+    Settings(**plan.analyze_settings()).validate()  # before training, not after it
+    if plan.record_every < 0:
+        raise ConfigError(f"--record-every {plan.record_every} must be at least 0 (0: off)")
     old = load_plan(runs_dir)
     if old is not None:
         plan = merge_plan(old, plan, runs_dir / MANIFEST)

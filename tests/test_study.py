@@ -73,10 +73,12 @@ def test_parse_seeds(text, seeds):
         (["--set", "nonsense=1"], "--set nonsense"),
         (["--steps", "20"], "this study was planned with steps 10, not 20"),
         (["--metrics", "prev_token", "wrong"], "wrong"),
+        (["--path-positions", "0"], "--path-positions 0 must be at least 1"),
     ],
 )
 def test_bad_study_input_gives_one_line_error(extra, message, tmp_path, capsys):
-    (tmp_path / MANIFEST).write_text(json.dumps(plan().to_json()))
+    if "--path-positions" not in extra:
+        (tmp_path / MANIFEST).write_text(json.dumps(plan().to_json()))
     assert cli_main(["study", "--out", str(tmp_path), "--preset", "tiny", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("smearlens: error:") and message in err and "\n" not in err

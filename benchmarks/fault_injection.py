@@ -10,7 +10,7 @@ until it finishes. After each kill the newest complete checkpoint must equal the
 that step (weights and resume state), and the final weights must equal the reference's.
 
 --study: the same for a whole `smearlens study` (tiny, 2 arms × 2 seeds, restricted metrics): the
-study is interrupted at random moments, alternately while it trains and while it analyses, in turn
+study is interrupted at random moments, the first half while it trains, the rest while it analyses, in turn
 by SIGKILL of the study process alone (its training children must die with it), SIGKILL of its
 whole process group (a power loss) and SIGINT to the group (Ctrl-C), and rerun with the same
 command until it finishes. Its tables (analysis/*.parquet, each run's record_*.parquet), loss
@@ -189,7 +189,9 @@ def run_study_faults(kills: int, steps: int, seed: int, workdir: Path) -> dict:
         # its own process group, as a shell job: "power loss" and ctrl-c reach the study and its children
         proc = subprocess.Popen(study_cmd(data, out, steps), start_new_session=True, **quiet)
         n = sum(tried.values())
-        target = ("training", "analysis")[n % 2] if n < kills else None
+        # the first half of the interrupts while it trains (each waits for training to get on), the rest
+        # while it analyses
+        target = ("training" if n < (kills + 1) // 2 else "analysis") if n < kills else None
         if target == "training" and study_phase(out, steps) != "training":
             target = "analysis"
         phase = None

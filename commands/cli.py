@@ -1,4 +1,4 @@
-"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, demo, import-record, eval.
+"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, study, demo, import-record, eval.
 
 The command layer sits above both `trainer` and `analysis`: it parses arguments, wires the recorder
 into training as a callback, and turns `SmearlensError`s into one clear line.
@@ -179,6 +179,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
              arms=parse_arms(args.arms, "--arms"))
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from commands.study import parse_seeds, resolve_plan, run_study
+
+    parse_overrides(args.set or [])  # a bad name fails here, before any training
+    metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
+    plan = resolve_plan(args.out, preset=args.preset, arms=parse_arms(args.arms, "--arms") if args.arms else None,
+                        seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps,
+                        overrides=args.set, data=args.data, record_every=args.record_every, metrics=metrics,
+                        tokens=args.tokens, ablation_tokens=args.ablation_tokens,
+                        path_positions=args.path_positions, path_draws=args.path_draws)
+    run_study(plan, args.out, jobs=args.jobs, notebooks=args.notebooks, progress=not args.no_progress)
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--seed", type=int, default=0)
@@ -326,11 +339,44 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def add_study_parser(sub: argparse._SubParsersAction) -> None:
+    import commands.study as study
+
+    p = sub.add_parser("study", help="arms × seeds of a preset in one folder: train, analyse, report; "
+                                     "rerun to continue an interrupted study",
+                       description=study.__doc__.split("\n\n")[0] + " Options not given are taken from the "
+                       "folder's study.json; arms and seeds given are added to it.")
+    p.add_argument("--out", required=True, help="the study folder (run folders, analysis/, figures/, report.md, "
+                                                "study.json), e.g. studies/NAME")
+    p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (required for a new study)")
+    p.add_argument("--arms", metavar="A,B,...", help=f"comma-separated arms, each trained for every seed "
+                   f"(new study: {','.join(study.DEFAULT_ARMS)}); {ARM_HELP}")
+    p.add_argument("--seeds", help="a count (3: seeds 0, 1, 2; the default), a list (0,4,7) or a range (2-5)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="override a training or model setting for every run (repeatable)")
+    p.add_argument("--data", help="data folder (default: the embedded corpus, built on first use)")
+    p.add_argument("--record-every", type=int, metavar="N",
+                   help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC", help=f"analysis metrics: any of {', '.join(METRICS)} "
+                   f"(default: all)")
+    p.add_argument("--tokens", type=int, help=f"analysis validation tokens (default {DEFAULT_TOKENS})")
+    p.add_argument("--ablation-tokens", type=int, help=f"tokens for the ablations (default {DEFAULT_ABLATION_TOKENS})")
+    p.add_argument("--path-positions", type=int,
+                   help=f"path attribution query positions (default {DEFAULT_PATH_POSITIONS})")
+    p.add_argument("--path-draws", type=int, help=f"path attribution draws per position (default {DEFAULT_PATH_DRAWS})")
+    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    p.add_argument("--notebooks", action="store_true", help="draw the figures by executing the notebooks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smearlens", description="Does the smear gate free up attention heads?")
     sub = parser.add_subparsers(dest="command", required=True)
     add_training_parsers(sub)
     add_analysis_parsers(sub)
+    add_study_parser(sub)
     add_demo_parser(sub)
     add_record_parsers(sub)
     return parser
@@ -344,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smearlens: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("smearlens: interrupted; resume with --resume", file=sys.stderr)
+        again = "rerun the same command to continue" if args.command in ("study", "demo") else "resume with --resume"
+        print(f"smearlens: interrupted; {again}", file=sys.stderr)
         return 130
     return 0
 

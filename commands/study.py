@@ -1,0 +1,444 @@
+"""`smearlens study`: arms × seeds of one preset, trained, analysed and reported in one folder.
+
+    smearlens study --preset cpu-small --arms baseline,smear,canon4 --seeds 5 --out studies/canon
+
+A study folder holds the run folders (`PRESET-sSEED-ARM/`), `analysis/` (the tables), `figures/`,
+`report.md` and `study.json`, the plan: preset, arms, seeds, steps, `--set` overrides, data and the
+analysis settings. Runs are trained two processes at a time (one per core), every arm paired with
+the baseline by seed (same initial weights and data order); `analyze` then probes every checkpoint
+and `report` compares every arm with the baseline, paired by seed.
+
+Restarting is the same command: a finished run is never trained again, a run with a complete
+checkpoint resumes from it (`train --resume`; a half-written checkpoint has no meta.json and is
+ignored), analysis skips every (run, step) its tables hold, and training is deterministic given the
+seed, so the tables equal those of an uninterrupted study (`benchmarks/fault_injection.py --study`).
+
+A plan only grows: arms and seeds given are added to those in study.json (so `smearlens study --out
+DIR` alone continues DIR's study, and `--arms canon4` adds an arm to it); everything else (preset,
+steps, overrides, data, recording and analysis settings) must equal study.json's, else a
+ConfigError names the setting: a changed setting is a new study (another --out).
+
+`smearlens demo` is a study with a fixed plan (commands/demo.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from trainer import checkpoint as ckpt
+from trainer.config import get_preset
+from trainer.corpus import default_data_dir, embedded_data
+from trainer.errors import ConfigError, SmearlensError
+from trainer.io import atomic_write_text
+
+MANIFEST = "study.json"
+LOCK_FILE = ".study.lock"
+# a recorder probe (4,096 tokens) costs about one 1,024-token cpu-small step: every 50 steps ≈ 2%
+RECORD_EVERY = 50
+STEP = re.compile(rb"(\d+)/(\d+) \[")
+POLL = 0.25  # seconds between looks at the training processes (a look reads 4 KB of each log)
+# Settings a study keeps for good (a change means another study); arms, seeds and metrics only grow.
+FIXED = ("preset", "steps", "overrides", "data", "record_every", "tokens", "ablation_tokens", "path_positions",
+         "path_draws")
+GROWING = ("arms", "seeds", "metrics")
+DEFAULT_ARMS = ("baseline", "smear")
+
+
+def _metrics() -> tuple[str, ...]:
+    from analysis.analyze import METRICS
+
+    return tuple(METRICS)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What a study trains and analyses; `study.json` records it."""
+
+    preset: str
+    arms: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    overrides: tuple[str, ...] = ()  # `--set NAME=VALUE` for every run
+    data: str | None = None  # None: the embedded corpus for the preset
+    record_every: int = RECORD_EVERY
+    metrics: tuple[str, ...] = ()  # () : every metric `analyze` knows
+    tokens: int | None = None  # analyze's --tokens etc.; None: analyze's default
+    ablation_tokens: int | None = None
+    path_positions: int | None = None
+    path_draws: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics) or _metrics())
+        if not self.arms:
+            raise ConfigError("study: name at least one arm")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"study: seeds {list(self.seeds)}: name at least one, none negative")
+        if self.steps < 1:
+            raise ConfigError(f"study: --steps {self.steps} must be at least 1")
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict, where: Path) -> "StudyPlan":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - names or {"preset", "arms", "seeds", "steps"} - set(d):
+            raise ConfigError(f"{where}: not a study plan (expected the keys {', '.join(sorted(names))})")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def runs(self) -> list[tuple[int, str]]:
+        """(seed, arm) in training order: the arms of a seed side by side, so pairs finish together."""
+        return [(seed, arm) for seed in self.seeds for arm in self.arms]
+
+    def analyze_settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("tokens", "ablation_tokens", "path_positions", "path_draws")
+                if getattr(self, k) is not None}
+
+
+def merge_plan(old: StudyPlan, new: StudyPlan, where: Path) -> StudyPlan:
+    """The plan `new` asks for added to the one in study.json: arms, seeds and metrics grow; anything
+    else that differs is a clear error (it would make the study's runs not comparable)."""
+    for key in FIXED:
+        if getattr(old, key) != getattr(new, key):
+            raise ConfigError(f"{where}: this study was planned with {key} {getattr(old, key)!r}, not "
+                              f"{getattr(new, key)!r}; a study only adds arms and seeds: use another --out")
+    grown = {k: tuple(dict.fromkeys(getattr(old, k) + getattr(new, k))) for k in GROWING}
+    return dataclasses.replace(old, **grown)
+
+
+def load_plan(folder: Path) -> StudyPlan | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    return StudyPlan.from_json(ckpt.read_json(path, "study plan"), path)
+
+
+def run_name(preset: str, seed: int, arm: str) -> str:
+    return f"{preset}-s{seed}-{arm}"
+
+
+def done_steps(run_dir: Path) -> int:
+    """The step of the run's newest complete checkpoint (0: none)."""
+    done = ckpt.complete_checkpoints(run_dir)
+    return ckpt.read_meta(done[-1])["step"] if done else 0
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    return done_steps(run_dir) >= steps
+
+
+def last_step(log: Path) -> int:
+    """The newest step a child's progress bar printed (its log is its stderr)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            found = STEP.findall(f.read())
+    except OSError:
+        return 0
+    return int(found[-1][0]) if found else 0
+
+
+try:  # looked up here, not in the forked child (no dynamic loading between fork and exec)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _PRCTL = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn: the child gets SIGKILL when the study process dies, even by SIGKILL (Linux), so a
+    killed study leaves no training process behind to race the restarted one's."""
+    def setup() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return setup if _PRCTL is not None else None
+
+
+class Progress:
+    """One bar over the whole study: training steps of every run, then the analysis stages.
+
+    Its time left adds the remaining training steps at the rate measured so far (all processes
+    together) to the remaining analysis stages at the seconds each kind has taken so far; a kind
+    not measured yet is priced in training steps (ANALYSIS_PRIOR), and the time left reads "?" until
+    there is a rate to price with. The bar itself fills by that same estimate of seconds."""
+
+    # an analysis stage in training steps of the same study before it is measured: cpu-small at one
+    # thread measured a run's 7 checkpoints without ablations at 40.7 s, the final checkpoint's
+    # ablations at 8.7 s, a step at ~0.4 s (steps of two processes at a time count twice, as does
+    # analysis on two threads)
+    ANALYSIS_PRIOR = {"run": 100.0, "ablations": 20.0}
+
+    def __init__(self, train_total: int, train_done: int, stages: dict[str, int], enabled: bool = True):
+        self.train_total, self.train_done = train_total, train_done
+        self.stages = dict(stages)  # kind -> stages to do
+        self.stages_done = {k: 0 for k in stages}
+        self.seconds = {k: [] for k in stages}  # measured seconds of stages that did work
+        self.t0, self.start_done = time.perf_counter(), train_done
+        self.step_rate: float | None = None  # steps per second, all processes together
+        self.bar = tqdm(total=1000, disable=not enabled, dynamic_ncols=True,
+                        bar_format="study {percentage:3.0f}%|{bar}| {desc}")
+        self.refresh()
+
+    def training(self, done: int) -> None:
+        self.train_done = done
+        elapsed = time.perf_counter() - self.t0
+        if done > self.start_done and elapsed > 0:
+            self.step_rate = (done - self.start_done) / elapsed
+        self.refresh()
+
+    def stage(self, kind: str, seconds: float, worked: bool) -> None:
+        self.stages_done[kind] += 1
+        if worked:  # a stage already done is a no-op: its seconds say nothing about the others
+            self.seconds[kind].append(seconds)
+        self.refresh()
+
+    def _stage_seconds(self, kind: str) -> float | None:
+        if self.seconds[kind]:
+            return sum(self.seconds[kind]) / len(self.seconds[kind])
+        return self.ANALYSIS_PRIOR[kind] / self.step_rate if self.step_rate else None
+
+    def left(self) -> tuple[float | None, float | None]:
+        """(seconds left, seconds done) by the estimate; None where nothing prices it yet."""
+        per_step = 1 / self.step_rate if self.step_rate else None
+        left = done = 0.0
+        if self.train_total > self.train_done:
+            if per_step is None:
+                return None, None
+            left += (self.train_total - self.train_done) * per_step
+        done += self.train_done * (per_step or 0)
+        for kind, total in self.stages.items():
+            todo = total - self.stages_done[kind]
+            each = self._stage_seconds(kind)
+            if each is None:
+                if todo:
+                    return None, None
+                continue
+            left += todo * each
+            done += self.stages_done[kind] * each
+        return left, done
+
+    def refresh(self) -> None:
+        left, done = self.left()
+        if left is not None and left + done > 0:
+            self.bar.n = round(1000 * done / (done + left))
+        eta = "?" if left is None else time.strftime("%H:%M:%S", time.gmtime(left))
+        stages = sum(self.stages.values())
+        self.bar.set_description_str(f"training {self.train_done}/{self.train_total} steps · analysis "
+                                 f"{sum(self.stages_done.values())}/{stages} · {eta} left", refresh=True)
+
+    def close(self) -> None:
+        self.bar.n = 1000
+        self.refresh()
+        self.bar.close()
+
+
+def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progress) -> None:
+    """Train every (seed, arm) of the plan not finished yet, `jobs` processes at a time."""
+    todo = [(seed, arm) for seed, arm in plan.runs() if not finished(out / run_name(plan.preset, seed, arm), plan.steps)]
+    finished_steps = sum(min(plan.steps, done_steps(out / run_name(plan.preset, s, a))) for s, a in plan.runs()
+                         if (s, a) not in todo)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    extra = [x for pair in plan.overrides for x in ("--set", pair)]
+    running: list[tuple[subprocess.Popen, Path, object, int]] = []
+    waiting = {(s, a): done_steps(out / run_name(plan.preset, s, a)) for s, a in todo}  # resumed from here
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                seed, arm = todo.pop(0)
+                run_dir = out / run_name(plan.preset, seed, arm)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = run_dir / "train.log"
+                cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", plan.preset, "--arm", arm,
+                       "--seed", str(seed), "--data", str(data), "--out", str(out), "--steps", str(plan.steps),
+                       "--record-every", str(plan.record_every), *extra]
+                start = waiting.pop((seed, arm))
+                if start:  # a half-trained run: on from its newest complete checkpoint
+                    cmd.append("--resume")
+                handle = open(log, "ab")
+                proc = subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env,
+                                        preexec_fn=_die_with_parent(os.getpid()))
+                running.append((proc, log, handle, start))
+            time.sleep(POLL)
+            for item in list(running):
+                proc, log, handle, _ = item
+                if proc.poll() is None:
+                    continue
+                handle.close()
+                running.remove(item)
+                if proc.returncode:
+                    raise SmearlensError(f"training failed (exit {proc.returncode}); see {log}")
+                finished_steps += plan.steps
+            steps = finished_steps + sum(max(last_step(log), start) for _, log, _, start in running)
+            steps += sum(waiting.values())
+            progress.training(steps)
+    finally:
+        for proc, _, handle, _ in running:  # an error or Ctrl-C here: no child keeps training
+            proc.terminate()
+            proc.wait()
+            handle.close()
+
+
+def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progress, verbose: bool) -> None:
+    """`analyze` run by run (a stage each: every checkpoint but the ablations), then the ablations of
+    each run's final checkpoint (21 forwards a checkpoint, 80% of a cpu-small analysis, that only feed
+    final-step figures). Each stage skips what the tables hold."""
+    from analysis.analyze import analyze
+    from analysis.probes import ABLATIONS
+
+    ablations = [m for m in plan.metrics if m in ABLATIONS]
+    others = [m for m in plan.metrics if m not in ABLATIONS]
+    stages = ([("run", run, others) for run in runs] if others else []) + \
+             ([("ablations", run, ablations) for run in runs] if ablations else [])
+    for kind, run, metrics in stages:
+        t0 = time.perf_counter()
+        target = run if kind == "run" else ckpt.complete_checkpoints(run)[-1]
+        added = analyze([target], out=tables, metrics=metrics, progress=verbose, **plan.analyze_settings())
+        progress.stage(kind, time.perf_counter() - t0, any(added.values()))
+
+
+def analysis_stages(plan: StudyPlan) -> dict[str, int]:
+    from analysis.probes import ABLATIONS
+
+    n = len(plan.runs())
+    return {"run": n if any(m not in ABLATIONS for m in plan.metrics) else 0,
+            "ablations": n if any(m in ABLATIONS for m in plan.metrics) else 0}
+
+
+def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
+    """Check the plan against the folder's study.json (the grown plan is written back) and the arms."""
+    from trainer.arms import arm_spec
+
+    get_preset(plan.preset)
+    for arm in plan.arms:
+        arm_spec(arm)
+    from analysis.analyze import Settings
+    from analysis.probes import check_metrics
+
+    check_metrics(plan.metrics, _metrics())
+    Settings(**plan.analyze_settings()).validate()  # before training, not after it
+    if plan.record_every < 0:
+        raise ConfigError(f"--record-every {plan.record_every} must be at least 0 (0: off)")
+    old = load_plan(runs_dir)
+    if old is not None:
+        plan = merge_plan(old, plan, runs_dir / MANIFEST)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(runs_dir / MANIFEST, json.dumps(plan.to_json(), indent=1))
+    return plan
+
+
+def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | None = None,
+              figures: str | Path | None = None, report: str | Path | None = None, jobs: int = 2,
+              notebooks: bool = False, command: str | None = None, progress: bool = True,
+              verbose: bool = False) -> Path:
+    """Train, analyse and report the plan; skip whatever is done. Returns the report.
+
+    Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md."""
+    from analysis.report import write_report
+
+    start = time.perf_counter()
+    runs_dir = Path(runs_dir)
+    tables = Path(tables) if tables else runs_dir / "analysis"
+    figures = Path(figures) if figures else runs_dir / "figures"
+    report = Path(report) if report else runs_dir / "report.md"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(runs_dir / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{runs_dir}: another study is running in this folder (it holds {LOCK_FILE})") from None
+    try:
+        plan = prepare(plan, runs_dir)
+        data = Path(plan.data) if plan.data else None
+        print(f"[1/4] data: {data or default_data_dir(plan.preset)}", flush=True)
+        data = data or embedded_data(plan.preset)
+        runs = [runs_dir / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
+        print(f"[2/4] training {plan.preset}: arms {', '.join(plan.arms)} × seeds "
+              f"{', '.join(map(str, plan.seeds))}, {plan.steps} steps each; then analysis → {tables}", flush=True)
+        done = sum(min(plan.steps, done_steps(r)) for r in runs)
+        bar = Progress(plan.steps * len(runs), done, analysis_stages(plan), enabled=progress)
+        try:
+            train_all(plan, data, runs_dir, jobs, bar)
+            tqdm.write(f"[3/4] analysis → {tables}")
+            analyze_all(plan, runs, tables, bar, verbose)
+        finally:
+            bar.close()
+        print(f"[4/4] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)
+        command = command or study_command(plan, runs_dir)
+        path = write_report(tables, figures, report, commands=[command], preset=plan.preset, notebooks=notebooks,
+                            runs_dir=runs_dir)
+    finally:
+        lock.release()
+    print(f"study finished in {(time.perf_counter() - start) / 60:.1f} min; report: {path}", flush=True)
+    return path
+
+
+def study_command(plan: StudyPlan, out: Path) -> str:
+    """The `smearlens study` command line that makes this study."""
+    import shlex
+
+    parts = ["smearlens", "study", "--preset", plan.preset, "--arms", ",".join(plan.arms),
+             "--seeds", ",".join(map(str, plan.seeds)), "--steps", str(plan.steps), "--out", str(out)]
+    parts += [x for pair in plan.overrides for x in ("--set", pair)]
+    if plan.data:
+        parts += ["--data", plan.data]
+    if plan.record_every != RECORD_EVERY:
+        parts += ["--record-every", str(plan.record_every)]
+    if set(plan.metrics) != set(_metrics()):
+        parts += ["--metrics", ",".join(plan.metrics)]
+    for key, value in plan.analyze_settings().items():
+        parts += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def resolve_plan(runs_dir: str | Path, *, preset: str | None = None, arms: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, steps: int | None = None, **settings) -> StudyPlan:
+    """The plan a `smearlens study` command asks for: what it names, the rest from the folder's
+    study.json when there is one (so the bare command continues a study), else the defaults."""
+    old = load_plan(Path(runs_dir))
+    given = {k: v for k, v in settings.items() if v is not None}
+    if old is None:
+        if preset is None:
+            raise ConfigError(f"{runs_dir}: no {MANIFEST} here: a new study needs --preset")
+        return StudyPlan(preset=preset, arms=tuple(arms or DEFAULT_ARMS), seeds=tuple(range(3) if seeds is None else seeds),
+                         steps=steps or get_preset(preset).train.steps,
+                         **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    return dataclasses.replace(
+        old, preset=preset or old.preset, arms=tuple(arms or old.arms), seeds=tuple(seeds or old.seeds),
+        steps=steps or old.steps, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`3` → seeds 0, 1, 2; `0,4,7` → those; `2-5` → 2, 3, 4, 5 (ranges and seeds mix: `0,10-12`)."""
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d+", text):
+            return tuple(range(int(text)))
+        seeds: list[int] = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, sep, hi = part.partition("-")
+            seeds += range(int(lo), int(hi) + 1) if sep else [int(lo)]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seeds {text!r}: a count (3 → 0, 1, 2), a list (0,4,7) or a range (2-5)")
+    return tuple(dict.fromkeys(seeds))
+
+
+__all__ = ["StudyPlan", "run_study", "merge_plan", "load_plan", "parse_seeds", "run_name", "MANIFEST",
+           "RECORD_EVERY"]

@@ -1,0 +1,119 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+import commands.demo as demo
+import commands.study as study
+from commands.cli import main as cli_main
+from commands.study import MANIFEST, StudyPlan, Progress, load_plan, merge_plan, parse_seeds, resolve_plan
+from trainer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def plan(**kw) -> StudyPlan:
+    return StudyPlan(**dict(dict(preset="tiny", arms=("baseline", "smear"), seeds=(0, 1), steps=10), **kw))
+
+
+def test_study_restarts_equal_an_uninterrupted_study():
+    """A short version of `benchmarks/fault_injection.py --study` (more interrupts there): a tiny study
+    interrupted in training and in analysis, rerun each time, ends with the uninterrupted study's tables."""
+    out = subprocess.run([sys.executable, "benchmarks/fault_injection.py", "--study", "--kills", "3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    found = re.search(r"study interrupts: (\d+) \(training (\d+), analysis (\d+)\); launches (\d+); processes "
+                      r"outliving a killed study: (\d+); tables equal to the uninterrupted study: (\w+)", out.stdout)
+    assert found, out.stdout
+    # a loaded machine can finish a stage before its random interrupt: count those that happened
+    assert int(found[1]) >= 1 and int(found[4]) == int(found[1]) + 1, out.stdout
+    assert found[5] == "0" and found[6] == "exactly", out.stdout
+
+
+def test_a_plan_only_grows():
+    old = plan()
+    grown = merge_plan(old, plan(arms=("canon4",), seeds=(1, 2)), Path("s/study.json"))
+    assert grown.arms == ("baseline", "smear", "canon4") and grown.seeds == (0, 1, 2)
+    assert merge_plan(old, plan(seeds=(0,)), Path("x")) == old  # a subset asks for nothing new
+    for change in (dict(steps=20), dict(preset="cpu-small"), dict(overrides=("val_every=5",)),
+                   dict(path_positions=8), dict(record_every=5)):
+        key = next(iter(change))
+        with pytest.raises(ConfigError, match=f"s/study.json: this study was planned with {key}"):
+            merge_plan(old, plan(**change), Path("s/study.json"))
+
+
+def test_bare_command_continues_the_study_in_the_folder(tmp_path):
+    with pytest.raises(ConfigError, match="needs --preset"):
+        resolve_plan(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps(plan(overrides=("val_every=0",), path_positions=8).to_json()))
+    assert load_plan(tmp_path) == plan(overrides=("val_every=0",), path_positions=8)
+    assert resolve_plan(tmp_path) == load_plan(tmp_path)
+    added = resolve_plan(tmp_path, arms=["dose-0.8"])
+    assert merge_plan(load_plan(tmp_path), added, tmp_path).arms == ("baseline", "smear", "dose-0.8")
+    (tmp_path / MANIFEST).write_text(json.dumps({"preset": "tiny"}))
+    with pytest.raises(ConfigError, match="not a study plan"):
+        load_plan(tmp_path)
+
+
+@pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("0,4,7", (0, 4, 7)), ("2-4", (2, 3, 4)),
+                                          ("5,", (5,)), ("0,10-11,0", (0, 10, 11))])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "a,b"], "--seeds 'a,b'"),
+        (["--arms", "smear,nonsense"], "unknown arm 'nonsense'"),
+        (["--set", "nonsense=1"], "--set nonsense"),
+        (["--steps", "20"], "this study was planned with steps 10, not 20"),
+        (["--metrics", "prev_token", "wrong"], "wrong"),
+        (["--path-positions", "0"], "--path-positions 0 must be at least 1"),
+    ],
+)
+def test_bad_study_input_gives_one_line_error(extra, message, tmp_path, capsys):
+    if "--path-positions" not in extra:
+        (tmp_path / MANIFEST).write_text(json.dumps(plan().to_json()))
+    assert cli_main(["study", "--out", str(tmp_path), "--preset", "tiny", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("smearlens: error:") and message in err and "\n" not in err
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # refused before any run folder was made
+
+
+def test_one_study_at_a_time_in_a_folder(tmp_path, capsys):
+    with FileLock(tmp_path / study.LOCK_FILE):
+        assert cli_main(["study", "--out", str(tmp_path), "--preset", "tiny", "--steps", "1"]) == 2
+    assert "another study is running in this folder" in capsys.readouterr().err
+
+
+def test_the_demo_is_a_study_with_its_layout(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(demo, "run_study", lambda plan, runs_dir, **kw: seen.update(plan=plan, runs=runs_dir, **kw))
+    demo.run_demo(seeds=3, out=tmp_path / "checkpoints", figures=tmp_path / "figures")
+    p = seen["plan"]
+    assert (p.preset, p.arms, p.seeds, p.steps) == ("cpu-small", ("baseline", "smear", "dose-0.8"), (0, 1, 2), 1600)
+    assert p.record_every == 50 and p.metrics == study._metrics()
+    assert seen["runs"] == tmp_path / "checkpoints" and seen["tables"] == tmp_path / "checkpoints" / "analysis"
+    assert seen["figures"] == tmp_path / "figures" and seen["report"] == tmp_path / "figures" / "report.md"
+    assert seen["notebooks"] and seen["command"].startswith("smearlens demo --preset cpu-small --seeds 3")
+
+
+def test_time_left_adds_training_and_analysis():
+    bar = Progress(train_total=100, train_done=40, stages={"run": 4, "ablations": 4}, enabled=False)
+    assert bar.left() == (None, None)  # nothing measured: no rate to price with
+    bar.step_rate = 2.0  # steps a second, all processes
+    left, done = bar.left()
+    prior = Progress.ANALYSIS_PRIOR
+    assert left == pytest.approx(60 / 2 + 4 * prior["run"] / 2 + 4 * prior["ablations"] / 2)
+    assert done == pytest.approx(40 / 2)
+    bar.train_done = 100
+    bar.stage("run", 3.0, worked=True)
+    bar.stage("run", 100.0, worked=False)  # a stage already done: its seconds are not a measurement
+    left, _ = bar.left()
+    assert left == pytest.approx(2 * 3.0 + 4 * prior["ablations"] / 2)
+    bar.close()

@@ -294,22 +294,57 @@ def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progr
             handle.close()
 
 
-def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progress, verbose: bool) -> None:
+def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progress, jobs: int) -> None:
     """`analyze` run by run (a stage each: every checkpoint but the ablations), then the ablations of
-    each run's final checkpoint (21 forwards a checkpoint, 80% of a cpu-small analysis, that only feed
-    final-step figures). Each stage skips what the tables hold."""
-    from analysis.analyze import analyze
+    each run's final checkpoint (21 forwards a checkpoint, that only feed final-step figures), `jobs`
+    processes at a time, one thread each: the tables' lock lets them share the folder, and each stage
+    skips what the tables hold."""
     from analysis.probes import ABLATIONS
 
     ablations = [m for m in plan.metrics if m in ABLATIONS]
     others = [m for m in plan.metrics if m not in ABLATIONS]
     stages = ([("run", run, others) for run in runs] if others else []) + \
              ([("ablations", run, ablations) for run in runs] if ablations else [])
-    for kind, run, metrics in stages:
-        t0 = time.perf_counter()
-        target = run if kind == "run" else ckpt.complete_checkpoints(run)[-1]
-        added = analyze([target], out=tables, metrics=metrics, progress=verbose, **plan.analyze_settings())
-        progress.stage(kind, time.perf_counter() - t0, any(added.values()))
+    flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    running: list[tuple[subprocess.Popen, str, Path, object, float]] = []
+    try:
+        while stages or running:
+            while stages and len(running) < jobs:
+                kind, run, metrics = stages.pop(0)
+                target = run if kind == "run" else ckpt.complete_checkpoints(run)[-1]
+                cmd = [sys.executable, "-m", "commands.cli", "analyze", str(target), "--out", str(tables),
+                       "--metrics", *metrics, "--no-progress", *flags]
+                log = run / "analyze.log"
+                handle = open(log, "ab")
+                proc = subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env,
+                                        preexec_fn=_die_with_parent(os.getpid()))
+                running.append((proc, kind, log, handle, time.perf_counter()))
+            time.sleep(POLL)
+            for item in list(running):
+                proc, kind, log, handle, t0 = item
+                if proc.poll() is None:
+                    continue
+                handle.close()
+                running.remove(item)
+                if proc.returncode:
+                    raise SmearlensError(f"analysis failed (exit {proc.returncode}); see {log}")
+                # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
+                progress.stage(kind, (time.perf_counter() - t0) / jobs, _rows_added(log))
+            progress.refresh()
+    finally:
+        for proc, _, _, handle, _ in running:  # an error or Ctrl-C here: no child keeps analysing
+            proc.terminate()
+            proc.wait()
+            handle.close()
+
+
+def _rows_added(log: Path) -> bool:
+    """Whether the `analyze` that just ended, writing its summary line into `log`, added any rows."""
+    for line in reversed(log.read_bytes()[-8192:].decode(errors="replace").splitlines()):
+        if line.startswith('{"out"'):
+            return any(json.loads(line)["rows_added"].values())
+    return True
 
 
 def analysis_stages(plan: StudyPlan) -> dict[str, int]:
@@ -344,8 +379,7 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
 
 def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | None = None,
               figures: str | Path | None = None, report: str | Path | None = None, jobs: int = 2,
-              notebooks: bool = False, command: str | None = None, progress: bool = True,
-              verbose: bool = False) -> Path:
+              notebooks: bool = False, command: str | None = None, progress: bool = True) -> Path:
     """Train, analyse and report the plan; skip whatever is done. Returns the report.
 
     Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md."""
@@ -375,7 +409,7 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
         try:
             train_all(plan, data, runs_dir, jobs, bar)
             tqdm.write(f"[3/4] analysis → {tables}")
-            analyze_all(plan, runs, tables, bar, verbose)
+            analyze_all(plan, runs, tables, bar, jobs)
         finally:
             bar.close()
         print(f"[4/4] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)

@@ -73,6 +73,7 @@ def parse_arms(text: str, option: str) -> list[str]:
 
 
 def run_train(args: argparse.Namespace, arms: list[str]) -> None:
+    from analysis.lambda_grad import LambdaGradRecorder
     from analysis.recorder import make_recorder
     from trainer.train import make_run, train
 
@@ -88,8 +89,10 @@ def run_train(args: argparse.Namespace, arms: list[str]) -> None:
                        name=f"{args.run}-{arm}" if (args.run and len(arms) > 1) else args.run,
                        train_overrides=train_over, model_overrides=model_over)
         recorder = make_recorder(args.record_every)
+        # with recording on, λ and dL/dλ at every step too (record_lambda.parquet; arms with a λ · gate term)
+        callbacks = (recorder, LambdaGradRecorder()) if recorder else ()
         summary = train(Path(args.out) / run.name, run, resume=args.resume, stop_at=args.stop_at, device=args.device,
-                        callbacks=(recorder,) if recorder else ())
+                        callbacks=callbacks)
         print(json.dumps(summary))
 
 
@@ -209,8 +212,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     p.add_argument("--record-every", type=int, default=DEFAULT_EVERY, metavar="N",
-                   help=f"record per-head previous-token scores and smear stats every N steps "
-                        f"(default {DEFAULT_EVERY}; 0: off)")
+                   help=f"record per-head previous-token scores and smear stats every N steps, and λ with "
+                        f"dL/dλ at every step (default {DEFAULT_EVERY}; 0: off)")
 
 
 def add_training_parsers(sub: argparse._SubParsersAction) -> None:

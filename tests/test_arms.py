@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from commands.cli import main as cli_main
 from trainer import checkpoint as ckpt
-from trainer.arms import ARMS, arm_spec
+from trainer.arms import ARMS, PATTERNS, arm_spec
 from trainer.config import GATE_DIM, ModelConfig, from_dict, get_preset, replace, to_dict
 from trainer.errors import ConfigError
 from trainer.model import GPT
@@ -21,7 +21,7 @@ from trainer.train import make_run, train
 TINY = get_preset("tiny").model
 ZERO_INIT = [a for a in ARMS if a != "baseline"]  # every registered arm starts as the baseline; doses do not
 ALL = list(ARMS) + ["dose-0.8"]
-ARM_PARAMS = {"baseline": set(), "smear-mtp": set(), "dose-0.8": set(), "canon4": {"canon_w"}}
+ARM_PARAMS = {"baseline": set(), "smear-mtp": set(), "dose-0.8": set(), "canon4": {"canon_w"}, "smear-nogate": set()}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -311,4 +311,4 @@ def test_every_arm_is_documented_in_the_registry_table():
     import trainer.arms
 
     rows = [line for line in trainer.arms.__doc__.splitlines() if line.startswith("| `")]
-    assert [row.split("`")[1] for row in rows] == ["baseline", "smear", "dose-<c>", *list(ARMS)[2:]]
+    assert [row.split("`")[1] for row in rows] == ["baseline", "smear", "dose-<c>", *list(ARMS)[2:], *PATTERNS[1:]]

@@ -18,6 +18,11 @@ term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with
 | `smear-xonly`    | e, for x only (x0 = norm(e), unsmeared) | as `smear`                                     | smear_gate (1, 12), λ |
 | `smear-mtp`      | the final norm h, before the head       | λ · h[i−1]  (gate ≡ 1)                         | λ                     |
 | `canon4`         | e, before the norm                      | Σ_{k=0..3} w_k ⊙ e[i−k], same document only    | canon_w (4, d_model)  |
+| `smear-nogate`   | e, before the norm                      | λ · e[i−1], and 0 where token i is BOS         | λ                     |
+| `smear-normgate` | e, before the norm                      | λ · σ(w · norm(e)[i, :12]) · e[i−1]            | smear_gate (1, 12), λ |
+| `smear-init-<λ0>`| e, before the norm                      | as `smear`, λ initialised at λ0                | smear_gate (1, 12), λ |
+| `smear-hold-<c>-<k>` | e, before the norm                  | c · e[i−1] for steps < k, then as `smear`      | smear_gate (1, 12), λ |
+| `dose-<c>-anneal-<k>` | e, before the norm                 | c · (1 − step/k) · e[i−1] for step < k, then 0; 0 at a BOS | none      |
 
 Notes, and what was decided where the sources leave room:
 - `smear` is the 2025-09-18 record, bit for bit; like the record it crosses a BOS (the record trains on
@@ -35,11 +40,32 @@ Notes, and what was decided where the sources leave room:
   over the raw embedding; offset k's weights are `canon_w[k]` (k = 0 is the token itself). Unlike the
   smear it does not reach across a BOS: a document sees nothing of the one before (as in attention).
 - λ (every learned-λ arm) is the scalars entry the record uses for the smear, `scalars[5 · n_layers]`,
-  zero-initialised; `TrainConfig.smear_lr_mult` (× 0.1, × 2 in the author's tries) scales its Adam step.
-  Arms have the same scalars vector, so every parameter two arms have in common is bit-for-bit equal
-  at step 0 for one seed. `smear_gate` goes to Muon (the record's choice); `canon_w`, one vector per
-  offset, to Adam with the scalars' learning rate. Every arm but `dose-<c>` starts as the baseline
-  (λ = 0, canon_w = 0), so its step-0 forward equals the baseline's.
+  zero-initialised (but in `smear-init-<λ0>` and `smear-hold-<c>-<k>`); `TrainConfig.smear_lr_mult`
+  (× 0.1, × 2 in the author's tries) scales its Adam step.
+  Arms have the same scalars vector (but that λ entry), so every parameter two arms have in common is
+  bit-for-bit equal at step 0 for one seed. `smear_gate` goes to Muon (the record's choice); `canon_w`, one vector per
+  offset, to Adam with the scalars' learning rate. Every arm but `dose-<c>`, `dose-<c>-anneal-<k>`,
+  `smear-init-<λ0>` and `smear-hold-<c>-<k>` starts as the baseline (λ = 0, canon_w = 0), so its step-0
+  forward equals the baseline's.
+
+Arms for why the learned gate stays low (issue 13, item 4). Step-dependent arms read the model's step
+(`GPT.train_step`, a buffer the training loop sets with `GPT.set_step` after each optimiser step, so
+a checkpoint holds the schedule it was saved at): `step` is the number of optimiser steps taken before
+the forward.
+- `smear-nogate`: the gate removed, λ alone on the embedding. Like a dose it skips a BOS, so at λ = c
+  it is exactly `dose-<c>`: the learned counterpart of the fixed dose (hook_smear_gate holds the BOS mask).
+- `smear-normgate`: the gate reads the first 12 channels of norm(e) (RMS over all d channels) instead
+  of the raw e; the smear itself is still added to the raw e before the norm, and crosses a BOS.
+- `smear-init-<λ0>`: the record's smear with λ initialised at λ0 (λ0 any finite float; with the
+  zero-initialised gate's 0.5 the start coefficient is λ0/2: `smear-init-1.6` starts at 0.8). Every other
+  initial weight equals the other arms'; only λ differs, so its step-0 forward is not the baseline's.
+- `smear-hold-<c>-<k>`: for steps < k the coefficient is held at c everywhere the smear applies (crossing
+  a BOS, as the smear): λ starts at 2c and the gate is replaced by its zero-init value 0.5, neither
+  receiving a gradient (so neither moves: Adam and Muon make a zero step on a zero gradient). From step
+  k on it is the record's smear, λ and the gate learned from λ = 2c, w = 0: continuous at the release.
+  hook_smear_gate holds 0.5 during the hold; `smear_lambda` is λ. k a positive integer.
+- `dose-<c>-anneal-<k>`: `dose-<c>` with c scaled by (1 − step/k) for step < k and by 0 after, when
+  the forward is the baseline's (the term is exactly 0; e + 0 = e). `smear_lambda` is c · max(0, 1 − step/k).
 """
 
 from __future__ import annotations
@@ -61,6 +87,11 @@ class ArmSpec:
     into_x0: bool = True  # the mixed embedding is also x0 (False: only the residual x starts from it)
     dose: float | None = None
     canon_kernel: int = 4
+    skip_bos: bool = False  # mix == "lambda": no term where token i is BOS (a dose always skips a BOS)
+    gate_norm: bool = False  # mix == "gate": the gate reads norm(h), not h
+    lambda_init: float = 0.0  # λ's initial value (learned-λ arms)
+    hold_steps: int = 0  # > 0: coefficient held at λ_init · 0.5, nothing learned in it, for this many steps
+    anneal_steps: int = 0  # > 0 (dose): c · max(0, 1 − step/anneal_steps)
 
     @property
     def coefficient(self) -> bool:
@@ -79,7 +110,17 @@ class ArmSpec:
     @property
     def vocab_gate(self) -> bool:
         """The gate is a function of the current token id alone: σ(w · E[id, :12])."""
-        return self.mix == "gate" and self.gate_from == "current" and self.site == "embed"
+        return self.mix == "gate" and self.gate_from == "current" and self.site == "embed" and not self.gate_norm
+
+    @property
+    def bos_mask(self) -> bool:
+        """The term is 0 where token i is BOS (a new document starts clean)."""
+        return self.mix == "dose" or self.skip_bos
+
+    @property
+    def scheduled(self) -> bool:
+        """The forward depends on the training step (`GPT.train_step`)."""
+        return bool(self.hold_steps or self.anneal_steps)
 
 
 ARMS: dict[str, ArmSpec] = {a.name: a for a in (
@@ -91,7 +132,32 @@ ARMS: dict[str, ArmSpec] = {a.name: a for a in (
     ArmSpec("smear-xonly", mix="gate", into_x0=False),
     ArmSpec("smear-mtp", mix="lambda", site="final"),
     ArmSpec("canon4", mix="canon"),
+    ArmSpec("smear-nogate", mix="lambda", skip_bos=True),
+    ArmSpec("smear-normgate", mix="gate", gate_norm=True),
 )}
+# parametrised names, parsed by `arm_spec` (rows of the table above, after the registered arms but `dose-<c>`)
+INIT_PREFIX, HOLD_PREFIX, ANNEAL_INFIX = "smear-init-", "smear-hold-", "-anneal-"
+PATTERNS = ("dose-<c>", "smear-init-<λ0>", "smear-hold-<c>-<k>", "dose-<c>-anneal-<k>")
+
+
+def _number(text: str, name: str, form: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x):
+        raise ConfigError(f"arm {name!r}: expected {form} with finite numbers, e.g. {_EXAMPLES[form]}")
+    return x
+
+
+def _steps(text: str, name: str, form: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"arm {name!r}: expected {form} with k a positive whole number of steps, e.g. {_EXAMPLES[form]}")
+    return int(text)
+
+
+_EXAMPLES = {"dose-<c>": "dose-0.8", "smear-init-<λ0>": "smear-init-1.6", "smear-hold-<c>-<k>": "smear-hold-0.8-200",
+             "dose-<c>-anneal-<k>": "dose-0.8-anneal-400"}
 
 
 def arm_spec(name: str) -> ArmSpec:
@@ -100,6 +166,10 @@ def arm_spec(name: str) -> ArmSpec:
         raise ConfigError(f"arm {name!r}: expected a name")
     if name in ARMS:
         return ARMS[name]
+    if name.startswith(DOSE_PREFIX) and ANNEAL_INFIX in name:
+        c, _, k = name[len(DOSE_PREFIX):].rpartition(ANNEAL_INFIX)
+        form = "dose-<c>-anneal-<k>"
+        return ArmSpec(name, mix="dose", dose=_number(c, name, form), anneal_steps=_steps(k, name, form))
     if name.startswith(DOSE_PREFIX):
         try:
             c = float(name[len(DOSE_PREFIX):])
@@ -108,7 +178,15 @@ def arm_spec(name: str) -> ArmSpec:
         if not math.isfinite(c):
             raise ConfigError(f"arm {name!r}: a dose is dose-<c> with c a finite number, e.g. dose-0.8")
         return ArmSpec(name, mix="dose", dose=c)
-    raise ConfigError(f"unknown arm {name!r}; choose one of: {', '.join(ARMS)}, or dose-<c> (e.g. dose-0.8)")
+    if name.startswith(INIT_PREFIX):
+        return ArmSpec(name, mix="gate", lambda_init=_number(name[len(INIT_PREFIX):], name, "smear-init-<λ0>"))
+    if name.startswith(HOLD_PREFIX):
+        form = "smear-hold-<c>-<k>"
+        c, _, k = name[len(HOLD_PREFIX):].rpartition("-")
+        c, k = _number(c, name, form), _steps(k, name, form)
+        return ArmSpec(name, mix="gate", lambda_init=2 * c, hold_steps=k)
+    raise ConfigError(f"unknown arm {name!r}; choose one of: {', '.join(ARMS)}, or {', '.join(PATTERNS)} "
+                      f"(e.g. dose-0.8)")
 
 
-__all__ = ["ArmSpec", "ARMS", "arm_spec", "DOSE_PREFIX"]
+__all__ = ["ArmSpec", "ARMS", "PATTERNS", "arm_spec", "DOSE_PREFIX"]

@@ -194,6 +194,27 @@ PRESETS: dict[str, Preset] = {
                     val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
         "CPU demo: 6 layers, d=128, 2 heads of 64, BPE-4096, 1k tokens a step, 1,600 steps",
     ),
+    # Item 5, the size sweep: the smear's gain at three widths, cpu-small's everything else (data, steps,
+    # tokens a step, depth, 2 heads: the head size grows with the width, the attention scale with it as
+    # in every preset, `_small`). Parameters (all / without the embeddings, value embeddings and head) and
+    # tokens per parameter for the 1,600 × 1,024 = 1.64M tokens (one epoch of the corpus; a second
+    # overfits, see cpu-small): d=96 2.52M / 0.55M, 0.65 / 2.96; d=128 3.60M / 0.98M, 0.45 / 1.67;
+    # d=192 6.14M / 2.21M, 0.27 / 0.74. Every size is far below Chinchilla's ~20 tokens a parameter:
+    # the sweep asks how the gain moves with width at a fixed data budget, not at compute-optimal sizes.
+    "cpu-small-d96": Preset(
+        _small(6, 96, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
+               n_value_embeds=3, vocab_size=4096, bos_id=0),
+        TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
+                    val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
+        "size sweep: cpu-small at d=96, 2 heads of 48 (2.5M parameters, 0.65 tokens each)",
+    ),
+    "cpu-small-d192": Preset(
+        _small(6, 192, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
+               n_value_embeds=3, vocab_size=4096, bos_id=0),
+        TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
+                    val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
+        "size sweep: cpu-small at d=192, 2 heads of 96 (6.1M parameters, 0.27 tokens each)",
+    ),
     "tiny": Preset(
         _small(4, 64, 2, 64, long_window_layers=(0,), no_attn_layers=(2,), no_mlp_layers=(0,),
                n_value_embeds=2, vocab_size=512, bos_id=0),

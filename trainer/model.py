@@ -383,6 +383,8 @@ class GPT(HookedRootModule):
             self.canon_w = nn.Parameter(torch.empty(spec.canon_kernel, d))
         # long window and last-layer window, in blocks; grown by `set_windows` (YaRN)
         self.register_buffer("window_blocks", torch.tensor([0, 0]))
+        if spec.scheduled:  # optimiser steps taken: schedule arms (trainer/arms.py) read it; checkpoints carry it
+            self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
         self.hook_embed = HookPoint()  # raw token embedding e
         self.hook_smear_gate = HookPoint()  # (B, T-1, 1) gate at positions 1…T−1, e.g. σ(w · e[1:, :12]); c = λ · gate
         self.hook_smear_out = HookPoint()  # (B, T, d) the arm's term added at its site (trainer/arms.py); 0 at position 0
@@ -421,15 +423,28 @@ class GPT(HookedRootModule):
             torch.tensor([0.5, 0.5]).repeat(n),  # SA lambdas: v, value embedding
             torch.zeros(n),  # λ of every learned-λ arm (first; the smear's in the record), the rest unused
         ]
+        parts[-1][0] = self.arm_spec.lambda_init  # 0 but in smear-init-<λ0>, smear-hold-<c>-<k>
         pad = self.config.n_scalars - 6 * n
         return torch.cat(parts + [torch.ones(pad)])
 
     @property
     def smear_lambda(self) -> Tensor:
         """λ of the mixing term c_i = λ · gate_i: learned (scalars entry), or a dose's fixed c."""
-        if self.arm_spec.mix == "dose":
-            return self.scalars.new_tensor(self.arm_spec.dose)
-        return self.scalars[5 * self.config.n_layers]
+        spec = self.arm_spec
+        if spec.mix == "dose":
+            if spec.anneal_steps:  # c · max(0, 1 − step/k), in float64 then rounded once, on the device
+                left = (1 - self.train_step.double() / spec.anneal_steps).clamp(min=0)
+                return (spec.dose * left).to(self.scalars.dtype)
+            return self.scalars.new_tensor(spec.dose)
+        lam = self.scalars[5 * self.config.n_layers]
+        if spec.hold_steps:  # held: λ gets no gradient (and so does not move) until step k
+            lam = torch.where(self.train_step < spec.hold_steps, lam.detach(), lam)
+        return lam
+
+    def set_step(self, step: int) -> None:
+        """Optimiser steps taken (the training loop sets it after each); only schedule arms read it."""
+        if self.arm_spec.scheduled:
+            self.train_step.fill_(step)
 
     # ---- sliding windows ----------------------------------------------------------------------
 
@@ -523,10 +538,14 @@ class GPT(HookedRootModule):
             return self.hook_smear_out(term)
         cur, prev = h[:, 1:], h[:, :-1]
         if spec.mix == "gate":
-            reads = {"current": cur[..., :GATE_DIM], "prev": prev[..., :GATE_DIM],
-                     "both": torch.cat([cur[..., :GATE_DIM], prev[..., :GATE_DIM]], dim=-1)}[spec.gate_from]
+            src = norm(h) if spec.gate_norm else h  # smear-normgate: the gate reads the normed embedding
+            src_cur, src_prev = src[:, 1:, :GATE_DIM], src[:, :-1, :GATE_DIM]
+            reads = {"current": src_cur, "prev": src_prev,
+                     "both": torch.cat([src_cur, src_prev], dim=-1)}[spec.gate_from]
             gate = torch.sigmoid(self.smear_gate(reads))
-        elif spec.mix == "dose":  # no mixing into a BOS: a new document starts clean
+            if spec.hold_steps:  # held at the zero-init gate's 0.5, w receiving no gradient, until step k
+                gate = torch.where(self.train_step < spec.hold_steps, 0.5, gate)
+        elif spec.bos_mask:  # no mixing into a BOS: a new document starts clean
             gate = (tokens[:, 1:, None] != self.config.bos_id).to(h.dtype)
         else:  # "lambda": no gate
             gate = torch.ones_like(cur[..., :1])

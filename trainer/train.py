@@ -236,6 +236,11 @@ def train(
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress or rank != 0,
                desc=f"{run.name}", unit="step", dynamic_ncols=True)
     train_loss = float(log[-1]["train_loss"]) if log else float("nan")
+    # Instruments that read gradients (analysis/lambda_grad.py) are callbacks with `on_train_start` (attach
+    # hooks before the first forward) and `on_backward` (after backward and the all-reduce, before the step).
+    hooks = lambda name: [getattr(c, name) for c in callbacks if hasattr(c, name)]  # noqa: E731
+    for callback in hooks("on_train_start"):
+        callback(model=model, step=start, run=run, run_dir=run_dir)
     for step in bar:
         t0 = time.perf_counter()
         model.set_windows(window_blocks(step, cfg))
@@ -252,6 +257,8 @@ def train(
         all_reduce_mean_(grads + [loss])
         train_loss = loss.item()
         finite = math.isfinite(train_loss) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        for callback in hooks("on_backward"):
+            callback(model=model, step=step, run=run, run_dir=run_dir, inputs=inputs)
         if finite:
             adam_step(adam, model, cfg)
             muon.step()
@@ -263,6 +270,7 @@ def train(
         model.zero_grad(set_to_none=True)
         elapsed += time.perf_counter() - t0
         done = step + 1
+        model.set_step(done)  # schedule arms: validation, the checkpoint and the next forward see `done`
         val_loss = None
         final = done == cfg.steps
         if final:  # validate and save with the record's longer validation windows

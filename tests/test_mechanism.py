@@ -136,7 +136,9 @@ def test_a_fixed_dose_is_knocked_out_too():
         for name, p in dose.named_parameters():
             if name != "scalars":
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embed" in name else 0.15))
-    table = K.knockout_table(dose, [(x, y)], torch.rand(cfg.n_layers, cfg.n_heads), ks=(1,), head_ablations=("mean",))
+    scores = torch.rand(cfg.n_layers, cfg.n_heads, generator=gen)
+    scores[[not block.has_attn for block in dose.blocks]] = float("nan")  # as probes score a layer without attention
+    table = K.knockout_table(dose, [(x, y)], scores, ks=(1,), head_ablations=("mean",))
     smear = table[table["metric"] == "smear"]["value"]
     assert len(smear) == 2 and (smear.abs() > 1e-4).all()
 

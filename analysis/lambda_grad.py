@@ -147,8 +147,9 @@ class LambdaGradRecorder:
         self.steps.append((step, torch.stack([lam, grad, coef_mean]), values, counts))
         self.seen.pop("grad", None)
 
-    def __call__(self, *, step: int, run, **_) -> None:
-        if self.handles and (step % self.write_every == 0 or step == run.train.steps):
+    def __call__(self, *, step: int, run, checkpoint: bool = False, **_) -> None:
+        # written before each checkpoint too: a resume from it finds every row of the steps it covers
+        if self.handles and (checkpoint or step % self.write_every == 0 or step == run.train.steps):
             self.write()
         if self.handles and step == run.train.steps:
             self.remove()

@@ -281,11 +281,14 @@ def train(
                         lr_mult=adam.param_groups[0]["lr"] / adam.param_groups[0]["initial_lr"],
                         step_seconds=elapsed / max(1, done - start)))
         bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
-        if done in ckpt_steps or done == stop_at or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            save(done, train_loss, val_loss)
-        with stop_on_full_disk():  # the recorder writes tables into the run folder
+        checkpoint = done in ckpt_steps or done == stop_at or bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+        # callbacks (the recorders write tables into the run folder) before the checkpoint: every row of
+        # the steps a complete checkpoint covers is on disk, so a resume from it loses none
+        with stop_on_full_disk():
             for callback in callbacks:
-                callback(model=model, step=done, run=run, run_dir=run_dir, inputs=inputs)
+                callback(model=model, step=done, run=run, run_dir=run_dir, inputs=inputs, checkpoint=checkpoint)
+        if checkpoint:
+            save(done, train_loss, val_loss)
         if done == stop_at:
             break
     bar.close()

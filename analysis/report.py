@@ -121,6 +121,28 @@ def planning_markdown(comparisons: pd.DataFrame) -> str:
             + "\n".join(lines))
 
 
+def arms_conclusion(summary: Summary) -> list[str]:
+    """One paragraph on every arm against the baseline (exploratory): previous-token mass, best head
+    and validation loss, each as the mean paired difference with its 95% CI and verdict."""
+    c = summary.comparisons
+    parts = []
+    for arm in [a for a in stats.arm_order(c["arm"]) if a != stats.BASELINE] if len(c) else []:
+        said = []
+        for claim in ("prev_mass", "best_prev", "val_loss"):
+            r = c[(c["arm"] == arm) & (c["claim"] == claim)]
+            if len(r) and math.isfinite(r["diff"].iloc[0]):
+                r = r.iloc[0]
+                fmt = stats.CLAIMS[claim][1]
+                ci = (f" [{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "")
+                said.append(f"{stats.CLAIMS[claim][0]} {_num(r['diff'], fmt)}{ci} ({r['verdict']})")
+        if said:
+            parts.append(f"*{arm}* − baseline: " + "; ".join(said) + ".")
+    if not parts:
+        return []
+    return ["Each arm against the baseline, paired by seed (mean difference, 95% t CI; the smear arm's previous-token rows are the "
+            "primary claims above, the others exploratory): " + " ".join(parts), ""]
+
+
 def statistics_markdown(summary: Summary) -> str:
     """The primary claims' table with how it was tested, then the exploratory comparisons."""
     primary, exploratory = summary.primary, summary.exploratory
@@ -497,8 +519,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
     body = head + [
         f"*Preset `{tables.preset}` · seeds: {seeds} · final step {', '.join(map(str, final_steps))} · "
         f"previous-token threshold {threshold:g} · written {now}*", "",
-        "## Conclusion", "", summary.verdict, "", "How the previous token travels (exploratory; see *Mechanism* below): "
-        + mechanism_conclusion(mechanism), ""]
+        "## Conclusion", "", summary.verdict, "", *arms_conclusion(summary),
+        "How the previous token travels (exploratory; see *Mechanism* below): " + mechanism_conclusion(mechanism), ""]
     if tables.notes:
         body += ["Limits of these data:", ""] + [f"- {n}" for n in tables.notes] + [""]
     body += [

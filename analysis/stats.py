@@ -52,6 +52,7 @@ CLAIMS: dict[str, tuple[str, str]] = {
     "ablation_mean_at_prev": ("loss increase, mean-ablating the baseline's previous-token heads (per head)", "{:.4f}"),
     "ablation_zero_at_prev": ("loss increase, zero-ablating the baseline's previous-token heads (per head)", "{:.4f}"),
     "induction_at_prev": ("induction score at the baseline's previous-token heads", "{:.3f}"),
+    "val_loss": ("validation loss at the final step (nats/token, the trainer's)", "{:.4f}"),
 }
 
 
@@ -78,6 +79,7 @@ class Tables:
     composition: pd.DataFrame | None = None
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
+    losses: pd.DataFrame | None = None  # run, val_loss: each run's final validation loss (its loss.csv)
     folder: Path | None = None
     notes: list[str] = field(default_factory=list)  # what validation found that limits the analysis
     configs: dict[str, dict] = field(default_factory=dict)  # run -> its run.json, where found
@@ -148,6 +150,21 @@ def window_growth_tokens(configs: dict[str, dict]) -> list[int]:
     return sorted(points)
 
 
+def final_losses(runs: Iterable[str], runs_dir: Path) -> pd.DataFrame | None:
+    """run, val_loss: the last validation loss in each run folder's loss.csv (runs without one left out)."""
+    rows = []
+    for run in sorted(set(map(str, runs))):
+        path = runs_dir / run / "loss.csv"
+        if path.exists():
+            try:
+                val = pd.read_csv(path, usecols=["step", "val_loss"]).dropna()
+            except (ValueError, pd.errors.ParserError) as e:
+                raise AnalysisError(f"{path}: not a training loss log ({one_line(e)})") from None
+            if len(val):
+                rows.append(dict(run=run, val_loss=float(val.sort_values("step")["val_loss"].iloc[-1])))
+    return pd.DataFrame(rows) if rows else None
+
+
 def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: str | None = None,
                 validate: bool = True) -> Tables:
     """Read the analysis tables (heads, smear*, paths, offsets, readout, knockouts, composition) from `folder`
@@ -187,6 +204,7 @@ def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: 
     tables = Tables(**frames, folder=folder, configs=read_manifests(frames["heads"]["run"], runs_dir))
     if validate:
         tables.notes = validate_tables(tables)
+    tables.losses = final_losses(frames["heads"]["run"], runs_dir)  # keyed by run, not validated as tidy
     return tables
 
 
@@ -202,7 +220,7 @@ def validate_tables(tables: Tables) -> list[str]:
     heads = tables.heads
     if heads is None or not len(heads):
         raise AnalysisError("the heads table is empty: no runs to analyse")
-    present = {k: v for k, v in vars(tables).items() if isinstance(v, pd.DataFrame) and len(v)}
+    present = {k: v for k, v in vars(tables).items() if isinstance(v, pd.DataFrame) and len(v) and k != "losses"}
 
     by_preset: dict[str, set[str]] = {}
     for df in present.values():
@@ -566,6 +584,8 @@ is not significant is tested for equivalence within ±SESOI, and its power is gi
 if len(PRIMARY_CLAIMS) > 3:  # a fixed, small family: the point of declaring it in advance
     raise AssertionError("at most three primary claims")
 SESOI = {p.claim: p.sesoi for p in reversed(PRIMARY_CLAIMS)}  # claim -> its smallest effect of interest
+# exploratory: 0.01 nats/token of validation loss, ten times the record's own smear gain (3.2790 vs 3.2781)
+SESOI["val_loss"] = 0.01
 FREED_UP_CLAIMS = ("n_prev_heads", "prev_mass")  # "freed up" needs both lower (SPEC)
 
 VERDICTS = ("lower", "higher", "equivalent within ±{sesoi:g}", "too few seeds to tell")
@@ -779,6 +799,8 @@ class Summary:
 def summarize(tables: Tables, threshold: float = DEFAULT_THRESHOLD, **kw) -> Summary:
     """Everything the report and the notebooks state about the arms, from one call."""
     per_seed = per_seed_claims(tables.heads, threshold)
+    if tables.losses is not None:
+        per_seed = per_seed.merge(tables.losses, on="run", how="left")
     comparisons = compare_all(per_seed, **kw)
     return Summary(per_seed, comparisons, compare_thresholds(tables.heads, **kw),
                    freed_up_verdict(comparisons, threshold), threshold)

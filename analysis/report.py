@@ -460,8 +460,10 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
                 dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
             dest = out_dir / f"{name}.ipynb"
             try:
+                # the kernel logs only what is fatal: its shutdown can log a caught KeyboardInterrupt
                 pm.execute_notebook(str(src), str(dest), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                    progress_bar=False, kernel_name="python3", config=kernel)
+                                    progress_bar=False, kernel_name="python3", config=kernel,
+                                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
                 results[name] = dest
             except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
                 results[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"

@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
@@ -247,58 +247,82 @@ class Progress:
         self.bar.close()
 
 
-def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progress) -> None:
-    """Train every (seed, arm) of the plan not finished yet, `jobs` processes at a time."""
-    todo = [(seed, arm) for seed, arm in plan.runs() if not finished(out / run_name(plan.preset, seed, arm), plan.steps)]
-    finished_steps = sum(min(plan.steps, done_steps(out / run_name(plan.preset, s, a))) for s, a in plan.runs()
-                         if (s, a) not in todo)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    extra = [x for pair in plan.overrides for x in ("--set", pair)]
-    running: list[tuple[subprocess.Popen, Path, object, int]] = []
-    waiting = {(s, a): done_steps(out / run_name(plan.preset, s, a)) for s, a in todo}  # resumed from here
+@dataclass(eq=False)
+class Job:
+    """One child process of a study: its command, its log, what it is (for errors) and its caller's note."""
+
+    cmd: list[str]
+    log: Path
+    what: str
+    note: object = None
+
+
+def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
+             on_poll: Callable[[list[Job]], None]) -> None:
+    """Run `todo` `jobs` processes at a time, one thread each, each into its log (appended). `on_done(job,
+    seconds)` after each success, `on_poll(running)` every POLL s; the first failure stops every child and
+    raises. Children die with this process (even by SIGKILL), and with an error or Ctrl-C here."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+    todo, running = list(todo), []
     try:
         while todo or running:
             while todo and len(running) < jobs:
-                seed, arm = todo.pop(0)
-                run_dir = out / run_name(plan.preset, seed, arm)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                log = run_dir / "train.log"
-                cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", plan.preset, "--arm", arm,
-                       "--seed", str(seed), "--data", str(data), "--out", str(out), "--steps", str(plan.steps),
-                       "--record-every", str(plan.record_every), *extra]
-                start = waiting.pop((seed, arm))
-                if start:  # a half-trained run: on from its newest complete checkpoint
-                    cmd.append("--resume")
-                handle = open(log, "ab")
-                proc = subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env,
+                job = todo.pop(0)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(job.log, "ab")
+                proc = subprocess.Popen(job.cmd, stdout=handle, stderr=handle, env=env,
                                         preexec_fn=_die_with_parent(os.getpid()))
-                running.append((proc, log, handle, start))
+                running.append((proc, handle, job, time.perf_counter()))
             time.sleep(POLL)
             for item in list(running):
-                proc, log, handle, _ = item
+                proc, handle, job, t0 = item
                 if proc.poll() is None:
                     continue
                 handle.close()
                 running.remove(item)
                 if proc.returncode:
-                    raise SmearlensError(f"training failed (exit {proc.returncode}); see {log}")
-                finished_steps += plan.steps
-            steps = finished_steps + sum(max(last_step(log), start) for _, log, _, start in running)
-            steps += sum(waiting.values())
-            progress.training(steps)
+                    raise SmearlensError(f"{job.what} failed (exit {proc.returncode}); see {job.log}")
+                on_done(job, time.perf_counter() - t0)
+            on_poll([job for _, _, job, _ in running])
     finally:
-        for proc, _, handle, _ in running:  # an error or Ctrl-C here: no child keeps training
+        for proc, handle, _, _ in running:
             proc.terminate()
             proc.wait()
             handle.close()
 
 
+def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progress) -> None:
+    """Train every (seed, arm) of the plan not finished yet, `jobs` processes at a time."""
+    extra = [x for pair in plan.overrides for x in ("--set", pair)]
+    todo, finished_steps = [], 0
+    for seed, arm in plan.runs():
+        run_dir = out / run_name(plan.preset, seed, arm)
+        start = min(plan.steps, done_steps(run_dir))  # a half-trained run goes on from its newest checkpoint
+        if finished(run_dir, plan.steps):
+            finished_steps += start
+            continue
+        cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", plan.preset, "--arm", arm,
+               "--seed", str(seed), "--data", str(data), "--out", str(out), "--steps", str(plan.steps),
+               "--record-every", str(plan.record_every), *extra, *(["--resume"] if start else [])]
+        todo.append(Job(cmd, run_dir / "train.log", "training", note=start))
+    done: list[Job] = []
+
+    def on_done(job: Job, seconds: float) -> None:
+        done.append(job)
+
+    def on_poll(running: list[Job]) -> None:
+        waiting = [j.note for j in todo if j not in done and j not in running]
+        progress.training(finished_steps + plan.steps * len(done) + sum(waiting)
+                          + sum(max(last_step(j.log), j.note) for j in running))
+
+    run_jobs(todo, jobs, on_done, on_poll)
+
+
 def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progress, jobs: int) -> None:
     """`analyze` run by run (a stage each: every checkpoint but the ablations), then the ablations of
     each run's final checkpoint (21 forwards a checkpoint, that only feed final-step figures), `jobs`
-    processes at a time, one thread each: the tables' lock lets them share the folder, and each stage
-    skips what the tables hold."""
+    processes at a time: the tables' lock lets them share the folder, and each stage skips what the
+    tables hold."""
     from analysis.probes import ABLATIONS
 
     ablations = [m for m in plan.metrics if m in ABLATIONS]
@@ -306,37 +330,13 @@ def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progr
     stages = ([("run", run, others) for run in runs] if others else []) + \
              ([("ablations", run, ablations) for run in runs] if ablations else [])
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
-    running: list[tuple[subprocess.Popen, str, Path, object, float]] = []
-    try:
-        while stages or running:
-            while stages and len(running) < jobs:
-                kind, run, metrics = stages.pop(0)
-                target = run if kind == "run" else ckpt.complete_checkpoints(run)[-1]
-                cmd = [sys.executable, "-m", "commands.cli", "analyze", str(target), "--out", str(tables),
-                       "--metrics", *metrics, "--no-progress", *flags]
-                log = run / "analyze.log"
-                handle = open(log, "ab")
-                proc = subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env,
-                                        preexec_fn=_die_with_parent(os.getpid()))
-                running.append((proc, kind, log, handle, time.perf_counter()))
-            time.sleep(POLL)
-            for item in list(running):
-                proc, kind, log, handle, t0 = item
-                if proc.poll() is None:
-                    continue
-                handle.close()
-                running.remove(item)
-                if proc.returncode:
-                    raise SmearlensError(f"analysis failed (exit {proc.returncode}); see {log}")
-                # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
-                progress.stage(kind, (time.perf_counter() - t0) / jobs, _rows_added(log))
-            progress.refresh()
-    finally:
-        for proc, _, _, handle, _ in running:  # an error or Ctrl-C here: no child keeps analysing
-            proc.terminate()
-            proc.wait()
-            handle.close()
+    todo = [Job([sys.executable, "-m", "commands.cli", "analyze",
+                 str(run if kind == "run" else ckpt.complete_checkpoints(run)[-1]), "--out", str(tables),
+                 "--metrics", *metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=kind)
+            for kind, run, metrics in stages]
+    # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
+    run_jobs(todo, jobs, lambda job, seconds: progress.stage(job.note, seconds / jobs, _rows_added(job.log)),
+             lambda running: progress.refresh())
 
 
 def _rows_added(log: Path) -> bool:

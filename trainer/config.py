@@ -176,6 +176,16 @@ def _small(n_layers: int, d_model: int, n_heads: int, seq_len: int, **model_kw) 
     )
 
 
+
+def _cpu_small_model(d_model: int) -> ModelConfig:
+    """cpu-small's model at width `d_model` (6 layers, 2 heads: the head size grows with the width)."""
+    return _small(6, d_model, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
+                  n_value_embeds=3, vocab_size=4096, bos_id=0)
+
+
+_CPU_SMALL_TRAIN = TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
+                               val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128)
+
 PRESETS: dict[str, Preset] = {
     "speedrun-124m": Preset(
         ModelConfig(),
@@ -184,14 +194,12 @@ PRESETS: dict[str, Preset] = {
         tokenizer="gpt2",
     ),
     "cpu-small": Preset(
-        _small(6, 128, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
-               n_value_embeds=3, vocab_size=4096, bos_id=0),
+        _cpu_small_model(128),
         # One epoch of the embedded corpus (1.6M tokens; a second overfits: val loss 4.08 → 4.24 by
         # step 600 of 32 rows). More, smaller steps form clearer previous-token heads in the same time
         # (5–6 min a run): best baseline head at the final checkpoint, seed 0, 32 rows × 400 steps 0.35,
         # 8 × 1,600 0.45 (before YaRN kept the fast frequencies); reference demo, seeds 0–2: 0.50, 0.50, 0.44.
-        TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
-                    val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
+        _CPU_SMALL_TRAIN,
         "CPU demo: 6 layers, d=128, 2 heads of 64, BPE-4096, 1k tokens a step, 1,600 steps",
     ),
     # Item 5, the size sweep: the smear's gain at three widths, cpu-small's everything else (data, steps,
@@ -202,17 +210,13 @@ PRESETS: dict[str, Preset] = {
     # d=192 6.14M / 2.21M, 0.27 / 0.74. Every size is far below Chinchilla's ~20 tokens a parameter:
     # the sweep asks how the gain moves with width at a fixed data budget, not at compute-optimal sizes.
     "cpu-small-d96": Preset(
-        _small(6, 96, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
-               n_value_embeds=3, vocab_size=4096, bos_id=0),
-        TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
-                    val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
+        _cpu_small_model(96),
+        _CPU_SMALL_TRAIN,
         "size sweep: cpu-small at d=96, 2 heads of 48 (2.5M parameters, 0.65 tokens each)",
     ),
     "cpu-small-d192": Preset(
-        _small(6, 192, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
-               n_value_embeds=3, vocab_size=4096, bos_id=0),
-        TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
-                    val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128),
+        _cpu_small_model(192),
+        _CPU_SMALL_TRAIN,
         "size sweep: cpu-small at d=192, 2 heads of 96 (6.1M parameters, 0.27 tokens each)",
     ),
     "tiny": Preset(

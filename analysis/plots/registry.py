@@ -9,7 +9,9 @@ from typing import Callable, Sequence
 
 from matplotlib.figure import Figure
 
+from analysis import dose_response as dr
 from analysis import stats
+from analysis.plots.dose import dose_response as dose_response_figure
 from analysis.plots.freed import ablation_by_head, freed_head_profiles
 from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
@@ -93,6 +95,15 @@ FIGURES: dict[str, FigureSpec] = {
         "mean-ablated, and their interaction (both − heads − smear + neither; below 0: the routes stand in for "
         "each other); bars: seed mean, dots: seeds.",
         lambda t, th: knockout_effects(t.get("knockouts"))),
+    "dose_response": FigureSpec(
+        "Dose-response",
+        "Each measure against the fixed dose c (left, log axis; the baseline as its mean and 95% CI band, learned "
+        "arms at their mean coefficient on data) and against the measured share of token i−1's effect through the "
+        "smear term (right; the learned arm is gated per token, the doses are not). Small markers: seeds; large: "
+        "arm means with t 95% CI; line and band: fit with a random intercept per seed and its pointwise 95% CI "
+        "(validation loss: quadratic); red: the fitted dose of lowest loss with its CI, and the dose of lowest mean "
+        "paired loss. Drawn when the tables hold at least two fixed doses.",
+        lambda t, th: dose_response_figure(dr.dose_response(t, th))),
 }
 NOTEBOOK_FIGURES = {
     "01_previous_token_heads": ["prev_token_heatmaps", "prev_heads_vs_threshold", "prev_mass_over_training"],
@@ -101,6 +112,7 @@ NOTEBOOK_FIGURES = {
     "05_mechanism": ["path_shares", "edge_shares", "offset_attention", "readout_by_layer", "knockout_effects"],
 }
 MECHANISM_FIGURES = NOTEBOOK_FIGURES["05_mechanism"]  # the report's mechanism section, not its Figures section
+DOSE_FIGURES = ["dose_response"]  # the report's dose-response section (only with ≥ 2 fixed doses)
 
 
 def draw_figure(name: str, tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> Figure:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from analysis import dose_response as dr
 from analysis import mechanism_stats as mech
 from analysis import plots, stats
 from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
@@ -388,6 +389,108 @@ def notebook_mechanism(tables: Tables | None) -> mech.MechanismSummary | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Dose-response (only with ≥ 2 fixed doses)
+
+
+def _mean_ci(r: dict | None, fmt: str) -> str:
+    if not r or not r["n"]:
+        return "—"
+    ci = f" [{_num(r['ci_lo'], fmt)}, {_num(r['ci_hi'], fmt)}]" if math.isfinite(r["ci_lo"]) else ""
+    return _num(r["mean"], fmt) + ci
+
+
+def dose_markdown(result: dr.DoseResponse) -> str:
+    """The dose-response: per arm mean [95% t CI] of each measure, the fits, the dose of lowest loss and the
+    learned arms against the doses' curve; every number from `result`."""
+    t, opt = result.table, result.optimum
+    seeds = sorted(int(s) for s in t["seed"].unique())
+    n_doses = int((t.drop_duplicates("arm")["kind"] == "dose").sum())
+    fmt = {m: f for m, (_, f) in dr.MEASURES.items()} | {"coef_mean": "{:.3f}", "val_loss_vs_baseline": "{:+.4f}"}
+    cols = ["coef_mean", *dr.MEASURES, "val_loss_vs_baseline"]
+    names = {"coef_mean": "mean coefficient on data", "val_loss_vs_baseline": "val loss − baseline (paired)"}
+    a = result.arms
+    rows = []
+    for arm in a["arm"].drop_duplicates():
+        g = a[a["arm"] == arm]
+        first = g.iloc[0]
+        pick = lambda m: next(iter(g[g["measure"] == m].to_dict("records")), None)
+        c = "0" if first["kind"] == "baseline" else f"{first['c']:g}" if first["kind"] == "dose" else "learned"
+        rows.append([arm, c, int(g["n"].max())] + [_mean_ci(pick(m), fmt[m]) for m in cols])
+    parts = [
+        f"{n_doses} fixed doses `dose-<c>` (c · e[i−1] added to each token's embedding before the norm; no gate, none "
+        f"at a BOS), the baseline (c = 0) and the learned arms, seeds {', '.join(map(str, seeds))}: each arm reuses "
+        "the baseline's seeds (same initial weights, same data order), so the fits carry a random intercept per "
+        "seed. The share is *measured* (path attribution): the learned arm is gated per token, the doses are not, "
+        "so the share, not c, is where the two can be set side by side."
+        + (f" With {len(seeds)} seeds this is a screen: it can rank doses and show a trend, not pin down small "
+           "differences." if len(seeds) <= 5 else ""), "",
+        "#### Per arm (final step; mean [95% t CI] over seeds)", "",
+        _md_table(["arm", "c", "seeds"] + [names.get(m) or dr.measure_label(m, result.threshold) for m in cols], rows),
+        ""]
+    ft = result.fit_table
+    shown = ft[ft["term"] != "intercept"]
+    frows = []
+    for r in shown.to_dict("records"):
+        f = dr.MEASURES[r["measure"]][1]
+        if r["method"] == "not fitted":
+            frows.append([dr.measure_label(r["measure"], result.threshold), dr.XS[r["x"]], r["model"], "—", "—",
+                          "—", "—", "not fitted", r["note"]])
+            continue
+        est_fmt = "{:+.3g}"
+        frows.append([dr.measure_label(r["measure"], result.threshold), dr.XS[r["x"]], r["model"],
+                      "slope" if r["term"] == "x" else "curvature (x²)",
+                      f"{_num(r['estimate'], est_fmt)} [{_num(r['ci_lo'], est_fmt)}, {_num(r['ci_hi'], est_fmt)}]",
+                      _p(r["p"]), f"{int(r['n_obs'])} / {int(r['n_seeds'])}", r["method"], r["note"] or ""])
+    parts += ["#### Fits", "", _md_table(["measure", "against", "model", "term", "estimate [95% CI]", "p",
+                                          "runs / seeds", "method", "note"], frows), "",
+              "Each measure is fitted against ln c over the fixed doses and against the measured share over the "
+              "baseline and the doses, with a random intercept per seed (statsmodels MixedLM, REML). CIs and p use t "
+              "with runs − fixed terms − (seeds − 1) degrees of freedom. Where MixedLM fails, does not converge or "
+              "puts the seed variance at 0 (frequent with few seeds), the fit is OLS with seed fixed effects instead, "
+              "as *method* says; *note* keeps what the optimiser reported. Intercepts are in the tidy fit table "
+              "(`dose_response.fit_table`).", ""]
+    parts += ["#### The dose of lowest validation loss", ""]
+    lines = []
+    if math.isfinite(opt["c_star"]):
+        lines.append(f"The quadratic in ln c has its minimum at **c* = {opt['c_star']:.3g}** (95% CI "
+                     f"{opt['c_lo']:.3g}–{opt['c_hi']:.3g}, delta method; curvature {opt['curvature']:.3g} "
+                     f"[{opt['curvature_lo']:.3g}, {opt['curvature_hi']:.3g}], {opt['method']})"
+                     + (f"; {opt['note']}" if opt["note"] else "") + ".")
+    else:
+        lines.append(f"No fitted dose of lowest loss: {opt['note']}.")
+    if opt["best_arm"]:
+        lines.append(f"Of the doses tried, the lowest mean paired loss against the baseline is at c = {opt['best_c']:g} "
+                     f"(`{opt['best_arm']}`): {opt['best_diff']:+.4f} nats/token [{opt['best_lo']:+.4f}, "
+                     f"{opt['best_hi']:+.4f}], paired t p {_p(opt['best_p'])}, {opt['best_n']} pairs. Picking the "
+                     "lowest of several doses favours a lucky one: read its CI as optimistic.")
+    elif opt["paired_note"]:
+        lines.append(f"No paired comparison: {opt['paired_note']}.")
+    parts += [" ".join(lines), ""]
+    lv = result.learned
+    if len(lv):
+        lrows = []
+        for r in lv.to_dict("records"):
+            f = dr.MEASURES[r["measure"]][1]
+            if not r.get("n"):
+                lrows.append([r["arm"], dr.measure_label(r["measure"], result.threshold), _num(r["share"]), "—", "—",
+                              "—", "—", "—", r["verdict"]])
+                continue
+            lrows.append([r["arm"], dr.measure_label(r["measure"], result.threshold),
+                          _num(r["share"]) + (" (beyond the doses' shares)" if r["extrapolated"] else ""),
+                          _num(r["observed"], f), _num(r["predicted"], f), _num(r["mean"], f) + " " + _ci(r, f),
+                          _p(r["p_value"]), r["n"], r["verdict"]])
+        parts += ["#### The learned arm against the doses' curve", "",
+                  _md_table(["arm", "measure", "its mean share", "observed", "the doses' curve there",
+                             "observed − curve [95% t CI]", "t p", "seeds", "verdict"], lrows), "",
+                  "Per seed, the learned run's value minus the doses' fit at that run's measured share (with the "
+                  "seed's own offset; validation loss from the quadratic), then the mean over seeds with a t CI. The "
+                  "CI counts the seed-to-seed spread of these differences, not the uncertainty of the curve itself. "
+                  "*Equivalent* (TOST at the measure's SESOI) or a CI around 0 means the learned arm sits on the "
+                  "doses' curve: at its share it does what a fixed dose of that share does.", ""]
+    return "\n".join(parts).rstrip()
+
+
+# ---------------------------------------------------------------------------------------------
 # Provenance
 
 
@@ -512,6 +615,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         fresh = lambda p: p.exists() and p.stat().st_mtime >= started  # an old PNG from another run is not ours
         drawn = {n: (figures_dir / f"{n}.png") if fresh(figures_dir / f"{n}.png") else
                  "not drawn by the notebook (see the executed notebook for why)" for n in plots.FIGURES}
+        # no notebook draws the dose-response: it exists only for studies with doses
+        drawn.update(plots.draw_all(tables, figures_dir, threshold, names=plots.DOSE_FIGURES, formats=formats))
     else:
         drawn = plots.draw_all(tables, figures_dir, threshold, formats=formats)
 
@@ -536,7 +641,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",
         "## Figures", ""]
     figure_md = lambda names: _figures_markdown(names, drawn, out_path.parent)
-    body += figure_md([n for n in plots.FIGURES if n not in plots.MECHANISM_FIGURES])
+    body += figure_md([n for n in plots.FIGURES if n not in plots.MECHANISM_FIGURES + plots.DOSE_FIGURES])
     body += ["## Mechanism: where the previous token travels", "",
              "At each run's final checkpoint: token i−1 is resampled and the change of the prediction at i is traced "
              "through the smear term, the rest of the model and each attention head's key and value (path "
@@ -544,6 +649,13 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
              "and what knocking the smear term and the previous-token heads out does to the loss.", "",
              "### Numbers", "", mechanism_markdown(mechanism), ""]
     body += figure_md(plots.MECHANISM_FIGURES)
+    if dr.has_doses(tables):
+        body += ["## Dose-response", ""]
+        try:
+            body += [dose_markdown(dr.dose_response(tables, threshold)), ""]
+        except SmearlensError as e:
+            body += [f"*Absent: {e}.*", ""]
+        body += figure_md(plots.DOSE_FIGURES)
     body += ["## Smear gate at the last checkpoint", "", smear_markdown(tables), "", "## Runs", "",
              _runs_markdown(tables), ""]
     if executed:

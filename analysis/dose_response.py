@@ -168,13 +168,15 @@ class Fit:
                                  df=self.df_resid, method=self.method, note=self.note))
 
 
-def _short(messages: list[str]) -> str:
-    seen = []
+def _short(messages: list, keep: int = 2) -> str:
+    """The first `keep` distinct messages, shortened, and how many more there were."""
+    seen: list[str] = []
     for m in messages:
-        m = " ".join(str(m).split())[:120]
+        m = " ".join(str(m).split())
+        m = m if len(m) <= 90 else m[:89] + "…"
         if m not in seen:
             seen.append(m)
-    return "; ".join(seen)
+    return "; ".join(seen[:keep]) + (f" (+{len(seen) - keep} more)" if len(seen) > keep else "")
 
 
 def _mixed(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[tuple | None, str]:

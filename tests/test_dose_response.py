@@ -136,13 +136,14 @@ def dose_tables(folder: Path | None = None):
         dip = 0.01 * (math.log(c) - math.log(C_STAR)) ** 2 - 0.03 if c > 0 else 0.0
         losses.append(dict(run=run, val_loss=4.08 + 0.002 * seed + dip + rng.normal(0, 0.002)))
     losses = pd.DataFrame(losses)
+    p = t["paths"]
+    for c in doses:  # the fixture gives doses but dose-0.8 no share: share = c / (c + 0.4) + the seed's jitter
+        sel = (p["arm"] == f"dose-{c:g}") & (p["path"] == "smear") & (p["metric"] == "share") & (p["offset"] == 1)
+        p.loc[sel, "value"] = c / (c + 0.4) + 0.01 * (p.loc[sel, "seed"] - 1)
     if folder is None:
-        p = t["paths"]
-        for c in doses:
-            sel = (p["arm"] == f"dose-{c:g}") & (p["path"] == "smear") & (p["metric"] == "share")
-            p.loc[sel & (p["offset"] == 1), "value"] = c / (c + 0.4)
         return stats.Tables(**t, losses=losses)
     write_tables(folder, **kw)
+    p.to_parquet(folder / "paths.parquet", index=False)
     for r in losses.itertuples(index=False):
         (folder.parent / r.run / "loss.csv").write_text(f"step,val_loss\n40,{r.val_loss}\n")
     return folder
@@ -157,7 +158,7 @@ def test_dose_table_reads_the_runs():
     base = table[table["kind"] == "baseline"]
     assert (base["c"] == 0).all() and base["log_c"].isna().all() and (base["share"] == 0).all()
     d08 = table[table["arm"] == "dose-0.8"]
-    assert np.allclose(d08["log_c"], math.log(0.8)) and np.allclose(d08["share"], 0.8 / 1.2)
+    assert np.allclose(d08["log_c"], math.log(0.8)) and np.allclose(d08["share"], 0.8 / 1.2 + 0.01 * (d08["seed"] - 1))
     smear = table[table["arm"] == "smear"]
     assert smear["coef_mean"].notna().all() and smear["c"].isna().all()
     assert table["val_loss"].notna().all() and len(table) == 18
@@ -179,7 +180,7 @@ def test_figure_draws_and_skips_cleanly(tmp_path):
 
 def test_report_has_the_dose_section_only_with_doses(tmp_path):
     tables = dose_tables(tmp_path / "checkpoints" / "analysis")
-    out = report.write_report(tables, tmp_path / "figures", tmp_path / "report.md")
+    out = report.write_report(tables, tmp_path / "figures", tmp_path / "report.md", formats=("png",))
     text = out.read_text()
     section = text[text.index("## Dose-response"):text.index("## Smear gate at the last")]
     assert "this is a screen" in section and "4 fixed doses" in section

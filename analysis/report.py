@@ -3,7 +3,8 @@
 Figures (embedded by relative path), per-seed tables, the statistics (paired by seed: the primary
 claims fixed in advance, Holm-corrected, with equivalence tests and power; every arm against the
 baseline as exploratory comparisons), the conclusion they support (including "too few seeds to
-tell"), and the commands and configs that produced them. By default the figures are drawn directly with `analysis.plots`, so
+tell"), a dose-response section when the tables hold ≥ 2 fixed doses (`dose-<c>` arms), and the commands
+and configs that produced them. By default the figures are drawn directly with `analysis.plots`, so
 a report never needs a Jupyter kernel; `--notebooks` executes the notebooks instead (papermill).
 """
 

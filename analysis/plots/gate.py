@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis import stats
 from analysis.gate_arms import EARLY_STEPS, early_pressure, fixed_dose
@@ -92,6 +93,7 @@ def _part_bars(ax, early: pd.DataFrame, parts: list[tuple[str, str]], arms: list
     ax.invert_yaxis()
     ax.axvline(0, color="#555", lw=0.8)
     ax.grid(axis="x", alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlabel("dL/dλ from these positions (> 0 pushes λ down)")
 
 
@@ -126,8 +128,8 @@ def lambda_gradient(record_lambda: pd.DataFrame | None, steps: int = EARLY_STEPS
         _part_bars(ax_d, early, [("doc", p) for p in DOC_PARTS], bar_arms)
         _part_bars(ax_g, early, [("gate", p) for p in GATE_PARTS] + [("sign", p) for p in SIGN_PARTS], bar_arms)
         n = int(early["steps"].max())
-        ax_d.set_title(f"mean over the first {n} steps, by where token i sits in its document", fontsize=10)
-        ax_g.set_title(f"mean over the first {n} steps, by gate value at i and by sign", fontsize=10)
+        ax_d.set_title(f"first {n} steps: by where token i sits in its document", fontsize=10)
+        ax_g.set_title(f"first {n} steps: by the gate value at i, and by sign", fontsize=10)
         ax_d.legend(fontsize=7, loc="best")
     else:
         for ax in (ax_d, ax_g):

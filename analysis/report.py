@@ -19,11 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from analysis import dose_response as dr
+from analysis import gate_arms
 from analysis import mechanism_stats as mech
 from analysis import plots, stats
+from analysis.plots.gate import PART_LABELS
 from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_write_text
@@ -389,6 +392,8 @@ def notebook_mechanism(tables: Tables | None) -> mech.MechanismSummary | None:
     return summary
 
 
+STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES  # drawn in their own sections, only when their arms are there
+
 # ---------------------------------------------------------------------------------------------
 # Dose-response (only with ≥ 2 fixed doses)
 
@@ -489,6 +494,113 @@ def dose_markdown(result: dr.DoseResponse) -> str:
                   "*Equivalent* (TOST at the measure's SESOI) or a CI around 0 means the learned arm sits on the "
                   "doses' curve: at its share it does what a fixed dose of that share does.", ""]
     return "\n".join(parts).rstrip()
+# Why the learned gate stays low (issue 13, item 4)
+
+
+def _answer(v, verdict: str) -> str:
+    if v is pd.NA or v is None or (isinstance(v, float) and math.isnan(v)):
+        return verdict if verdict.startswith("absent") else "too few seeds to tell"
+    return "yes" if bool(v) else "no"
+
+
+def _diff_cell(r: dict, key: str, fmt: str) -> str:
+    if not math.isfinite(r[key]):
+        return r[f"{key}_verdict"] or "—"
+    ci = (f" [{_num(r[f'{key}_low'], fmt)}, {_num(r[f'{key}_high'], fmt)}]" if math.isfinite(r[f"{key}_low"]) else "")
+    return f"{_num(r[key], fmt)}{ci}: {r[f'{key}_verdict']}"
+
+
+def gate_markdown(gate: gate_arms.GateSummary) -> str:
+    """One row per arm: definition, losses and mass against the baseline and the best dose (mean paired
+    difference, 95% t CI, verdict), final λ and coefficient, and the two answers."""
+    mult = bool(gate.lr_mult)
+    rows = []
+    for r in gate.table.to_dict("records"):
+        rows.append([r["arm"] + (" (best fixed dose)" if r["arm"] == gate.best_dose else ""), r["definition"]]
+                    + ([_num(r["lr_mult"], "{:g}")] if mult else [])
+                    + [r["n_seeds"], _num(r["val_loss"], "{:.4f}"), _diff_cell(r, "loss_vs_baseline", "{:+.4f}"),
+                       _diff_cell(r, "loss_vs_dose", "{:+.4f}"), _diff_cell(r, "mass_vs_baseline", "{:+.3f}"),
+                       _num(r["lambda_final"]), _num(r["coef_final"]),
+                       _answer(r["reaches_best_dose"], r["loss_vs_dose_verdict"]),
+                       _answer(r["frees_heads"], r["mass_vs_baseline_verdict"])])
+    dose = gate.best_dose or "best dose"
+    return _md_table(["arm", "definition"] + (["λ lr ×"] if mult else [])
+                     + ["seeds", "val loss (mean)", "val loss − baseline", f"val loss − {dose}",
+                        "prev-token mass − baseline", "final λ", "final mean coefficient",
+                        f"reaches {dose}'s loss", "frees heads"], rows)
+
+
+def _arm_list(arms: list[str]) -> str:
+    return ", ".join(f"*{a}*" for a in arms) if arms else "none"
+
+
+def gate_conclusion(gate: gate_arms.GateSummary, early: pd.DataFrame) -> str:
+    """The section's summary in words, every number read from the tables."""
+    t = gate.table
+    out = []
+    sesoi = stats.SESOI["val_loss"]
+    if gate.best_dose is not None:
+        best = t[t["arm"] == gate.best_dose].iloc[0]
+        others = t[t["arm"] != gate.best_dose]
+        said = lambda mask: _arm_list(list(others.loc[mask, "arm"]))
+        out.append(f"The best fixed dose here is *{gate.best_dose}* (validation loss {_num(best['val_loss'], '{:.4f}')}). "
+                   f"Reach its loss (lower, or equivalent within ±{sesoi:g} nats): {said(others['reaches_best_dose'].eq(True).fillna(False))}; "
+                   f"do not (higher): {said(others['reaches_best_dose'].eq(False).fillna(False))}; "
+                   f"too few seeds to tell: {said(others['reaches_best_dose'].isna())}.")
+    else:
+        out.append("No fixed dose arm (`dose-<c>`) is in these tables, so no arm is compared with the best dose.")
+    frees = t["frees_heads"]
+    out.append(f"Previous-token mass lower than the baseline's (heads freed): {_arm_list(list(t.loc[frees.eq(True).fillna(False), 'arm']))}; "
+               f"not lower: {_arm_list(list(t.loc[frees.eq(False).fillna(False), 'arm']))}; "
+               f"too few seeds to tell: {_arm_list(list(t.loc[frees.isna(), 'arm']))}.")
+    both = t.loc[(t["reaches_best_dose"].eq(True) & frees.eq(True)).fillna(False) & (t["arm"] != gate.best_dose), "arm"]
+    if gate.best_dose is not None:
+        out.append(f"Both (the dose's loss and freed heads) without being a fixed dose: {_arm_list(list(both))}.")
+    learned = [r for r in t.to_dict("records") if math.isfinite(r["lambda_final"]) and gate_arms.fixed_dose(r["arm"]) is None]
+    if learned:
+        out.append("At the last checkpoint λ (mean coefficient on data) is " + ", ".join(
+            f"{r['arm']} {_num(r['lambda_final'])} ({_num(r['coef_final'])})" for r in learned) + ".")
+    total = early[early["by"] == "total"] if len(early) else early
+    if len(total):
+        n = int(total["steps"].max())
+        bits = [f"{r['arm']} {_num(r['value'], '{:+.3g}')}" for r in total.to_dict("records")]
+        text = (f"Averaged over the first {n} steps, the pressure on λ (dL/dλ; > 0: descent lowers λ) is "
+                + ", ".join(bits) + ".")
+        arm = stats.RECORD_ARM if (total["arm"] == stats.RECORD_ARM).any() else str(total["arm"].iloc[0])
+        doc = early[(early["arm"] == arm) & (early["by"] == "doc")]
+        tot = float(total.loc[total["arm"] == arm, "value"].iloc[0])
+        if len(doc) and tot != 0:
+            top = doc.iloc[int(np.argmax(np.sign(tot) * doc["value"].to_numpy(float)))]
+            label = PART_LABELS.get(("doc", top["part"]), top["part"])
+            text += (f" In {arm} the largest share of it comes from positions where {label} "
+                     f"({_num(top['value'], '{:+.3g}')}, {top['value'] / tot:.0%} of the total).")
+        out.append(text)
+    n_min = int(t["n_seeds"].min()) if len(t) else 0
+    if n_min < gate_arms.SCREEN_SEEDS:
+        out.append(f"With {n_min} seed{'s' if n_min != 1 else ''} per arm this is a screen: it points at arms worth a "
+                   "powered study, and *too few seeds to tell* is its usual answer.")
+    return " ".join(out)
+
+
+def gate_section(tables: Tables, summary: Summary) -> tuple[gate_arms.GateSummary, pd.DataFrame] | None:
+    """The section's numbers, or None when the tables hold no arm of this question."""
+    if not gate_arms.arms_present(tables.arms, tables.configs):
+        return None
+    gate = gate_arms.gate_summary(summary.per_seed, tables.get("smear"), tables.get("record_smear"), tables.configs)
+    return gate, gate_arms.early_pressure(tables.get("record_lambda"))
+
+
+def gate_markdown_section(gate: gate_arms.GateSummary, early: pd.DataFrame) -> list[str]:
+    return ["## Why the learned gate stays low", "",
+            "The learned smear ends with a small coefficient while a fixed dose can have lower loss. The arms below "
+            "ask why: λ started high, the dose held for the first steps then learned, or annealed to 0 (does the gain "
+            "survive without the smear at the end?), the gate removed, the gate reading norm(e), and λ's learning "
+            "rate scaled (a study-wide `--set smear_lr_mult=…`). Each arm is paired by seed with the baseline and "
+            "with the best fixed dose present (mean paired difference, 95% t CI, exploratory verdict: *lower* / "
+            f"*higher* at p < {stats.ALPHA:g}, else *equivalent within ±SESOI* by TOST, else *too few seeds to "
+            "tell*). *Reaches the dose's loss*: lower or equivalent; *frees heads*: previous-token mass lower than "
+            "the baseline's.", "",
+            f"**Summary:** {gate_conclusion(gate, early)}", "", gate_markdown(gate), ""]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,10 +728,11 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         fresh = lambda p: p.exists() and p.stat().st_mtime >= started  # an old PNG from another run is not ours
         drawn = {n: (figures_dir / f"{n}.png") if fresh(figures_dir / f"{n}.png") else
                  "not drawn by the notebook (see the executed notebook for why)" for n in plots.FIGURES}
-        # no notebook draws the dose-response: it exists only for studies with doses
-        drawn.update(plots.draw_all(tables, figures_dir, threshold, names=plots.DOSE_FIGURES, formats=formats))
+        # no notebook draws the study figures (dose-response, the gate arms): drawn here
+        drawn.update(plots.draw_all(tables, figures_dir, threshold, names=STUDY_FIGURES, formats=formats))
     else:
         drawn = plots.draw_all(tables, figures_dir, threshold, formats=formats)
+    gate = gate_section(tables, summary)
 
     arms = stats.arm_order(set(tables.arms) | set(stats.ARMS))
     seeds = "; ".join(f"{arm} {', '.join(map(str, tables.seeds(arm))) or 'none'}" for arm in arms)
@@ -642,7 +755,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",
         "## Figures", ""]
     figure_md = lambda names: _figures_markdown(names, drawn, out_path.parent)
-    body += figure_md([n for n in plots.FIGURES if n not in plots.MECHANISM_FIGURES + plots.DOSE_FIGURES])
+    body += figure_md([n for n in plots.FIGURES if n not in plots.MECHANISM_FIGURES + STUDY_FIGURES])
     body += ["## Mechanism: where the previous token travels", "",
              "At each run's final checkpoint: token i−1 is resampled and the change of the prediction at i is traced "
              "through the smear term, the rest of the model and each attention head's key and value (path "
@@ -657,6 +770,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         except SmearlensError as e:
             body += [f"*Absent: {e}.*", ""]
         body += figure_md(plots.DOSE_FIGURES)
+    if gate is not None:
+        body += gate_markdown_section(*gate) + figure_md(plots.GATE_FIGURES)
     body += ["## Smear gate at the last checkpoint", "", smear_markdown(tables), "", "## Runs", "",
              _runs_markdown(tables), ""]
     if executed:

@@ -26,3 +26,8 @@ MECHANISM_COLUMNS: dict[str, list[str]] = {
     # n_induction_heads
     "composition": RUN_COLUMNS[:5] + ["layer", "head", "metric", "value"],
 }
+# Written per run folder during training (analysis.lambda_grad), read beside the record tables: λ, dL/dλ and
+# its parts at every step of an arm with a coefficient (by total/doc/gate/sign; n −1 where not decomposed).
+RECORD_COLUMNS: dict[str, list[str]] = {
+    "lambda": RUN_COLUMNS + ["lambda", "grad", "pressure", "coef_mean", "by", "part", "n", "value"],
+}

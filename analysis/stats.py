@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from analysis.inference import (  # noqa: F401 (re-exported: stats is the statistics' one way in)
     ALPHA, BOOT_SEED, N_BOOT, SD_UPPER_LEVEL, SIGN_FLIP_DRAWS, SIGN_FLIP_EXACT_MAX, bootstrap_ci, holm, paired_power,
     paired_t, sd_upper, seeds_needed, sign_flip_min_p, sign_flip_p, t_ci, tost_p, welch_p)
-from analysis.schema import HEAD_METRICS, MECHANISM_COLUMNS, RUN_COLUMNS, TABLE_COLUMNS  # noqa: F401 (re-exported)
+from analysis.schema import (HEAD_METRICS, MECHANISM_COLUMNS, RECORD_COLUMNS, RUN_COLUMNS,  # noqa: F401 (re-exported)
+                             TABLE_COLUMNS)
 from trainer.config import TrainConfig, from_dict
 from trainer.errors import AnalysisError, ConfigError, one_line
 from trainer.optim import window_blocks
@@ -41,7 +42,7 @@ ARMS = (BASELINE, RECORD_ARM)  # the two arms every study has; tables may hold m
 DEFAULT_THRESHOLD = 0.4
 THRESHOLDS = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))  # 0.2 … 0.8
 
-RECORD_TABLES = {"record_heads": "heads", "record_smear": "smear"}  # written per run folder during training
+RECORD_TABLES = {"record_heads": "heads", "record_smear": "smear", "record_lambda": "lambda"}  # per run folder, in training
 ALL_COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}  # every table `load_tables` reads from the tables folder
 
 # Each claim: the per-seed column, what it means, and the format of its numbers.
@@ -79,6 +80,7 @@ class Tables:
     composition: pd.DataFrame | None = None
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
+    record_lambda: pd.DataFrame | None = None  # λ and dL/dλ every step (analysis/lambda_grad.py)
     losses: pd.DataFrame | None = None  # run, val_loss: each run's final validation loss (its loss.csv)
     folder: Path | None = None
     notes: list[str] = field(default_factory=list)  # what validation found that limits the analysis
@@ -113,7 +115,7 @@ def _read_parquet(path: Path, kind: str) -> pd.DataFrame:
         df = table.to_pandas()
     except Exception as e:  # pyarrow raises several types for a bad file; all mean the same to a user
         raise AnalysisError(f"{path}: not a readable parquet table ({type(e).__name__}: {one_line(e)})") from None
-    columns = ALL_COLUMNS[kind]
+    columns = ALL_COLUMNS[kind] if kind in ALL_COLUMNS else RECORD_COLUMNS[kind]
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise AnalysisError(f"{path}: the {kind} table lacks column(s) {', '.join(missing)} "

@@ -6,9 +6,10 @@ scores on 0–1 share one colour scale. Missing input raises AnalysisError sayin
 `show` (for notebooks) and `draw_all` (for the report) turn that into a message instead of a figure.
 
 By family: `heads` (previous-token heads), `smear` (the smear gate), `freed` (freed heads and
-ablations), `inspection` (one text, precomputed patterns), `mechanism` (where the previous token travels:
-path shares, edges, offsets, read-out, knock-outs), `dose` (the fixed doses' dose-response); `style`
-holds the shared look and saving, `registry` the named figures the report and notebooks draw. Everything public is re-exported here,
+ablations), `gate` (why the learned gate stays low: λ of every arm, what drives it), `inspection` (one
+text, precomputed patterns), `mechanism` (where the previous token travels: path shares, edges, offsets,
+read-out, knock-outs), `dose` (the fixed doses' dose-response); `style` holds the shared look and saving,
+`registry` the named figures the report and notebooks draw. Everything public is re-exported here,
 so `from analysis import plots; plots.show(...)` is the one way in.
 """
 
@@ -18,7 +19,9 @@ from analysis.plots.heads import prev_heads_vs_threshold, prev_mass_over_trainin
 from analysis.plots.inspection import (_best_head, attention_grid, attention_head, coefficients_over_text,
                                        inspect_arrays, notebook_inspect, pick_runs, show_inspect)
 from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
-from analysis.plots.registry import (DOSE_FIGURES, FIGURES, MECHANISM_FIGURES, NOTEBOOK_FIGURES, FigureSpec, draw_all,
+from analysis.plots.gate import coefficient_over_training, lambda_gradient
+from analysis.plots.registry import (DOSE_FIGURES, FIGURES, GATE_FIGURES, MECHANISM_FIGURES, NOTEBOOK_FIGURES,
+                                     FigureSpec, draw_all,
                                      draw_figure, notebook_tables, show)
 from analysis.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
 from analysis.plots.style import (ABSENT_COLOR, ARM_COLORS, ARM_LABELS, DPI, METRIC_LABELS, PROFILE_METRICS,
@@ -30,6 +33,8 @@ __all__ = [
     "coefficient_by_class", "coefficient_histogram", "coefficients_over_text", "display_markdown", "display_token",
     "DOSE_FIGURES", "dose_response",
     "MECHANISM_FIGURES", "draw_all", "draw_figure", "edge_shares", "freed_head_profiles", "knockout_effects",
+    "MECHANISM_FIGURES", "GATE_FIGURES", "coefficient_over_training", "lambda_gradient", "draw_all",
+    "draw_figure", "edge_shares", "freed_head_profiles", "knockout_effects",
     "offset_attention", "path_shares", "readout_by_layer", "inspect_arrays", "notebook_inspect", "notebook_tables",
     "pick_runs", "prev_heads_vs_threshold", "prev_mass_over_training", "prev_token_heatmaps", "save", "show",
     "show_inspect", "smear_lambda", "vocab_extremes",

@@ -13,6 +13,7 @@ from analysis import dose_response as dr
 from analysis import stats
 from analysis.plots.dose import dose_response as dose_response_figure
 from analysis.plots.freed import ablation_by_head, freed_head_profiles
+from analysis.plots.gate import coefficient_over_training, lambda_gradient
 from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
@@ -104,6 +105,17 @@ FIGURES: dict[str, FigureSpec] = {
         "(validation loss: quadratic); red: the fitted dose of lowest loss with its CI, and the dose of lowest mean "
         "paired loss. Drawn when the tables hold at least two fixed doses.",
         lambda t, th: dose_response_figure(dr.dose_response(t, th))),
+    "coefficient_over_training": FigureSpec(
+        "λ and the coefficient over training, every arm",
+        "λ (left) and the mean coefficient λ·gate on data (right) of every arm with a smear term, recorded during "
+        "training (dots: checkpoints); line: mean over seeds, band: min–max; dashed: the fixed doses.",
+        lambda t, th: coefficient_over_training(t.get("smear"), t.get("record_smear"))),
+    "lambda_gradient": FigureSpec(
+        "What drives λ early in training",
+        "The pressure on λ, dL/dλ = Σ_i gate_i·⟨∂L/∂term_i, e[i−1]⟩ (> 0: gradient descent lowers λ), over the first "
+        "steps (running mean), λ over the same steps, and the mean pressure split by where token i sits in its "
+        "document, by the gate value at i and by sign; bands and dots: min–max over seeds.",
+        lambda t, th: lambda_gradient(t.get("record_lambda"))),
 }
 NOTEBOOK_FIGURES = {
     "01_previous_token_heads": ["prev_token_heatmaps", "prev_heads_vs_threshold", "prev_mass_over_training"],
@@ -113,6 +125,7 @@ NOTEBOOK_FIGURES = {
 }
 MECHANISM_FIGURES = NOTEBOOK_FIGURES["05_mechanism"]  # the report's mechanism section, not its Figures section
 DOSE_FIGURES = ["dose_response"]  # the report's dose-response section (only with ≥ 2 fixed doses)
+GATE_FIGURES = ["coefficient_over_training", "lambda_gradient"]  # the report's "why the gate stays low" section
 
 
 def draw_figure(name: str, tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> Figure:

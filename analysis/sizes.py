@@ -135,8 +135,11 @@ def matched_loss(val: pd.DataFrame, prev: pd.DataFrame, *, arm: str = stats.RECO
                        final_val_loss=float(c["val_loss"].iloc[-1]))
             for m in MATCHED_MEASURES:
                 row[m] = value_at(p["step"], p[m], step) if len(p) else math.nan
+                # the same probe at the run's end: matched vs end on one probe batch, like for like
+                row[f"{m}_end"] = value_at(p["step"], p[m], row["final_step"]) if len(p) else math.nan
             rows.append(row)
-    cols = ["arm", "seed", "loss_level", "step", "final_step", "final_val_loss", *MATCHED_MEASURES]
+    cols = ["arm", "seed", "loss_level", "step", "final_step", "final_val_loss", *MATCHED_MEASURES,
+            *(f"{m}_end" for m in MATCHED_MEASURES)]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -150,9 +153,12 @@ COMPARE_COLUMNS = ["size", "when", "measure", "label", "n_pairs", "mean_baseline
 def compare_size(size: str, per_seed: pd.DataFrame, matched: pd.DataFrame, *, arm: str = stats.RECORD_ARM,
                  baseline: str = stats.BASELINE) -> pd.DataFrame:
     """arm − baseline, paired by seed, at the end (`per_seed`: stats.per_seed_claims with val_loss) and at
-    matched validation loss (`matched_loss`), on each measure; all exploratory."""
+    matched validation loss (`matched_loss`), on each measure; all exploratory. "end (recorder)" is the
+    end on the recorder's probe batch, which the matched-loss values also use."""
     rows = []
-    for when, df, measures in (("end", per_seed, END_MEASURES), ("matched loss", matched, MATCHED_MEASURES)):
+    recorded_end = matched.drop(columns=list(MATCHED_MEASURES)).rename(columns=lambda c: c.removesuffix("_end"))
+    for when, df, measures in (("end", per_seed, END_MEASURES), ("end (recorder)", recorded_end, MATCHED_MEASURES),
+                               ("matched loss", matched, MATCHED_MEASURES)):
         for m in measures:
             if m not in df.columns or not df[m].notna().any():
                 continue

@@ -19,6 +19,7 @@ from analysis.plots.inspection import (_best_head, attention_grid, attention_hea
 from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.plots.registry import (FIGURES, MECHANISM_FIGURES, NOTEBOOK_FIGURES, FigureSpec, draw_all, draw_figure, notebook_tables,
                                      show)
+from analysis.plots.sizes import size_sweep
 from analysis.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
 from analysis.plots.style import (ABSENT_COLOR, ARM_COLORS, ARM_LABELS, DPI, METRIC_LABELS, PROFILE_METRICS,
                                   SCORE_CMAP, display_markdown, display_token, save)
@@ -30,5 +31,5 @@ __all__ = [
     "MECHANISM_FIGURES", "draw_all", "draw_figure", "edge_shares", "freed_head_profiles", "knockout_effects",
     "offset_attention", "path_shares", "readout_by_layer", "inspect_arrays", "notebook_inspect", "notebook_tables",
     "pick_runs", "prev_heads_vs_threshold", "prev_mass_over_training", "prev_token_heatmaps", "save", "show",
-    "show_inspect", "smear_lambda", "vocab_extremes",
+    "show_inspect", "size_sweep", "smear_lambda", "vocab_extremes",
 ]

@@ -1,4 +1,5 @@
-"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, study, demo, import-record, eval.
+"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, study, sweep, sweep-report, demo,
+import-record, eval.
 
 The command layer sits above both `trainer` and `analysis`: it parses arguments, wires the recorder
 into training as a callback, and turns `SmearlensError`s into one clear line.
@@ -195,6 +196,27 @@ def cmd_study(args: argparse.Namespace) -> None:
     run_study(plan, args.out, jobs=args.jobs, notebooks=args.notebooks, progress=not args.no_progress)
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from commands.study import parse_seeds
+    from commands.sweep import parse_presets, run_sweep
+
+    parse_overrides(args.set or [])  # a bad name fails here, before any training
+    metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
+    run_sweep(args.out, parse_presets(args.presets) if args.presets else None, jobs=args.jobs,
+              progress=not args.no_progress, command=shlex.join(["smearlens", *sys.argv[1:]]) if
+              sys.argv[1:2] == ["sweep"] else None,
+              arms=parse_arms(args.arms, "--arms") if args.arms else None,
+              seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps, overrides=args.set,
+              data=args.data, record_every=args.record_every, metrics=metrics)
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> None:
+    from analysis.sweep_report import write_sweep_report
+
+    argv = sys.argv[1:] if sys.argv[1:2] == ["sweep-report"] else ["sweep-report"]
+    print(f"wrote {write_sweep_report(args.studies, args.out, commands=[shlex.join(['smearlens', *argv])])}")
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--seed", type=int, default=0)
@@ -374,12 +396,46 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_study)
 
 
+def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
+    import commands.study as study
+    import commands.sweep as sweep
+
+    p = sub.add_parser("sweep", help="a study per preset (one size each) under one folder, then the size sweep's "
+                                     "report; rerun to continue",
+                       description=sweep.__doc__.split("\n\n")[0] + " Options not given are taken from each "
+                       "study's study.json (and the presets from sweep.json); arms, seeds and presets only grow.")
+    p.add_argument("--out", required=True, help="the sweep folder: a study folder per preset, report.md, figures/, "
+                                                "tables/, sweep.json")
+    p.add_argument("--presets", metavar="P,Q,...", help=f"comma-separated presets, one size each (e.g. "
+                   f"{','.join(sweep.SIZE_PRESETS)}; required for a new sweep)")
+    p.add_argument("--arms", metavar="A,B,...", help=f"arms of every size (new study: {','.join(study.DEFAULT_ARMS)})")
+    p.add_argument("--seeds", help="a count (3: seeds 0, 1, 2; the default), a list (0,4,7) or a range (2-5)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: each preset's)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="override a training or model setting for every run of every size (repeatable), e.g. "
+                        "--set val_every=100 for validation points to match losses at")
+    p.add_argument("--data", help="data folder (default: the embedded corpus, built on first use)")
+    p.add_argument("--record-every", type=int, metavar="N",
+                   help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC", help=f"analysis metrics: any of {', '.join(METRICS)} "
+                   f"(default: all)")
+    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sweep-report", help="the size sweep's report over finished study folders (one size each)")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders made by `smearlens study`")
+    p.add_argument("--out", required=True, help="folder for report.md, figures/ and tables/")
+    p.set_defaults(func=cmd_sweep_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smearlens", description="Does the smear gate free up attention heads?")
     sub = parser.add_subparsers(dest="command", required=True)
     add_training_parsers(sub)
     add_analysis_parsers(sub)
     add_study_parser(sub)
+    add_sweep_parsers(sub)
     add_demo_parser(sub)
     add_record_parsers(sub)
     return parser

@@ -18,11 +18,11 @@ from analysis.plots.freed import MAX_BAR_HEADS, ablation_by_head, freed_head_pro
 from analysis.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.plots.inspection import (_best_head, attention_grid, attention_head, coefficients_over_text,
                                        inspect_arrays, notebook_inspect, pick_runs, show_inspect)
-from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.plots.gate import coefficient_over_training, lambda_gradient
+from analysis.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.plots.registry import (DOSE_FIGURES, FIGURES, GATE_FIGURES, MECHANISM_FIGURES, NOTEBOOK_FIGURES,
-                                     FigureSpec, draw_all,
-                                     draw_figure, notebook_tables, show)
+                                     FigureSpec, draw_all, draw_figure, notebook_tables, show)
+from analysis.plots.sizes import size_sweep
 from analysis.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
 from analysis.plots.style import (ABSENT_COLOR, ARM_COLORS, ARM_LABELS, DPI, METRIC_LABELS, PROFILE_METRICS,
                                   SCORE_CMAP, display_markdown, display_token, save)
@@ -32,10 +32,9 @@ __all__ = [
     "PROFILE_METRICS", "SCORE_CMAP", "FigureSpec", "ablation_by_head", "attention_grid", "attention_head",
     "coefficient_by_class", "coefficient_histogram", "coefficients_over_text", "display_markdown", "display_token",
     "DOSE_FIGURES", "dose_response",
-    "MECHANISM_FIGURES", "draw_all", "draw_figure", "edge_shares", "freed_head_profiles", "knockout_effects",
     "MECHANISM_FIGURES", "GATE_FIGURES", "coefficient_over_training", "lambda_gradient", "draw_all",
     "draw_figure", "edge_shares", "freed_head_profiles", "knockout_effects",
     "offset_attention", "path_shares", "readout_by_layer", "inspect_arrays", "notebook_inspect", "notebook_tables",
     "pick_runs", "prev_heads_vs_threshold", "prev_mass_over_training", "prev_token_heatmaps", "save", "show",
-    "show_inspect", "smear_lambda", "vocab_extremes",
+    "show_inspect", "size_sweep", "smear_lambda", "vocab_extremes",
 ]

@@ -34,12 +34,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from trainer import checkpoint as ckpt
+from trainer.arms import arm_spec
 from trainer.config import get_preset
 from trainer.corpus import default_data_dir, embedded_data
 from trainer.errors import ConfigError, SmearlensError
@@ -291,11 +292,17 @@ def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
             handle.close()
 
 
+def arm_overrides(overrides: Iterable[str], arm: str) -> list[str]:
+    """The study's `--set` overrides that apply to `arm`: λ's learning-rate multiple only reaches arms with a
+    learned λ (the baseline of a `--set smear_lr_mult=0.1` study is the plain baseline, paired as ever)."""
+    return [o for o in overrides if not (o.split("=", 1)[0].strip() == "smear_lr_mult" and not arm_spec(arm).learned_lambda)]
+
+
 def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progress) -> None:
     """Train every (seed, arm) of the plan not finished yet, `jobs` processes at a time."""
-    extra = [x for pair in plan.overrides for x in ("--set", pair)]
     todo, finished_steps = [], 0
     for seed, arm in plan.runs():
+        extra = [x for pair in arm_overrides(plan.overrides, arm) for x in ("--set", pair)]
         run_dir = out / run_name(plan.preset, seed, arm)
         start = min(plan.steps, done_steps(run_dir))  # a half-trained run goes on from its newest checkpoint
         if finished(run_dir, plan.steps):

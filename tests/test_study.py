@@ -117,3 +117,12 @@ def test_time_left_adds_training_and_analysis():
     left, _ = bar.left()
     assert left == pytest.approx(2 * 3.0 + 4 * prior["ablations"] / 2)
     bar.close()
+
+
+def test_lambda_learning_rate_reaches_only_arms_with_a_learned_lambda():
+    # a `--set smear_lr_mult=0.1` study still trains its plain baseline (the trainer refuses the setting there)
+    overrides = ("smear_lr_mult=0.1", "autocast=bf16")
+    assert study.arm_overrides(overrides, "smear") == list(overrides)
+    assert study.arm_overrides(overrides, "smear-nogate") == list(overrides)
+    assert study.arm_overrides(overrides, "baseline") == ["autocast=bf16"]
+    assert study.arm_overrides(overrides, "dose-0.8") == ["autocast=bf16"]

@@ -175,14 +175,16 @@ class Progress:
 
     Its time left adds the remaining training steps at the rate measured so far (all processes
     together) to the remaining analysis stages at the seconds each kind has taken so far; a kind
-    not measured yet is priced in training steps (ANALYSIS_PRIOR), and the time left reads "?" until
-    there is a rate to price with. The bar itself fills by that same estimate of seconds."""
+    not measured yet is priced in training steps (ANALYSIS_PRIOR) while training is left to do, else (a
+    study with every run trained) at cpu-small's measured seconds (ANALYSIS_PRIOR_SECONDS); the time
+    left reads "?" only while training has no rate yet. The bar fills by that same estimate of seconds."""
 
     # an analysis stage in training steps of the same study before it is measured: cpu-small at one
     # thread measured a run's 7 checkpoints without ablations at 40.7 s, the final checkpoint's
     # ablations at 8.7 s, a step at ~0.4 s (steps of two processes at a time count twice, as does
     # analysis on two threads)
     ANALYSIS_PRIOR = {"run": 100.0, "ablations": 20.0}
+    ANALYSIS_PRIOR_SECONDS = {"run": 40.7, "ablations": 8.7}  # the same measurement, in seconds
 
     def __init__(self, train_total: int, train_done: int, stages: dict[str, int], enabled: bool = True):
         self.train_total, self.train_done = train_total, train_done
@@ -211,7 +213,9 @@ class Progress:
     def _stage_seconds(self, kind: str) -> float | None:
         if self.seconds[kind]:
             return sum(self.seconds[kind]) / len(self.seconds[kind])
-        return self.ANALYSIS_PRIOR[kind] / self.step_rate if self.step_rate else None
+        if self.step_rate:
+            return self.ANALYSIS_PRIOR[kind] / self.step_rate
+        return self.ANALYSIS_PRIOR_SECONDS[kind] if self.train_done >= self.train_total else None
 
     def left(self) -> tuple[float | None, float | None]:
         """(seconds left, seconds done) by the estimate; None where nothing prices it yet."""

@@ -117,6 +117,11 @@ def test_time_left_adds_training_and_analysis():
     left, _ = bar.left()
     assert left == pytest.approx(2 * 3.0 + 4 * prior["ablations"] / 2)
     bar.close()
+    # every run trained before this study process started: analysis priced at the prior's seconds, no "?"
+    rerun = Progress(train_total=100, train_done=100, stages={"run": 2, "ablations": 2}, enabled=False)
+    seconds = Progress.ANALYSIS_PRIOR_SECONDS
+    assert rerun.left()[0] == pytest.approx(2 * seconds["run"] + 2 * seconds["ablations"])
+    rerun.close()
 
 
 def test_lambda_learning_rate_reaches_only_arms_with_a_learned_lambda():

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from trainer.errors import AnalysisError
-from trainer.model import chunk_size, window_band
+from trainer.attention import chunk_size, window_band
 
 QUANTILES = (0.05, 0.5, 0.95)
 

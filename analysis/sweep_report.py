@@ -19,17 +19,13 @@ import pandas as pd
 
 from analysis.plots import save
 from analysis.plots.sizes import size_sweep
-from analysis.report import _md_table, _num, _p
+from analysis.markdown import _ci, _md_table, _num, _p
 from analysis.sizes import RECORD_COEF, SweepTables, load_size_study, record_reference, sweep_tables
 from trainer.io import atomic_path, atomic_write_bytes, atomic_write_text
 
 FIGURE = "size_sweep"
 TABLES = ("sizes", "comparisons", "matched", "coefficients", "per_seed")
 FMT = {"prev_mass": "{:+.3f}", "best_prev": "{:+.3f}", "val_loss": "{:+.4f}"}
-
-
-def _ci(r: dict, fmt: str) -> str:
-    return f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
 
 
 def sizes_markdown(sizes: pd.DataFrame) -> str:

@@ -11,6 +11,7 @@ from transformer_lens.head_detector import HEAD_NAMES, detect_head
 
 from analysis import probes as P
 from analysis.loading import load_checkpoint_model
+from trainer import attention
 from trainer import model as model_module
 from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError
@@ -210,7 +211,7 @@ def test_run_with_hooks_edits_activations():
 def test_chunked_attention_equals_the_other_paths(impl, monkeypatch):
     model = random_model()
     model.set_windows(3, 5)  # 4- to 20-token windows over 48-token rows with two documents
-    monkeypatch.setattr(model_module, "CHUNK_QUERIES", 16)
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 16)
     with torch.no_grad():
         chunked = model(tokens(), attn_impl="chunked")
         other = model(tokens(), attn_impl=impl)

@@ -8,7 +8,7 @@ import torch
 
 from analysis import metrics as M
 from analysis import probes as P
-from trainer import model as model_module
+from trainer import attention
 from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError
 from trainer.model import GPT, dense_mask
@@ -164,7 +164,7 @@ def model():
 def test_streaming_probe_equals_pattern_probe_on_model(model, monkeypatch):
     tokens = multi_doc_tokens()
     pattern = P.pattern_metrics(model, tokens)["prev_token"]
-    monkeypatch.setattr(model_module, "CHUNK_QUERIES", 16)  # several chunks per row, in attention and the probe
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 16)  # several chunks per row, in attention and the probe
     for impl in ("chunked", "sdpa", "explicit"):
         stream = P.streaming_probe(model, tokens, attn_impl=impl)
         torch.testing.assert_close(stream.prev_token, pattern, atol=1e-5, rtol=0, equal_nan=True)

@@ -1,0 +1,44 @@
+"""Markdown pieces the report's sections share: a table, numbers, p-values and CIs as the report writes them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _num(v: Any, fmt: str = "{:.3f}") -> str:
+    try:
+        return "—" if v is None or not math.isfinite(float(v)) else fmt.format(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "—"
+    if p == 0:
+        return "0"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+
+def _ci(r: dict, fmt: str) -> str:
+    return f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
+
+
+def _seeds(r: dict) -> str:
+    return str(r["n_pairs"]) if r["paired"] else f"unpaired ({r['n_baseline']} / {r['n_arm']})"
+
+
+def _signflip(r: dict) -> str:
+    return f"{_p(r['p_signflip'])} (≥ {_p(r['p_signflip_min'])})" if math.isfinite(r["p_signflip"]) else "—"
+

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import pandas as pd
 
+from analysis.markdown import _ci, _md_table, _num, _p
 from analysis.plots import save
 from analysis.plots.sizes import size_sweep
-from analysis.markdown import _ci, _md_table, _num, _p
 from analysis.sizes import RECORD_COEF, SweepTables, load_size_study, record_reference, sweep_tables
-from trainer.io import atomic_path, atomic_write_bytes, atomic_write_text
+from trainer.io import atomic_write_bytes, atomic_write_text
 
 FIGURE = "size_sweep"
 TABLES = ("sizes", "comparisons", "matched", "coefficients", "per_seed")

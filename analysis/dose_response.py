@@ -60,8 +60,8 @@ def arm_kind(arm: str) -> tuple[str | None, float]:
         spec = arm_spec(arm)
     except ConfigError:
         return None, math.nan
-    if spec.mix == "dose" and not spec.anneal_steps:
-        return "dose", float(spec.dose)
+    if spec.fixed_dose is not None:
+        return "dose", float(spec.fixed_dose)
     return ("learned" if spec.learned_lambda else None), math.nan
 
 

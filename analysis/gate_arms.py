@@ -52,7 +52,7 @@ def is_question_arm(arm: str) -> bool:
 def fixed_dose(arm: str) -> float | None:
     """c of a fixed dose arm `dose-<c>` (not annealed), else None."""
     s = _spec(arm)
-    return s.dose if s is not None and s.mix == "dose" and not s.anneal_steps else None
+    return s.fixed_dose if s is not None else None
 
 
 def describe(arm: str) -> str:

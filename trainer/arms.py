@@ -99,6 +99,11 @@ class ArmSpec:
         return self.mix in ("gate", "dose", "lambda")
 
     @property
+    def fixed_dose(self) -> float | None:
+        """c of a fixed dose `dose-<c>` (constant over training), else None."""
+        return self.dose if self.mix == "dose" and not self.anneal_steps else None
+
+    @property
     def learned_lambda(self) -> bool:
         return self.mix in ("gate", "lambda")
 

@@ -364,6 +364,21 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_run_options(p: argparse.ArgumentParser, every: str) -> None:
+    """The options a study and a sweep share: which runs, how trained, what is recorded and analysed."""
+    import commands.study as study
+
+    p.add_argument("--seeds", help="a count (3: seeds 0, 1, 2; the default), a list (0,4,7) or a range (2-5)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help=f"override a training or model setting for {every} (repeatable)")
+    p.add_argument("--data", help="data folder (default: the embedded corpus, built on first use)")
+    p.add_argument("--record-every", type=int, metavar="N",
+                   help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC", help=f"analysis metrics: any of {', '.join(METRICS)} "
+                   f"(default: all)")
+
+
 def add_study_parser(sub: argparse._SubParsersAction) -> None:
     import commands.study as study
 
@@ -376,15 +391,7 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (required for a new study)")
     p.add_argument("--arms", metavar="A,B,...", help=f"comma-separated arms, each trained for every seed "
                    f"(new study: {','.join(study.DEFAULT_ARMS)}); {ARM_HELP}")
-    p.add_argument("--seeds", help="a count (3: seeds 0, 1, 2; the default), a list (0,4,7) or a range (2-5)")
-    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
-    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
-                   help="override a training or model setting for every run (repeatable)")
-    p.add_argument("--data", help="data folder (default: the embedded corpus, built on first use)")
-    p.add_argument("--record-every", type=int, metavar="N",
-                   help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")
-    p.add_argument("--metrics", nargs="+", metavar="METRIC", help=f"analysis metrics: any of {', '.join(METRICS)} "
-                   f"(default: all)")
+    _add_run_options(p, every="every run")
     p.add_argument("--tokens", type=int, help=f"analysis validation tokens (default {DEFAULT_TOKENS})")
     p.add_argument("--ablation-tokens", type=int, help=f"tokens for the ablations (default {DEFAULT_ABLATION_TOKENS})")
     p.add_argument("--path-positions", type=int,
@@ -409,16 +416,7 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--presets", metavar="P,Q,...", help=f"comma-separated presets, one size each (e.g. "
                    f"{','.join(sweep.SIZE_PRESETS)}; required for a new sweep)")
     p.add_argument("--arms", metavar="A,B,...", help=f"arms of every size (new study: {','.join(study.DEFAULT_ARMS)})")
-    p.add_argument("--seeds", help="a count (3: seeds 0, 1, 2; the default), a list (0,4,7) or a range (2-5)")
-    p.add_argument("--steps", type=int, help="training steps per run (default: each preset's)")
-    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
-                   help="override a training or model setting for every run of every size (repeatable), e.g. "
-                        "--set val_every=100 for validation points to match losses at")
-    p.add_argument("--data", help="data folder (default: the embedded corpus, built on first use)")
-    p.add_argument("--record-every", type=int, metavar="N",
-                   help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")
-    p.add_argument("--metrics", nargs="+", metavar="METRIC", help=f"analysis metrics: any of {', '.join(METRICS)} "
-                   f"(default: all)")
+    _add_run_options(p, every="every run of every size (e.g. --set val_every=100 for validation points to match losses at)")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)

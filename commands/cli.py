@@ -179,8 +179,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from commands.demo import run_demo
 
+    parse_overrides(args.set or [])  # a bad name fails here, before any training
     run_demo(args.preset, args.seeds, args.steps, args.out, args.figures, args.jobs, not args.no_notebooks,
-             arms=parse_arms(args.arms, "--arms"))
+             overrides=args.set or (), arms=parse_arms(args.arms, "--arms"))
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -356,7 +357,11 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--arms", default=",".join(DEMO_ARMS), metavar="A,B,...",
                    help=f"comma-separated arms, each trained for every seed (default {','.join(DEMO_ARMS)}); {ARM_HELP}")
-    p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    p.add_argument("--steps", type=int, help="training steps per run (default: 800 for cpu-small, to fit ten "
+                   "minutes; else the preset's)")
+    p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                   help="override a training or model setting for every run (repeatable; default autocast=bf16, "
+                        "which --set autocast=fp32 replaces)")
     p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
     p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")

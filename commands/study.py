@@ -171,7 +171,7 @@ def _die_with_parent(parent: int):
 
 
 class Progress:
-    """One bar over the whole study: training steps of every run, then the analysis stages.
+    """One bar over the whole study: training steps of every run and the analysis stages.
 
     Its time left adds the remaining training steps at the rate measured so far (all processes
     together) to the remaining analysis stages at the seconds each kind has taken so far; a kind
@@ -254,30 +254,38 @@ class Progress:
 
 @dataclass(eq=False)
 class Job:
-    """One child process of a study: its command, its log, what it is (for errors) and its caller's note."""
+    """One child process of a study: its command, its log, what it is (for errors), its caller's note and
+    the job that must succeed before it starts (a run's analysis waits for the run's training)."""
 
     cmd: list[str]
     log: Path
     what: str
     note: object = None
+    after: "Job | None" = None
 
 
 def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
              on_poll: Callable[[list[Job]], None]) -> None:
-    """Run `todo` `jobs` processes at a time, one thread each, each into its log (appended). `on_done(job,
-    seconds)` after each success, `on_poll(running)` every POLL s; the first failure stops every child and
-    raises. Children die with this process (even by SIGKILL), and with an error or Ctrl-C here."""
+    """Run `todo` `jobs` processes at a time, one thread each, each into its log (appended): always the
+    first job whose `after` has succeeded. `on_done(job, seconds)` after each success, `on_poll(running)`
+    every POLL s; the first failure stops every child and raises. Children die with this process (even
+    by SIGKILL), and with an error or Ctrl-C here."""
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
-    todo, running = list(todo), []
+    todo, running, succeeded = list(todo), [], set()
     try:
         while todo or running:
-            while todo and len(running) < jobs:
-                job = todo.pop(0)
+            while len(running) < jobs:
+                job = next((j for j in todo if j.after is None or id(j.after) in succeeded), None)
+                if job is None:
+                    break
+                todo.remove(job)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 handle = open(job.log, "ab")
                 proc = subprocess.Popen(job.cmd, stdout=handle, stderr=handle, env=env,
                                         preexec_fn=_die_with_parent(os.getpid()))
                 running.append((proc, handle, job, time.perf_counter()))
+            if not running:  # every job left waits on one that never ran
+                raise SmearlensError(f"{todo[0].what}: the job it waits for is not in the queue")
             time.sleep(POLL)
             for item in list(running):
                 proc, handle, job, t0 = item
@@ -287,6 +295,7 @@ def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
                 running.remove(item)
                 if proc.returncode:
                     raise SmearlensError(f"{job.what} failed (exit {proc.returncode}); see {job.log}")
+                succeeded.add(id(job))
                 on_done(job, time.perf_counter() - t0)
             on_poll([job for _, _, job, _ in running])
     finally:
@@ -302,9 +311,10 @@ def arm_overrides(overrides: Iterable[str], arm: str) -> list[str]:
     return [o for o in overrides if not (o.split("=", 1)[0].strip() == "smear_lr_mult" and not arm_spec(arm).learned_lambda)]
 
 
-def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progress) -> None:
-    """Train every (seed, arm) of the plan not finished yet, `jobs` processes at a time."""
-    todo, finished_steps = [], 0
+def training_jobs(plan: StudyPlan, data: Path, out: Path) -> tuple[dict[Path, Job], int]:
+    """A training job for every (seed, arm) of the plan not finished yet, by run folder (its note: the
+    step it starts from), and the steps of the runs already finished."""
+    todo, finished_steps = {}, 0
     for seed, arm in plan.runs():
         extra = [x for pair in arm_overrides(plan.overrides, arm) for x in ("--set", pair)]
         run_dir = out / run_name(plan.preset, seed, arm)
@@ -315,25 +325,15 @@ def train_all(plan: StudyPlan, data: Path, out: Path, jobs: int, progress: Progr
         cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", plan.preset, "--arm", arm,
                "--seed", str(seed), "--data", str(data), "--out", str(out), "--steps", str(plan.steps),
                "--record-every", str(plan.record_every), *extra, *(["--resume"] if start else [])]
-        todo.append(Job(cmd, run_dir / "train.log", "training", note=start))
-    done: list[Job] = []
-
-    def on_done(job: Job, seconds: float) -> None:
-        done.append(job)
-
-    def on_poll(running: list[Job]) -> None:
-        waiting = [j.note for j in todo if j not in done and j not in running]
-        progress.training(finished_steps + plan.steps * len(done) + sum(waiting)
-                          + sum(max(last_step(j.log), j.note) for j in running))
-
-    run_jobs(todo, jobs, on_done, on_poll)
+        todo[run_dir] = Job(cmd, run_dir / "train.log", "training", note=start)
+    return todo, finished_steps
 
 
-def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progress, jobs: int) -> None:
+def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dict[Path, Job]) -> list[Job]:
     """`analyze` run by run (a stage each: every checkpoint but the ablations), then the ablations of
-    each run's final checkpoint (21 forwards a checkpoint, that only feed final-step figures), `jobs`
-    processes at a time: the tables' lock lets them share the folder, and each stage skips what the
-    tables hold."""
+    each run's final checkpoint (21 forwards a checkpoint, that only feed final-step figures). A run's
+    stages wait for its training; the tables' lock lets processes share the folder, and each stage
+    skips what the tables hold. The note: the stage's kind."""
     from analysis.probes import ABLATIONS
 
     ablations = [m for m in plan.metrics if m in ABLATIONS]
@@ -341,13 +341,33 @@ def analyze_all(plan: StudyPlan, runs: list[Path], tables: Path, progress: Progr
     stages = ([("run", run, others) for run in runs] if others else []) + \
              ([("ablations", run, ablations) for run in runs] if ablations else [])
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    todo = [Job([sys.executable, "-m", "commands.cli", "analyze",
-                 str(run if kind == "run" else ckpt.complete_checkpoints(run)[-1]), "--out", str(tables),
-                 "--metrics", *metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=kind)
+    return [Job([sys.executable, "-m", "commands.cli", "analyze",
+                 str(run if kind == "run" else ckpt.step_dir(run, plan.steps)), "--out", str(tables),
+                 "--metrics", *metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=kind,
+                after=training.get(run))
             for kind, run, metrics in stages]
-    # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
-    run_jobs(todo, jobs, lambda job, seconds: progress.stage(job.note, seconds / jobs, _rows_added(job.log)),
-             lambda running: progress.refresh())
+
+
+def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, jobs: int,
+                      progress: Progress) -> None:
+    """Every training and analysis job of the plan not done yet, `jobs` processes at a time in one queue:
+    a run's analysis starts as soon as its training ends, so no core waits while the last runs train."""
+    training, finished_steps = training_jobs(plan, data, out)
+    queue = [*training.values(), *analysis_jobs(plan, runs, tables, training)]
+    trained: list[Job] = []
+
+    def on_done(job: Job, seconds: float) -> None:
+        if job.what == "training":
+            trained.append(job)
+        else:  # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
+            progress.stage(job.note, seconds / jobs, _rows_added(job.log))
+
+    def on_poll(running: list[Job]) -> None:
+        waiting = [j.note for j in training.values() if j not in trained and j not in running]
+        progress.training(finished_steps + plan.steps * len(trained) + sum(waiting)
+                          + sum(max(last_step(j.log), j.note) for j in running if j.what == "training"))
+
+    run_jobs(queue, jobs, on_done, on_poll)
 
 
 def _rows_added(log: Path) -> bool:
@@ -410,20 +430,18 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
     try:
         plan = prepare(plan, runs_dir)
         data = Path(plan.data) if plan.data else None
-        print(f"[1/4] data: {data or default_data_dir(plan.preset)}", flush=True)
+        print(f"[1/3] data: {data or default_data_dir(plan.preset)}", flush=True)
         data = data or embedded_data(plan.preset)
         runs = [runs_dir / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
-        print(f"[2/4] training {plan.preset}: arms {', '.join(plan.arms)} × seeds "
-              f"{', '.join(map(str, plan.seeds))}, {plan.steps} steps each; then analysis → {tables}", flush=True)
+        print(f"[2/3] training {plan.preset}: arms {', '.join(plan.arms)} × seeds {', '.join(map(str, plan.seeds))}, "
+              f"{plan.steps} steps each, and each run's analysis once it is trained → {tables}", flush=True)
         done = sum(min(plan.steps, done_steps(r)) for r in runs)
         bar = Progress(plan.steps * len(runs), done, analysis_stages(plan), enabled=progress)
         try:
-            train_all(plan, data, runs_dir, jobs, bar)
-            tqdm.write(f"[3/4] analysis → {tables}")
-            analyze_all(plan, runs, tables, bar, jobs)
+            train_and_analyze(plan, data, runs_dir, runs, tables, jobs, bar)
         finally:
             bar.close()
-        print(f"[4/4] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)
+        print(f"[3/3] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)
         command = command or study_command(plan, runs_dir)
         path = write_report(tables, figures, report, commands=[command], preset=plan.preset, notebooks=notebooks,
                             runs_dir=runs_dir)

@@ -11,7 +11,7 @@ import commands.demo as demo
 import commands.study as study
 from commands.cli import main as cli_main
 from commands.study import MANIFEST, StudyPlan, Progress, load_plan, merge_plan, parse_seeds, resolve_plan
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, SmearlensError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,11 +96,39 @@ def test_the_demo_is_a_study_with_its_layout(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "run_study", lambda plan, runs_dir, **kw: seen.update(plan=plan, runs=runs_dir, **kw))
     demo.run_demo(seeds=3, out=tmp_path / "checkpoints", figures=tmp_path / "figures")
     p = seen["plan"]
-    assert (p.preset, p.arms, p.seeds, p.steps) == ("cpu-small", ("baseline", "smear", "dose-0.8"), (0, 1, 2), 1600)
+    # ten minutes on two cores: half of cpu-small's 1,600 steps, under bf16 autocast
+    assert (p.preset, p.arms, p.seeds, p.steps) == ("cpu-small", ("baseline", "smear", "dose-0.8"), (0, 1, 2), 800)
+    assert p.overrides == ("autocast=bf16",)
     assert p.record_every == 50 and p.metrics == study._metrics()
     assert seen["runs"] == tmp_path / "checkpoints" and seen["tables"] == tmp_path / "checkpoints" / "analysis"
     assert seen["figures"] == tmp_path / "figures" and seen["report"] == tmp_path / "figures" / "report.md"
     assert seen["notebooks"] and seen["command"].startswith("smearlens demo --preset cpu-small --seeds 3")
+    assert seen["command"].endswith("--set autocast=bf16")
+
+
+def test_the_demo_trains_as_told():
+    # a --set replaces the demo's own setting of that name, and adds any other
+    p = demo.demo_plan(steps=1600, overrides=["autocast=fp32", "val_every=100"])
+    assert p.steps == 1600 and p.overrides == ("autocast=fp32", "val_every=100")
+    assert demo.demo_plan(preset="tiny").steps == 40  # another preset keeps its own schedule
+
+
+def test_jobs_wait_for_what_they_need(tmp_path):
+    # one queue for training and analysis: a run's analysis starts once its training ends, and any free
+    # core takes the first job that is ready (here: b's analysis while a trains on)
+    def job(name: str, seconds: float, after=None) -> study.Job:
+        cmd = [sys.executable, "-c", f"import time; time.sleep({seconds}); print(time.time())"]
+        return study.Job(cmd, tmp_path / f"{name}.log", name, note=name, after=after)
+
+    train_a, train_b = job("train a", 1.5), job("train b", 0.2)
+    queue = [train_a, train_b, job("analyse a", 0.1, after=train_a), job("analyse b", 0.1, after=train_b)]
+    order = []
+    study.run_jobs(queue, 2, lambda j, s: order.append(j.note), lambda running: None)
+    assert order == ["train b", "analyse b", "train a", "analyse a"]
+    ended = {j.note: float((tmp_path / f"{j.note}.log").read_text()) for j in queue}
+    assert ended["analyse b"] < ended["train a"] < ended["analyse a"]
+    with pytest.raises(SmearlensError, match="waits for"):
+        study.run_jobs([job("orphan", 0, after=job("never queued", 0))], 2, lambda j, s: None, lambda r: None)
 
 
 def test_time_left_adds_training_and_analysis():

@@ -307,10 +307,15 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
             tokens: int = DEFAULT_TOKENS, ablation_tokens: int = DEFAULT_ABLATION_TOKENS, seq_len: int | None = None,
             data: str | None = None, device: str | None = None, csv: bool = False, progress: bool = True,
             path_positions: int = path_attribution.DEFAULT_POSITIONS,
-            path_draws: int = path_attribution.DEFAULT_DRAWS) -> dict[str, int]:
+            path_draws: int = path_attribution.DEFAULT_DRAWS, final_only: Sequence[str] = ()) -> dict[str, int]:
     """Evaluate every complete checkpoint of the runs in `paths` into the tables in `out`; returns
-    the number of rows added to each table (all zero when everything was already done)."""
+    the number of rows added to each table (all zero when everything was already done).
+
+    `final_only`: head metrics (of `metrics`) measured at each run's final checkpoint only (a study
+    ablates only there: 21 forwards a checkpoint that feed only final-step figures). The mechanism
+    measures are always final-only."""
     metrics = probes.check_metrics(metrics, METRICS)
+    final_only = set(probes.check_metrics(final_only, probes.HEAD_METRICS, "head"))
     settings = Settings(tokens, ablation_tokens, seq_len, data, path_positions, path_draws).validate()
     out = Path(out)
     targets = resolve_targets(list(paths), skip=out)
@@ -325,7 +330,7 @@ def analyze(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, metrics:
         samples: dict = {}  # path-attribution samples per data folder: the same for every run on it
         for target in targets:
             analyze_run(target, tables, head_metrics, "smear" in metrics, "paths" in metrics, settings, device,
-                        progress, samples, [m for m in metrics if m in MECHANISM])
+                        progress, samples, [m for m in metrics if m in MECHANISM], final_only)
         tables.finish()
     except DiskFullError as e:
         raise DiskFullError(f"{e}; the tables keep every checkpoint analysed before; free space and run "
@@ -344,20 +349,20 @@ def path_tables(model: GPT, samples: path_attribution.PathSamples, base: dict) -
 
 def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smear: bool, paths: bool,
                 settings: Settings, device: str, progress: bool, samples: dict,
-                mechanism: Sequence[str] = ()) -> None:
+                mechanism: Sequence[str] = (), final_only: set[str] = frozenset()) -> None:
     batches = None
     bar = tqdm(target.checkpoints, desc=target.run_dir.name, unit="ckpt", disable=not progress, dynamic_ncols=True)
     for path in bar:
         meta = ckpt.read_meta(path)
         run, step = meta.get("run", target.run_dir.name), meta["step"]
         bar.set_postfix(step=step)
-        todo = [m for m in head_metrics if not tables.has("heads", run, step, m)]
+        final = path == target.checkpoints[-1]
+        todo = [m for m in head_metrics if (final or m not in final_only) and not tables.has("heads", run, step, m)]
         spec = arm_spec(meta["arm"])  # any arm whose term is λ · gate · h[i−1] has the smear tables
         is_smear = smear and spec.coefficient
-        per_token = is_smear and spec.vocab_gate and path == target.checkpoints[-1]
+        per_token = is_smear and spec.vocab_gate and final
         smear_todo = (is_smear and not tables.has("smear", run, step)) or (per_token and not (
             tables.has("smear_vocab", run, step) and tables.has("smear_tokens", run, step)))
-        final = path == target.checkpoints[-1]
         mech_todo = [name for name in mechanism if final and not tables.has(name, run, step)]
         paths_todo = paths and final and not (tables.has("paths", run, step) and tables.has("offsets", run, step))
         if not todo and not smear_todo and not mech_todo and not paths_todo:

@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -415,28 +416,31 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
     common = dict(figures_dir=str(figures_dir), preset=preset)
-    results: dict[str, Path | str] = {}
     # The kernels talk over local sockets (IPC), not TCP: nothing listens on a port, and ipykernel has
     # no "running over TCP without encryption" warning to print among our progress lines. The sockets
     # live in a private temporary folder (by default they would land in the notebooks' working folder).
     with tempfile.TemporaryDirectory(prefix="smearlens-kernel-") as sockets:
-        kernel = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
-        for name in names:
+        def execute(name: str) -> Path | str:
             src = NOTEBOOKS_DIR / f"{name}.ipynb"
             if not src.exists():
-                results[name] = f"{src} is missing"
-                continue
+                return f"{src} is missing"
             params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
                 dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
             dest = out_dir / f"{name}.ipynb"
+            # one socket prefix per notebook: two kernels at a time never pick the same socket file
+            kernel = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / name)}})
             try:
                 # the kernel logs only what is fatal: its shutdown can log a caught KeyboardInterrupt
                 pm.execute_notebook(str(src), str(dest), parameters=params, cwd=str(NOTEBOOKS_DIR),
                                     progress_bar=False, kernel_name="python3", config=kernel,
                                     extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
-                results[name] = dest
+                return dest
             except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
-                results[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+        # each notebook is its own kernel process: one per core (the demo's report waits on them)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
+            results = dict(zip(names, pool.map(execute, names)))
     return results
 
 

@@ -112,7 +112,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     added = analyze(args.paths, out=args.out, metrics=metrics, tokens=args.tokens,
                     ablation_tokens=args.ablation_tokens, seq_len=args.seq_len,
                     data=args.data, device=args.device, csv=args.csv, progress=not args.no_progress,
-                    path_positions=args.path_positions, path_draws=args.path_draws)
+                    path_positions=args.path_positions, path_draws=args.path_draws,
+                    final_only=[m for item in args.final_only for m in item.split(",") if m])
     print(json.dumps({"out": str(args.out), "rows_added": added}))
 
 
@@ -272,6 +273,9 @@ def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", action="store_true", help="also write each table as CSV")
     p.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="METRIC",
                    help=f"any of: {', '.join(METRICS)} (default: all)")
+    p.add_argument("--final-only", nargs="+", default=[], metavar="METRIC",
+                   help="of the head metrics, those measured at each run's final checkpoint only (e.g. "
+                        "ablation_zero ablation_mean; the mechanism measures always are)")
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
                    help=f"validation tokens to probe on (default: {DEFAULT_TOKENS})")
     p.add_argument("--ablation-tokens", type=int, default=DEFAULT_ABLATION_TOKENS,

@@ -179,12 +179,11 @@ class Progress:
     study with every run trained) at cpu-small's measured seconds (ANALYSIS_PRIOR_SECONDS); the time
     left reads "?" only while training has no rate yet. The bar fills by that same estimate of seconds."""
 
-    # an analysis stage in training steps of the same study before it is measured: cpu-small at one
-    # thread measured a run's 7 checkpoints without ablations at 40.7 s, the final checkpoint's
-    # ablations at 8.7 s, a step at ~0.4 s (steps of two processes at a time count twice, as does
-    # analysis on two threads)
-    ANALYSIS_PRIOR = {"run": 100.0, "ablations": 20.0}
-    ANALYSIS_PRIOR_SECONDS = {"run": 40.7, "ablations": 8.7}  # the same measurement, in seconds
+    # a run's analysis before one is measured: cpu-small's 8 checkpoints and the final one's ablations and
+    # mechanism measures took 29.5 s on one quiet thread; in training steps of the same study, about 150
+    # fp32 steps at two processes' ~10 steps a second (its seconds are halved too: two stages at a time)
+    ANALYSIS_PRIOR = {"run": 150.0}
+    ANALYSIS_PRIOR_SECONDS = {"run": 29.5}
 
     def __init__(self, train_total: int, train_done: int, stages: dict[str, int], enabled: bool = True):
         self.train_total, self.train_done = train_total, train_done
@@ -330,22 +329,18 @@ def training_jobs(plan: StudyPlan, data: Path, out: Path) -> tuple[dict[Path, Jo
 
 
 def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dict[Path, Job]) -> list[Job]:
-    """`analyze` run by run (a stage each: every checkpoint but the ablations), then the ablations of
-    each run's final checkpoint (21 forwards a checkpoint, that only feed final-step figures). A run's
-    stages wait for its training; the tables' lock lets processes share the folder, and each stage
-    skips what the tables hold. The note: the stage's kind."""
+    """One `analyze` per run, waiting for the run's training: every checkpoint, but the ablations only at
+    the final one (21 forwards a checkpoint, that only feed final-step figures). The tables' lock lets
+    processes share the folder, and each job skips what the tables hold."""
     from analysis.probes import ABLATIONS
 
     ablations = [m for m in plan.metrics if m in ABLATIONS]
-    others = [m for m in plan.metrics if m not in ABLATIONS]
-    stages = ([("run", run, others) for run in runs] if others else []) + \
-             ([("ablations", run, ablations) for run in runs] if ablations else [])
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    return [Job([sys.executable, "-m", "commands.cli", "analyze",
-                 str(run if kind == "run" else ckpt.step_dir(run, plan.steps)), "--out", str(tables),
-                 "--metrics", *metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=kind,
+    flags += ["--final-only", *ablations] if ablations else []
+    return [Job([sys.executable, "-m", "commands.cli", "analyze", str(run), "--out", str(tables),
+                 "--metrics", *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note="run",
                 after=training.get(run))
-            for kind, run, metrics in stages]
+            for run in runs]
 
 
 def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, jobs: int,
@@ -379,11 +374,7 @@ def _rows_added(log: Path) -> bool:
 
 
 def analysis_stages(plan: StudyPlan) -> dict[str, int]:
-    from analysis.probes import ABLATIONS
-
-    n = len(plan.runs())
-    return {"run": n if any(m not in ABLATIONS for m in plan.metrics) else 0,
-            "ablations": n if any(m in ABLATIONS for m in plan.metrics) else 0}
+    return {"run": len(plan.runs()) if plan.metrics else 0}
 
 
 def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:

@@ -184,6 +184,20 @@ def test_cli_subcommand_with_chosen_metrics(pair, tmp_path, capsys):
     assert read(tmp_path / "b", "smear").empty and not (tmp_path / "b" / "heads.csv").exists()
 
 
+def test_final_only_metrics_are_measured_at_the_last_checkpoint_only(pair, tmp_path, capsys):
+    # a study ablates only the final checkpoint, in the same process as every checkpoint's probes
+    root, runs = pair
+    args = build_parser().parse_args(["analyze", str(runs["baseline"]), "--out", str(tmp_path / "f"), "--tokens",
+                                      str(TOKENS), "--metrics", "prev_token,ablation_zero", "--final-only",
+                                      "ablation_zero", "--no-progress"])
+    args.func(args)
+    heads = read(tmp_path / "f", "heads")
+    steps = heads.groupby("metric")["step"].unique()
+    assert sorted(steps["prev_token"]) == [1, 2, 4] and list(steps["ablation_zero"]) == [STEPS]
+    with pytest.raises(AnalysisError, match="unknown head metric 'paths'"):
+        analyze([runs["baseline"]], out=tmp_path / "g", metrics=["paths"], final_only=["paths"], progress=False)
+
+
 def test_bad_input(pair, tables, tmp_path):
     root, runs = pair
     out, _ = tables

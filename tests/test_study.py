@@ -132,23 +132,23 @@ def test_jobs_wait_for_what_they_need(tmp_path):
 
 
 def test_time_left_adds_training_and_analysis():
-    bar = Progress(train_total=100, train_done=40, stages={"run": 4, "ablations": 4}, enabled=False)
+    bar = Progress(train_total=100, train_done=40, stages={"run": 4}, enabled=False)
     assert bar.left() == (None, None)  # nothing measured: no rate to price with
     bar.step_rate = 2.0  # steps a second, all processes
     left, done = bar.left()
     prior = Progress.ANALYSIS_PRIOR
-    assert left == pytest.approx(60 / 2 + 4 * prior["run"] / 2 + 4 * prior["ablations"] / 2)
+    assert left == pytest.approx(60 / 2 + 4 * prior["run"] / 2)
     assert done == pytest.approx(40 / 2)
     bar.train_done = 100
     bar.stage("run", 3.0, worked=True)
     bar.stage("run", 100.0, worked=False)  # a stage already done: its seconds are not a measurement
     left, _ = bar.left()
-    assert left == pytest.approx(2 * 3.0 + 4 * prior["ablations"] / 2)
+    assert left == pytest.approx(2 * 3.0)
     bar.close()
     # every run trained before this study process started: analysis priced at the prior's seconds, no "?"
-    rerun = Progress(train_total=100, train_done=100, stages={"run": 2, "ablations": 2}, enabled=False)
+    rerun = Progress(train_total=100, train_done=100, stages={"run": 2}, enabled=False)
     seconds = Progress.ANALYSIS_PRIOR_SECONDS
-    assert rerun.left()[0] == pytest.approx(2 * seconds["run"] + 2 * seconds["ablations"])
+    assert rerun.left()[0] == pytest.approx(2 * seconds["run"])
     rerun.close()
 
 

@@ -273,8 +273,12 @@ def run_pass(model: GPT, tokens: Tensor, slots: Slots | None = None, resid_patch
     def last(x: Tensor, hook) -> Tensor:
         return x[:, T0 - 1:]  # only i and the slots reach the unembedding
 
-    hooks = [("hook_smear_out", smear_out), ("hook_smear_gate", smear_gate),
-             (f"blocks.{cfg.n_layers - 1}.hook_resid_post", last)]
+    # Smear-MTP mixes the final latent at i−1 into i after the last block: every position goes on to it,
+    # and the logits are cut to i and the slots afterwards
+    mixes_after_blocks = model.arm_spec.mix is not None and model.arm_spec.site == "final"
+    hooks = [("hook_smear_out", smear_out), ("hook_smear_gate", smear_gate)]
+    if not mixes_after_blocks:
+        hooks.append((f"blocks.{cfg.n_layers - 1}.hook_resid_post", last))
     for l in range(cfg.n_layers):
         hooks.append((f"blocks.{l}.hook_resid_pre", lambda x, hook, l=l: resid_pre(x, hook, l)))
     for l in cfg.attn_layers():
@@ -284,6 +288,8 @@ def run_pass(model: GPT, tokens: Tensor, slots: Slots | None = None, resid_patch
         hooks.append((f"blocks.{l}.attn.hook_z", lambda z, hook, l=l: head_out(z, hook, l)))
     # the last block's hook is registered before resid_pre's of the same block: order does not matter
     out.logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    if mixes_after_blocks:
+        out.logits = out.logits[:, T0 - 1:]
     return out
 
 

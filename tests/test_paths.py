@@ -15,11 +15,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BOS = 0
 
 
-def randomized(smear: bool = True, lam: float = 1.0, w_o: float = 0.1, seed: int = 0) -> GPT:
+def randomized(smear: bool = True, lam: float = 1.0, w_o: float = 0.1, seed: int = 0, arm: str | None = None) -> GPT:
     """A tiny model whose zero-initialised weights (lm_head, c_proj, gates, W_O) are random, so every
-    path carries something; λ = lam."""
+    path carries something; λ = lam. `arm` names another arm with a learned λ than the smear."""
     torch.manual_seed(seed)
-    m = GPT(replace(get_preset("tiny").model, smear=smear))
+    m = GPT(replace(get_preset("tiny").model, arm=arm or ("smear" if smear else "baseline")))
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("qkvo_w"):
@@ -125,8 +125,9 @@ def brute_force(m: GPT, clean: torch.Tensor, corrupt: torch.Tensor, path: PA.Pat
     return m.run_with_hooks(clean, fwd_hooks=hooks)[:, -1]
 
 
-def test_slots_equal_the_patched_forwards():
-    m = randomized()
+@pytest.mark.parametrize("arm", ["smear", "smear-mtp"])  # Smear-MTP mixes after the last block
+def test_slots_equal_the_patched_forwards(arm):
+    m = randomized(arm=arm)
     samples = PA.sample_positions(stream(m.config.vocab_size), BOS, 6, 1)
     keep = samples.length == samples.length.max()  # one length: no padding in the brute-force runs
     clean, rep = samples.context[keep][:, -int(samples.length.max()):], samples.replacement[keep][:, 0]

@@ -334,6 +334,8 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
     processes share the folder, and each job skips what the tables hold."""
     from analysis.probes import ABLATIONS
 
+    if not plan.metrics:
+        return []
     ablations = [m for m in plan.metrics if m in ABLATIONS]
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
     flags += ["--final-only", *ablations] if ablations else []

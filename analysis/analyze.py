@@ -65,7 +65,7 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from analysis import composition, knockout, probes, readout
+from analysis import canon, composition, knockout, probes, readout
 from analysis import paths as path_attribution
 from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, validation_tokens
 from analysis.recorder import head_rows, smear_row
@@ -84,7 +84,7 @@ DEFAULT_TOKENS = 16_384
 DEFAULT_ABLATION_TOKENS = 4096
 SETTINGS_FILE = "analysis.json"
 PATTERN_BUDGET = 2**26  # numbers in one layer's (B, H, T, T) pattern: sets the rows per forward
-MECHANISM = tuple(MECHANISM_COLUMNS)  # readout, knockouts, composition: one table each, final checkpoints
+MECHANISM = tuple(MECHANISM_COLUMNS)  # readout, knockouts, composition, canon: one table each, final checkpoints
 # "smear": the three smear tables; "paths": paths and offsets; the mechanism tables one each
 METRICS = (*probes.HEAD_METRICS, "smear", "paths", *MECHANISM)
 COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}
@@ -363,7 +363,8 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
         per_token = is_smear and spec.vocab_gate and final
         smear_todo = (is_smear and not tables.has("smear", run, step)) or (per_token and not (
             tables.has("smear_vocab", run, step) and tables.has("smear_tokens", run, step)))
-        mech_todo = [name for name in mechanism if final and not tables.has(name, run, step)]
+        mech_todo = [name for name in mechanism if final and (name != "canon" or spec.mix == "canon")
+                     and not tables.has(name, run, step)]
         paths_todo = paths and final and not (tables.has("paths", run, step) and tables.has("offsets", run, step))
         if not todo and not smear_todo and not mech_todo and not paths_todo:
             continue
@@ -424,6 +425,8 @@ def mechanism_tables(model: GPT, batches, names: Sequence[str], tables: Tables, 
         induction = _head_metric(model, tables, base, "induction",
                                  lambda: probes.repeat_metrics(model, ["induction"])["induction"])
         out["composition"] = composition.composition_table(model, prev, induction)
+    if "canon" in names:
+        out["canon"] = canon.canon_table(model, first_tokens(batches, settings.ablation_tokens)[0][0])
     return {name: frame.assign(**ids)[COLUMNS[name]] for name, frame in out.items()}
 
 

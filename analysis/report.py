@@ -27,7 +27,7 @@ from analysis import dose_response as dr
 from analysis import mechanism_stats as mech
 from analysis import plots, stats
 from analysis.markdown import _ci, _md_table, _num, _p, _seeds, _signflip
-from analysis.report_arms import dose_markdown, gate_markdown_section, gate_section
+from analysis.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
 from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_write_text
@@ -530,6 +530,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         body += figure_md(plots.DOSE_FIGURES)
     if gate is not None:
         body += gate_markdown_section(*gate) + figure_md(plots.GATE_FIGURES)
+    body += canon_markdown_section(tables)
     body += ["## Smear gate at the last checkpoint", "", smear_markdown(tables), "", "## Runs", "",
              _runs_markdown(tables), ""]
     if executed:

@@ -225,3 +225,33 @@ def gate_markdown_section(gate: gate_arms.GateSummary, early: pd.DataFrame) -> l
             "tell*). *Reaches the dose's loss*: lower or equivalent; *frees heads*: previous-token mass lower than "
             "the baseline's.", "",
             f"**Summary:** {gate_conclusion(gate, early)}", "", gate_markdown(gate), ""]
+
+
+# ---------------------------------------------------------------------------------------------
+# Canon layers (arms with canon_w)
+
+
+def canon_markdown_section(tables: Tables) -> list[str]:
+    """What each canon arm learned per offset k (w_k ⊙ e[i−k]): seed mean [95% t CI] of the weights' RMS
+    and mean, and of the input ratio ‖w_k ⊙ e[i−k]‖ / ‖e[i]‖ on data; [] without canon rows."""
+    from analysis.mechanism_stats import one_sample
+
+    canon = tables.get("canon")
+    if canon is None:
+        return []
+    labels = {"weight_rms": ("RMS of w_k", "{:.4f}"), "weight_mean": ("mean of w_k", "{:+.4f}"),
+              "input_ratio": ("‖w_k ⊙ e[i−k]‖ / ‖e[i]‖ on data", "{:.4f}")}
+    rows = []
+    for (arm, k), g in canon.groupby(["arm", "offset"], sort=True):
+        cells = []
+        for metric, (_, fmt) in labels.items():
+            r = one_sample(g.loc[g["metric"] == metric, "value"])
+            cells.append(_num(r["mean"], fmt) + (f" [{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"
+                                                 if math.isfinite(r["ci_low"]) else ""))
+        rows.append([arm, f"i−{k}" if k else "i (itself)", len(g["seed"].unique()), *cells])
+    return ["## Canon layer: what each offset mixes in", "",
+            "A canon arm adds Σ_k w_k ⊙ e[i−k] (k = 0..3, same document only) to the raw embedding before "
+            "the norm, w zero-initialised. Per offset, at each run's final checkpoint: the learned weights' "
+            "RMS and mean over the channels, and the size of what offset k adds against the token's own "
+            "embedding on the analysis tokens (0 where i−k is in another document); seed mean [95% t CI].", "",
+            _md_table(["arm", "offset", "seeds", *[label for label, _ in labels.values()]], rows), ""]

@@ -25,6 +25,8 @@ MECHANISM_COLUMNS: dict[str, list[str]] = {
     # per induction head: induction, n_prev_heads, attn_clean, attn_key_{smear,prev_heads,all}; layer = head = −1:
     # n_induction_heads
     "composition": RUN_COLUMNS[:5] + ["layer", "head", "metric", "value"],
+    # canon arms only (analysis.canon): per offset k, weight_rms / weight_mean of canon_w[k] and input_ratio
+    "canon": RUN_COLUMNS[:5] + ["offset", "metric", "value"],
 }
 # Written per run folder during training (analysis.lambda_grad), read beside the record tables: λ, dL/dλ and
 # its parts at every step of an arm with a coefficient (by total/doc/gate/sign; n −1 where not decomposed).

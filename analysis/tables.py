@@ -48,6 +48,7 @@ class Tables:
     readout: pd.DataFrame | None = None  # the mechanism tables (MECHANISM_COLUMNS), last checkpoints
     knockouts: pd.DataFrame | None = None
     composition: pd.DataFrame | None = None
+    canon: pd.DataFrame | None = None  # canon arms: what each offset mixes in (analysis/canon.py)
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
     record_lambda: pd.DataFrame | None = None  # λ and dL/dλ every step (analysis/lambda_grad.py)
@@ -139,7 +140,7 @@ def final_losses(runs: Iterable[str], runs_dir: Path) -> pd.DataFrame | None:
 
 def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: str | None = None,
                 validate: bool = True) -> Tables:
-    """Read the analysis tables (heads, smear*, paths, offsets, readout, knockouts, composition) from `folder`
+    """Read the analysis tables (heads, smear*, paths, offsets, readout, knockouts, composition, canon) from `folder`
     and the runs' record_*.parquet.
 
     Record tables are looked for in `folder` and in each run folder under `runs_dir` (default: the

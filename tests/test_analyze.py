@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from analysis import probes as P
 from analysis.analyze import COLUMNS, analyze, data_batches
+from analysis.report_arms import canon_markdown_section
+from analysis.tables import load_tables
 from commands.cli import build_parser
 from analysis.loading import load_checkpoint_model
 from analysis.recorder import HEADS_FILE, SMEAR_FILE, Recorder, make_recorder, probe_batch
@@ -113,6 +115,24 @@ def test_mechanism_tables_for_final_checkpoints(pair, tables):
     assert set(knock["k"]) == {1, 2} and knock.groupby(["run", "k", "head_ablation", "smear_ablation"]).size().eq(8).all()
     comp = read(out, "composition")
     assert (comp.loc[comp["metric"] == "n_induction_heads", "layer"] == -1).all()
+
+
+def test_canon_table_only_for_canon_arms(pair, tables, tiny_data, tmp_path):
+    # the baseline and smear runs have no canon layer: no rows for them, and nothing left to do
+    out, added = tables
+    assert added["canon"] == 0
+    assert not (out / "canon.parquet").exists() or read(out, "canon").empty
+    run = train_arm(tmp_path, tiny_data, "canon4")
+    got = analyze([run], out=tmp_path / "t", metrics=["prev_token", "canon"], tokens=TOKENS, progress=False)
+    canon = read(tmp_path / "t", "canon")
+    assert got["canon"] == len(canon) == 4 * 3 and set(canon["step"]) == {STEPS}  # 4 offsets × 3 metrics
+    assert list(canon.columns) == COLUMNS["canon"]
+    ratio = canon[canon["metric"] == "input_ratio"].set_index("offset")["value"]
+    assert (ratio > 0).all()  # trained from zero, every offset has learned something
+    assert analyze([run], out=tmp_path / "t", metrics=["prev_token", "canon"], tokens=TOKENS,
+                   progress=False)["canon"] == 0  # done: a rerun adds nothing
+    section = "\n".join(canon_markdown_section(load_tables(tmp_path / "t")))
+    assert "what each offset mixes in" in section and "| canon4 | i−3 | 1 |" in section
 
 
 def test_heads_table_matches_the_probes(pair, tables):

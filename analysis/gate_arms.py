@@ -76,6 +76,16 @@ def describe(arm: str) -> str:
         return "learned λ·gate (the record)"
     if s.mix == "lambda" and s.skip_bos and s.site == "embed":
         return "learned λ, no gate"
+    if s.mix == "canon":
+        return f"canon: Σ w_k ⊙ e[i−k], k < {s.canon_kernel}"
+    if s.mix == "lambda" and s.site == "final":
+        return "Smear-MTP: λ·h[i−1] after the final norm"
+    if s.mix == "gate" and s.site == "postnorm":
+        return "the smear after the norm"
+    if s.mix == "gate" and not s.into_x0:
+        return "smeared x, plain x0"
+    if s.mix == "gate" and s.gate_from != "current":
+        return {"prev": "gate reads token i−1", "both": "gate reads tokens i and i−1"}[s.gate_from]
     return f"{s.mix or 'no'} mixing term" + (f" at {s.site}" if s.site != "embed" else "")
 
 

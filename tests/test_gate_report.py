@@ -117,6 +117,10 @@ def test_question_arms_and_doses_are_recognised():
     assert gate_arms.fixed_dose("dose-0.8") == 0.8 and gate_arms.fixed_dose("dose-0.8-anneal-800") is None
     assert gate_arms.fixed_dose("smear") is None and gate_arms.fixed_dose("not-an-arm") is None
     assert gate_arms.describe("smear-hold-0.8-400") == "coefficient held at 0.8 for 400 steps, then learned"
+    # every arm of the registry reads as what it is, none as a generic "… mixing term"
+    from trainer.arms import ARMS
+    assert not [a for a in ARMS if "mixing term" in gate_arms.describe(a)]
+    assert gate_arms.describe("smear-mtp") == "Smear-MTP: λ·h[i−1] after the final norm"
 
 
 def test_verdicts_and_best_dose_match_the_known_truth(gate_tables, summary):

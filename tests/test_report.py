@@ -170,3 +170,13 @@ def test_cli_writes_the_report(tmp_path, capsys, no_drawing):
     assert "previous-token threshold 0.5" in text and "smearlens train-pair --preset tiny --seed 0" in text
     assert cli_main(["report", "--tables", str(tmp_path / "nope")]) == 2
     assert "smearlens: error:" in capsys.readouterr().err
+
+
+def test_every_arm_of_a_screen_gets_its_own_colour():
+    # a screen has 20 arms: each is told apart in the figures (once, every arm past the 8th was green)
+    from analysis.plots.style import _ArmStyle, _palette
+
+    colours = _ArmStyle({"baseline": "#3b6fb6", "smear": "#e07b28"}, _palette())
+    arms = ["baseline", "smear", *(f"arm-{i}" for i in range(28))]
+    assert len({colours[a] for a in arms}) == len(arms)
+    assert colours["arm-0"] == colours["arm-0"]  # an arm keeps its colour

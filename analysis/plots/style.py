@@ -30,13 +30,24 @@ class _ArmStyle(dict):
     def __missing__(self, arm: str) -> str:
         if self._spare is None:
             return arm
-        free = [c for c in self._spare if c not in self.values()] or self._spare
-        self[arm] = free[0]
-        return free[0]
+        free = [c for c in self._spare if c not in self.values()]
+        self[arm] = free[0] if free else self._spare[len(self) % len(self._spare)]  # past them all: cycle
+        return self[arm]
 
 
-ARM_COLORS = _ArmStyle({"baseline": "#3b6fb6", "smear": "#e07b28"},
-                       ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"])
+def _palette() -> list[str]:
+    """Distinct colours for arms beyond baseline and smear: tab10's, then tab20's and tab20b's lighter and
+    darker tones (a screen has 20 arms)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    first = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728"]
+    more = [to_hex(c) for name in ("tab20", "tab20b") for c in colormaps[name].colors]
+    taken = {"#3b6fb6", "#e07b28", "#1f77b4", "#ff7f0e"}  # baseline's and smear's, and the tab blues/oranges
+    return first + [c for c in more if c not in first and c not in taken]
+
+
+ARM_COLORS = _ArmStyle({"baseline": "#3b6fb6", "smear": "#e07b28"}, _palette())
 ARM_LABELS = _ArmStyle({"baseline": "baseline (no smear)", "smear": "smear"})
 
 

@@ -76,7 +76,7 @@ def path_shares(paths: pd.DataFrame | None, offset: int = 1) -> Figure:
         where = f"{span} positions a run" if len(n) else "no positions"
         absent = [a for a in arms if a not in values]
         listed = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
-        ax.set_title(f"{GATE_TITLES[gate]}\n{where}" + (f"; no {listed}" if absent and len(n) else ""), fontsize=9)
+        ax.set_title(f"{GATE_TITLES[gate]}\n{where}" + (f"\nno {listed}" if absent and len(n) else ""), fontsize=9)
         ax.set_xticks(x, [PATH_LABELS[p] for p in ms.PATHS], fontsize=8)
     axes[0].set_ylabel(f"share of token i−{offset}'s effect\n(Fisher-linear; the three add up to 1)")
     _arm_legend(fig, arms)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -397,6 +398,24 @@ def configs_markdown(configs: dict | None, runs: Sequence[str] = ()) -> str:
 # Notebooks
 
 
+def _execute_notebook(src: str, dest: str, params: dict, sockets: str) -> tuple[bool, str]:
+    """One notebook through papermill in this (child) process: (True, the executed copy's path) or
+    (False, why it failed)."""
+    if not Path(src).exists():
+        return False, f"{src} is missing"
+    import papermill as pm
+    from traitlets.config import Config
+
+    kernel = Config({"KernelManager": {"transport": "ipc", "ip": sockets}})
+    try:
+        # the kernel logs only what is fatal: its shutdown can log a caught KeyboardInterrupt
+        pm.execute_notebook(src, dest, parameters=params, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+                            kernel_name="python3", config=kernel, extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+        return True, dest
+    except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
+        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+
 def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoints: str | Path | None = None,
                   preset: str | None = None, threshold: float = DEFAULT_THRESHOLD,
                   names: Sequence[str] = NOTEBOOKS, out_dir: str | Path | None = None) -> dict[str, Path | str]:
@@ -406,8 +425,7 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     into figures_dir under the same names the report uses.
     """
     try:
-        import papermill as pm
-        from traitlets.config import Config
+        import papermill  # noqa: F401 (the notebooks run in child processes; fail here, early and clearly)
     except ImportError:
         raise AnalysisError("papermill is not installed (pip install -e '.[dev]'); run the report without "
                             "--notebooks to draw the figures directly") from None
@@ -416,31 +434,25 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
     common = dict(figures_dir=str(figures_dir), preset=preset)
+    jobs = []
+    for name in names:
+        src = NOTEBOOKS_DIR / f"{name}.ipynb"
+        params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
+            dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
+        jobs.append((str(src), str(out_dir / f"{name}.ipynb"), params))
+    if not jobs:
+        return {}
     # The kernels talk over local sockets (IPC), not TCP: nothing listens on a port, and ipykernel has
     # no "running over TCP without encryption" warning to print among our progress lines. The sockets
     # live in a private temporary folder (by default they would land in the notebooks' working folder).
     with tempfile.TemporaryDirectory(prefix="smearlens-kernel-") as sockets:
-        def execute(name: str) -> Path | str:
-            src = NOTEBOOKS_DIR / f"{name}.ipynb"
-            if not src.exists():
-                return f"{src} is missing"
-            params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
-                dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
-            dest = out_dir / f"{name}.ipynb"
-            # one socket prefix per notebook: two kernels at a time never pick the same socket file
-            kernel = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / name)}})
-            try:
-                # the kernel logs only what is fatal: its shutdown can log a caught KeyboardInterrupt
-                pm.execute_notebook(str(src), str(dest), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                    progress_bar=False, kernel_name="python3", config=kernel,
-                                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
-                return dest
-            except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
-                return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-
-        # each notebook is its own kernel process: one per core (the demo's report waits on them)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
-            results = dict(zip(names, pool.map(execute, names)))
+        # Two at a time, each in its own process: papermill changes the working folder of the process it
+        # runs in while the notebook runs, so two in threads of this one left it in notebooks/ (and the
+        # report, written to a relative path, went there too). One socket prefix per notebook.
+        workers = max(1, min(len(jobs), os.cpu_count() or 1))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = pool.map(_execute_notebook, *zip(*jobs), [str(Path(sockets) / n) for n in names])
+            results = {name: Path(r) if ok else r for name, (ok, r) in zip(names, done)}
     return results
 
 

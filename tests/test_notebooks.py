@@ -74,8 +74,11 @@ def executed(tmp_path_factory) -> dict[str, Path]:
     env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1", PYTHONPATH=path)
     procs, done = {}, {}
     # 04 goes through the report's runner, as `smearlens demo` does, so its terminal output is checked too
-    runner = ("import sys; from analysis.report import run_notebooks; "
-              "r = run_notebooks(sys.argv[1], sys.argv[2], names=['04_inspect'], out_dir=sys.argv[3]); "
+    # with a second notebook beside it: two at a time must leave this process's working folder alone (papermill
+    # changes it while a notebook runs; in threads, the demo's report once went to notebooks/figures/)
+    runner = ("import os, sys; from analysis.report import run_notebooks; cwd = os.getcwd(); "
+              "r = run_notebooks(sys.argv[1], sys.argv[2], names=['04_inspect', '02_smear_gate'], out_dir=sys.argv[3]); "
+              "assert os.getcwd() == cwd, os.getcwd(); "
               "sys.exit(None if all(not isinstance(v, str) for v in r.values()) else repr(r))")
     procs["04"] = (subprocess.Popen([sys.executable, "-c", runner, str(good), str(figs), str(root / "executed")],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env),

@@ -246,8 +246,7 @@ def canon_markdown_section(tables: Tables) -> list[str]:
         cells = []
         for metric, (_, fmt) in labels.items():
             r = one_sample(g.loc[g["metric"] == metric, "value"])
-            cells.append(_num(r["mean"], fmt) + (f" [{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"
-                                                 if math.isfinite(r["ci_low"]) else ""))
+            cells.append(_mean_ci(dict(r, ci_lo=r["ci_low"], ci_hi=r["ci_high"]), fmt))
         rows.append([arm, f"i−{k}" if k else "i (itself)", len(g["seed"].unique()), *cells])
     return ["## Canon layer: what each offset mixes in", "",
             "A canon arm adds Σ_k w_k ⊙ e[i−k] (k = 0..3, same document only) to the raw embedding before "

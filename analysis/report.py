@@ -434,24 +434,23 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
     common = dict(figures_dir=str(figures_dir), preset=preset)
-    jobs = []
-    for name in names:
-        src = NOTEBOOKS_DIR / f"{name}.ipynb"
-        params = dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else \
-            dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold)
-        jobs.append((str(src), str(out_dir / f"{name}.ipynb"), params))
-    if not jobs:
+    if not names:
         return {}
     # The kernels talk over local sockets (IPC), not TCP: nothing listens on a port, and ipykernel has
     # no "running over TCP without encryption" warning to print among our progress lines. The sockets
-    # live in a private temporary folder (by default they would land in the notebooks' working folder).
+    # live in a private temporary folder (by default they would land in the notebooks' working folder),
+    # one prefix per notebook.
     with tempfile.TemporaryDirectory(prefix="smearlens-kernel-") as sockets:
+        jobs = [(str(NOTEBOOKS_DIR / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
+                 dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else
+                 dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold),
+                 str(Path(sockets) / name)) for name in names]
         # Two at a time, each in its own process: papermill changes the working folder of the process it
         # runs in while the notebook runs, so two in threads of this one left it in notebooks/ (and the
-        # report, written to a relative path, went there too). One socket prefix per notebook.
+        # report, written to a relative path, went there too).
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = pool.map(_execute_notebook, *zip(*jobs), [str(Path(sockets) / n) for n in names])
+            done = pool.map(_execute_notebook, *zip(*jobs))
             results = {name: Path(r) if ok else r for name, (ok, r) in zip(names, done)}
     return results
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from trainer.config import get_preset
 
-from commands.study import RECORD_EVERY, StudyPlan, run_study
+from commands.study import RECORD_EVERY, StudyPlan, override_name, run_study
 
 DEMO_PRESET = "cpu-small"
 DEMO_ARMS = ("baseline", "smear", "dose-0.8")  # the baseline, the record's smear and a fixed dose (no gate)
@@ -32,8 +32,8 @@ DEMO_OVERRIDES = ("autocast=bf16",)
 def demo_plan(preset: str = DEMO_PRESET, seeds: int = DEMO_SEEDS, steps: int | None = None,
               arms: Sequence[str] = DEMO_ARMS, overrides: Sequence[str] = ()) -> StudyPlan:
     """The demo's plan: `overrides` (NAME=VALUE) replace the demo's own of the same name."""
-    given = {o.split("=", 1)[0].strip(): o for o in overrides}
-    merged = [o for o in DEMO_OVERRIDES if o.split("=", 1)[0].strip() not in given] + list(given.values())
+    given = {override_name(o): o for o in overrides}
+    merged = [o for o in DEMO_OVERRIDES if override_name(o) not in given] + list(given.values())
     return StudyPlan(preset=preset, arms=tuple(arms), seeds=tuple(range(seeds)),
                      steps=steps or (DEMO_STEPS if preset == DEMO_PRESET else get_preset(preset).train.steps),
                      overrides=tuple(merged), record_every=RECORD_EVERY)

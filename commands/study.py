@@ -270,11 +270,11 @@ def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
     every POLL s; the first failure stops every child and raises. Children die with this process (even
     by SIGKILL), and with an error or Ctrl-C here."""
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
-    todo, running, succeeded = list(todo), [], set()
+    todo, running, succeeded = list(todo), [], set()  # Jobs compare by identity
     try:
         while todo or running:
             while len(running) < jobs:
-                job = next((j for j in todo if j.after is None or id(j.after) in succeeded), None)
+                job = next((j for j in todo if j.after is None or j.after in succeeded), None)
                 if job is None:
                     break
                 todo.remove(job)
@@ -294,7 +294,7 @@ def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
                 running.remove(item)
                 if proc.returncode:
                     raise SmearlensError(f"{job.what} failed (exit {proc.returncode}); see {job.log}")
-                succeeded.add(id(job))
+                succeeded.add(job)
                 on_done(job, time.perf_counter() - t0)
             on_poll([job for _, _, job, _ in running])
     finally:
@@ -304,10 +304,15 @@ def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
             handle.close()
 
 
+def override_name(override: str) -> str:
+    """The setting a `--set NAME=VALUE` names."""
+    return override.split("=", 1)[0].strip()
+
+
 def arm_overrides(overrides: Iterable[str], arm: str) -> list[str]:
     """The study's `--set` overrides that apply to `arm`: λ's learning-rate multiple only reaches arms with a
     learned λ (the baseline of a `--set smear_lr_mult=0.1` study is the plain baseline, paired as ever)."""
-    return [o for o in overrides if not (o.split("=", 1)[0].strip() == "smear_lr_mult" and not arm_spec(arm).learned_lambda)]
+    return [o for o in overrides if not (override_name(o) == "smear_lr_mult" and not arm_spec(arm).learned_lambda)]
 
 
 def training_jobs(plan: StudyPlan, data: Path, out: Path) -> tuple[dict[Path, Job], int]:

@@ -195,7 +195,8 @@ def cmd_study(args: argparse.Namespace) -> None:
                         overrides=args.set, data=args.data, record_every=args.record_every, metrics=metrics,
                         tokens=args.tokens, ablation_tokens=args.ablation_tokens,
                         path_positions=args.path_positions, path_draws=args.path_draws)
-    run_study(plan, args.out, jobs=args.jobs, notebooks=args.notebooks, progress=not args.no_progress)
+    run_study(plan, args.out, jobs=args.jobs, notebooks=args.notebooks, progress=not args.no_progress,
+              drop=args.drop_checkpoints)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -408,6 +409,9 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path-draws", type=int, help=f"path attribution draws per position (default {DEFAULT_PATH_DRAWS})")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
     p.add_argument("--notebooks", action="store_true", help="draw the figures by executing the notebooks")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="delete each run's checkpoints once it is analysed (the study stays resumable and reportable "
+                        "from its tables; the inspection notebook needs checkpoints)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study)
 

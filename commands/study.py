@@ -12,6 +12,11 @@ Restarting is the same command: a finished run is never trained again, a run wit
 checkpoint resumes from it (`train --resume`; a half-written checkpoint has no meta.json and is
 ignored), analysis skips every (run, step) its tables hold, and training is deterministic given the
 seed, so the tables equal those of an uninterrupted study (`benchmarks/fault_injection.py --study`).
+A run whose analysis is complete (its `analysed.json`, written once its `analyze` succeeds, names the
+plan's steps and every metric, and the tables hold its final step) is done even without checkpoints:
+`--drop-checkpoints` deletes each run's `step_*` folders once it is analysed, and a study folder
+copied without them (tables, run.json, loss.csv, records: ~1% of the disk) goes on where it stopped
+on another machine.
 
 A plan only grows: arms and seeds given are added to those in study.json (so `smearlens study --out
 DIR` alone continues DIR's study, and `--arms canon4` adds an arm to it); everything else (preset,
@@ -47,6 +52,7 @@ from trainer.errors import ConfigError, SmearlensError
 from trainer.io import atomic_write_text
 
 MANIFEST = "study.json"
+DONE_FILE = "analysed.json"  # in a run folder: {"steps", "metrics"} of the analysis it completed
 LOCK_FILE = ".study.lock"
 # a recorder probe (4,096 tokens) costs about one 1,024-token cpu-small step: every 50 steps ≈ 2%
 RECORD_EVERY = 50
@@ -140,6 +146,38 @@ def done_steps(run_dir: Path) -> int:
 
 def finished(run_dir: Path, steps: int) -> bool:
     return done_steps(run_dir) >= steps
+
+
+def mark_analysed(run_dir: Path, plan: StudyPlan) -> None:
+    atomic_write_text(run_dir / DONE_FILE, json.dumps({"steps": plan.steps, "metrics": list(plan.metrics)}))
+
+
+def analysed_runs(plan: StudyPlan, runs: Sequence[Path], tables: Path) -> set[Path]:
+    """The runs whose analysis for this plan is complete: their DONE_FILE names the plan's steps and every
+    metric, and the tables' heads hold their final step. They are neither trained nor analysed again."""
+    marked = []
+    for run in runs:
+        try:
+            done = json.loads((run / DONE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if done.get("steps") == plan.steps and set(plan.metrics) <= set(done.get("metrics", ())):
+            marked.append(run)
+    if not marked or not (tables / "heads.parquet").exists():
+        return set()
+    import pandas as pd
+
+    heads = pd.read_parquet(tables / "heads.parquet", columns=["run", "step"])
+    final = set(heads.loc[heads["step"] == plan.steps, "run"].astype(str))
+    return {run for run in marked if run.name in final}
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete a run's step folders (its records, run.json and loss.csv stay)."""
+    import shutil
+
+    for step in run_dir.glob("step_*"):
+        shutil.rmtree(step)
 
 
 def last_step(log: Path) -> int:
@@ -315,13 +353,16 @@ def arm_overrides(overrides: Iterable[str], arm: str) -> list[str]:
     return [o for o in overrides if not (override_name(o) == "smear_lr_mult" and not arm_spec(arm).learned_lambda)]
 
 
-def training_jobs(plan: StudyPlan, data: Path, out: Path) -> tuple[dict[Path, Job], int]:
-    """A training job for every (seed, arm) of the plan not finished yet, by run folder (its note: the
-    step it starts from), and the steps of the runs already finished."""
+def training_jobs(plan: StudyPlan, data: Path, out: Path, analysed: set[Path]) -> tuple[dict[Path, Job], int]:
+    """A training job for every (seed, arm) of the plan not finished or `analysed` yet, by run folder (its
+    note: the step it starts from), and the steps of the runs already finished."""
     todo, finished_steps = {}, 0
     for seed, arm in plan.runs():
         extra = [x for pair in arm_overrides(plan.overrides, arm) for x in ("--set", pair)]
         run_dir = out / run_name(plan.preset, seed, arm)
+        if run_dir in analysed:
+            finished_steps += plan.steps
+            continue
         start = min(plan.steps, done_steps(run_dir))  # a half-trained run goes on from its newest checkpoint
         if finished(run_dir, plan.steps):
             finished_steps += start
@@ -345,24 +386,30 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
     flags += ["--final-only", *ablations] if ablations else []
     return [Job([sys.executable, "-m", "commands.cli", "analyze", str(run), "--out", str(tables),
-                 "--metrics", *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note="run",
+                 "--metrics", *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=run,
                 after=training.get(run))
             for run in runs]
 
 
 def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, jobs: int,
-                      progress: Progress) -> None:
+                      progress: Progress, analysed: set[Path], drop: bool = False) -> None:
     """Every training and analysis job of the plan not done yet, `jobs` processes at a time in one queue:
-    a run's analysis starts as soon as its training ends, so no core waits while the last runs train."""
-    training, finished_steps = training_jobs(plan, data, out)
-    queue = [*training.values(), *analysis_jobs(plan, runs, tables, training)]
+    a run's analysis starts as soon as its training ends, so no core waits while the last runs train.
+    A run is marked analysed once its `analyze` succeeds (and, with `drop`, loses its checkpoints)."""
+    training, finished_steps = training_jobs(plan, data, out, analysed)
+    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training)]
     trained: list[Job] = []
+    progress.stages_done["run"] += len(analysed)
 
     def on_done(job: Job, seconds: float) -> None:
         if job.what == "training":
             trained.append(job)
-        else:  # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
-            progress.stage(job.note, seconds / jobs, _rows_added(job.log))
+            return
+        mark_analysed(job.note, plan)
+        if drop:
+            drop_checkpoints(job.note)
+        # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
+        progress.stage("run", seconds / jobs, _rows_added(job.log))
 
     def on_poll(running: list[Job]) -> None:
         waiting = [j.note for j in training.values() if j not in trained and j not in running]
@@ -408,10 +455,12 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
 
 def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | None = None,
               figures: str | Path | None = None, report: str | Path | None = None, jobs: int = 2,
-              notebooks: bool = False, command: str | None = None, progress: bool = True) -> Path:
+              notebooks: bool = False, command: str | None = None, progress: bool = True,
+              drop: bool = False) -> Path:
     """Train, analyse and report the plan; skip whatever is done. Returns the report.
 
-    Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md."""
+    Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md.
+    `drop`: delete each run's checkpoints once it is analysed (`--drop-checkpoints`)."""
     from analysis.report import write_report
 
     start = time.perf_counter()
@@ -433,10 +482,11 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
         runs = [runs_dir / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
         print(f"[2/3] training {plan.preset}: arms {', '.join(plan.arms)} × seeds {', '.join(map(str, plan.seeds))}, "
               f"{plan.steps} steps each, and each run's analysis once it is trained → {tables}", flush=True)
-        done = sum(min(plan.steps, done_steps(r)) for r in runs)
+        analysed = analysed_runs(plan, runs, tables)
+        done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in runs)
         bar = Progress(plan.steps * len(runs), done, analysis_stages(plan), enabled=progress)
         try:
-            train_and_analyze(plan, data, runs_dir, runs, tables, jobs, bar)
+            train_and_analyze(plan, data, runs_dir, runs, tables, jobs, bar, analysed, drop)
         finally:
             bar.close()
         print(f"[3/3] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)

@@ -159,3 +159,38 @@ def test_lambda_learning_rate_reaches_only_arms_with_a_learned_lambda():
     assert study.arm_overrides(overrides, "smear-nogate") == list(overrides)
     assert study.arm_overrides(overrides, "baseline") == ["autocast=bf16"]
     assert study.arm_overrides(overrides, "dose-0.8") == ["autocast=bf16"]
+
+
+def test_a_study_without_checkpoints_goes_on_elsewhere(tiny_data, tmp_path):
+    """--drop-checkpoints: each analysed run keeps its records and marker, not its step folders; the folder
+    copied elsewhere without checkpoints trains nothing again, and a metric added later retrains only then."""
+    import shutil
+
+    import pandas as pd
+
+    args = ["study", "--preset", "tiny", "--arms", "baseline,smear", "--seeds", "1", "--steps", "6",
+            "--data", str(tiny_data), "--set", "val_every=0", "--record-every", "3", "--metrics", "prev_token",
+            "smear", "--no-progress"]
+    first = tmp_path / "first"
+    assert cli_main([*args, "--out", str(first), "--drop-checkpoints"]) == 0
+    runs = sorted(p for p in first.iterdir() if (p / "run.json").exists())
+    assert len(runs) == 2 and not list(first.glob("*/step_*"))
+    assert all(json.loads((r / study.DONE_FILE).read_text()) == {"steps": 6, "metrics": ["prev_token", "smear"]}
+               for r in runs)
+    heads = pd.read_parquet(first / "analysis" / "heads.parquet")
+
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    logs = {r.name: (moved / r.name / "train.log").read_bytes() for r in runs}
+    (moved / "report.md").unlink()
+    assert cli_main([*args, "--out", str(moved)]) == 0
+    assert {r.name: (moved / r.name / "train.log").read_bytes() for r in runs} == logs  # nothing trained
+    assert (moved / "report.md").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(moved / "analysis" / "heads.parquet"), heads)
+
+    plan = load_plan(moved)
+    assert study.analysed_runs(plan, [moved / r.name for r in runs], moved / "analysis") == {moved / r.name for r in runs}
+    grown = StudyPlan(**{**plan.__dict__, "metrics": plan.metrics + ("induction",)})
+    assert study.analysed_runs(grown, [moved / r.name for r in runs], moved / "analysis") == set()
+    (moved / "analysis" / "heads.parquet").unlink()  # tables gone: the markers alone do not count
+    assert study.analysed_runs(plan, [moved / r.name for r in runs], moved / "analysis") == set()

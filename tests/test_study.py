@@ -131,6 +131,20 @@ def test_jobs_wait_for_what_they_need(tmp_path):
         study.run_jobs([job("orphan", 0, after=job("never queued", 0))], 2, lambda j, s: None, lambda r: None)
 
 
+def test_analyses_go_first_until_the_last_trainings():
+    def jobs(what: str, n: int) -> list[study.Job]:
+        return [study.Job([], Path(f"{what}{i}.log"), what) for i in range(n)]
+
+    analyses = jobs("analysis", 2)
+    for left in (study.TAIL_TRAININGS + 1, study.TAIL_TRAININGS):
+        trainings = jobs("training", left)
+        ready = [*trainings, *analyses]
+        picked = study.pick_job(ready, ready)
+        # a long study analyses what it trained; its last trainings go first, analyses filling the tail
+        assert picked is (analyses[0] if left > study.TAIL_TRAININGS else trainings[0])
+    assert study.pick_job(analyses, [*jobs("training", 1), *analyses]) is analyses[0]  # nothing else ready
+
+
 def test_time_left_adds_training_and_analysis():
     bar = Progress(train_total=100, train_done=40, stages={"run": 4}, enabled=False)
     assert bar.left() == (None, None)  # nothing measured: no rate to price with

@@ -1,5 +1,5 @@
-"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, study, sweep, sweep-report, demo,
-import-record, eval.
+"""`smearlens` command line: data, train, train-pair, analyze, report, inspect, study, study-copy, sweep,
+sweep-report, demo, import-record, eval.
 
 The command layer sits above both `trainer` and `analysis`: it parses arguments, wires the recorder
 into training as a callback, and turns `SmearlensError`s into one clear line.
@@ -211,6 +211,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
               arms=parse_arms(args.arms, "--arms") if args.arms else None,
               seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps, overrides=args.set,
               data=args.data, record_every=args.record_every, metrics=metrics)
+
+
+def cmd_study_copy(args: argparse.Namespace) -> None:
+    from commands.study import copy_study
+
+    runs = copy_study(args.study, args.dest)
+    print(f"copied {args.study} to {args.dest} without checkpoints: {len(runs)} analysed runs")
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> None:
@@ -433,6 +440,12 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("study-copy", help="copy a study without its checkpoints (tables, report, each analysed "
+                                          "run's records): the copy resumes on another machine")
+    p.add_argument("study", help="the study folder")
+    p.add_argument("dest", help="where the copy goes (updated in place if it exists)")
+    p.set_defaults(func=cmd_study_copy)
 
     p = sub.add_parser("sweep-report", help="the size sweep's report over finished study folders (one size each)")
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders made by `smearlens study`")

@@ -183,6 +183,34 @@ def drop_checkpoints(run_dir: Path) -> None:
         shutil.rmtree(step)
 
 
+# what a carried run leaves behind: checkpoints, logs and the tokenizer (a run trained again writes them anew)
+NOT_CARRIED = ("step_*", "*.log", "tokenizer.json", LOCK_FILE)
+
+
+def copy_study(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the study in `src` to `dst` without checkpoints: study.json, the tables, report and figures,
+    and the folder of each analysed run (its run.json, loss.csv, records and analysed.json). The copy
+    resumes with the same command: its analysed runs are done, the rest train from the start. An existing
+    `dst` is updated in place. Returns the runs copied."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    plan = load_plan(src)
+    if plan is None:
+        raise ConfigError(f"{src}: no {MANIFEST} here: not a study folder")
+    runs = [src / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
+    done = sorted(analysed_runs(plan, runs, src / "analysis"))
+    ignore = shutil.ignore_patterns(*NOT_CARRIED)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST, "report.md"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    for folder in ["analysis", "figures", *(run.name for run in done)]:
+        if (src / folder).is_dir():
+            shutil.copytree(src / folder, dst / folder, ignore=ignore, dirs_exist_ok=True)
+    return [run.name for run in done]
+
+
 def last_step(log: Path) -> int:
     """The newest step a child's progress bar printed (its log is its stderr)."""
     try:

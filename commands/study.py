@@ -240,25 +240,24 @@ def _die_with_parent(parent: int):
 
 
 class Progress:
-    """One bar over the whole study: training steps of every run and the analysis stages.
+    """One bar over the whole study: training steps of every run and the runs' analyses.
 
     Its time left adds the remaining training steps at the rate measured so far (all processes
-    together) to the remaining analysis stages at the seconds each kind has taken so far; a kind
-    not measured yet is priced in training steps (ANALYSIS_PRIOR) while training is left to do, else (a
-    study with every run trained) at cpu-small's measured seconds (ANALYSIS_PRIOR_SECONDS); the time
-    left reads "?" only while training has no rate yet. The bar fills by that same estimate of seconds."""
+    together) to the remaining analyses at the seconds they have taken so far; before one is measured,
+    an analysis is priced in training steps (ANALYSIS_PRIOR) while training is left to do, else (a study
+    with every run trained) at cpu-small's measured seconds (ANALYSIS_PRIOR_SECONDS); the time left reads
+    "?" only while training has no rate yet. The bar fills by that same estimate of seconds."""
 
     # a run's analysis before one is measured: cpu-small's 8 checkpoints and the final one's ablations and
     # mechanism measures took 29.5 s on one quiet thread; in training steps of the same study, about 150
-    # fp32 steps at two processes' ~10 steps a second (its seconds are halved too: two stages at a time)
-    ANALYSIS_PRIOR = {"run": 150.0}
-    ANALYSIS_PRIOR_SECONDS = {"run": 29.5}
+    # fp32 steps at two processes' ~10 steps a second (its seconds are halved too: two analyses at a time)
+    ANALYSIS_PRIOR = 150.0
+    ANALYSIS_PRIOR_SECONDS = 29.5
 
-    def __init__(self, train_total: int, train_done: int, stages: dict[str, int], enabled: bool = True):
+    def __init__(self, train_total: int, train_done: int, analyses: int, analysed: int = 0, enabled: bool = True):
         self.train_total, self.train_done = train_total, train_done
-        self.stages = dict(stages)  # kind -> stages to do
-        self.stages_done = {k: 0 for k in stages}
-        self.seconds = {k: [] for k in stages}  # measured seconds of stages that did work
+        self.analyses, self.analysed = analyses, analysed  # to do in all, done
+        self.seconds: list[float] = []  # measured seconds of analyses that did work
         self.t0, self.start_done = time.perf_counter(), train_done
         self.step_rate: float | None = None  # steps per second, all processes together
         self.bar = tqdm(total=1000, disable=not enabled, dynamic_ncols=True,
@@ -272,18 +271,18 @@ class Progress:
             self.step_rate = (done - self.start_done) / elapsed
         self.refresh()
 
-    def stage(self, kind: str, seconds: float, worked: bool) -> None:
-        self.stages_done[kind] += 1
-        if worked:  # a stage already done is a no-op: its seconds say nothing about the others
-            self.seconds[kind].append(seconds)
+    def analysis(self, seconds: float, worked: bool) -> None:
+        self.analysed += 1
+        if worked:  # an analysis already done is a no-op: its seconds say nothing about the others
+            self.seconds.append(seconds)
         self.refresh()
 
-    def _stage_seconds(self, kind: str) -> float | None:
-        if self.seconds[kind]:
-            return sum(self.seconds[kind]) / len(self.seconds[kind])
+    def _analysis_seconds(self) -> float | None:
+        if self.seconds:
+            return sum(self.seconds) / len(self.seconds)
         if self.step_rate:
-            return self.ANALYSIS_PRIOR[kind] / self.step_rate
-        return self.ANALYSIS_PRIOR_SECONDS[kind] if self.train_done >= self.train_total else None
+            return self.ANALYSIS_PRIOR / self.step_rate
+        return self.ANALYSIS_PRIOR_SECONDS if self.train_done >= self.train_total else None
 
     def left(self) -> tuple[float | None, float | None]:
         """(seconds left, seconds done) by the estimate; None where nothing prices it yet."""
@@ -294,25 +293,18 @@ class Progress:
                 return None, None
             left += (self.train_total - self.train_done) * per_step
         done += self.train_done * (per_step or 0)
-        for kind, total in self.stages.items():
-            todo = total - self.stages_done[kind]
-            each = self._stage_seconds(kind)
-            if each is None:
-                if todo:
-                    return None, None
-                continue
-            left += todo * each
-            done += self.stages_done[kind] * each
-        return left, done
+        each = self._analysis_seconds()
+        if each is None:
+            return (None, None) if self.analyses > self.analysed else (left, done)
+        return left + (self.analyses - self.analysed) * each, done + self.analysed * each
 
     def refresh(self) -> None:
         left, done = self.left()
         if left is not None and left + done > 0:
             self.bar.n = round(1000 * done / (done + left))
         eta = "?" if left is None else time.strftime("%H:%M:%S", time.gmtime(left))
-        stages = sum(self.stages.values())
         self.bar.set_description_str(f"training {self.train_done}/{self.train_total} steps · analysis "
-                                 f"{sum(self.stages_done.values())}/{stages} · {eta} left", refresh=True)
+                                     f"{self.analysed}/{self.analyses} · {eta} left", refresh=True)
 
     def close(self) -> None:
         self.bar.n = 1000
@@ -432,7 +424,6 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
     training, finished_steps = training_jobs(plan, data, out, analysed)
     queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training)]
     trained: list[Job] = []
-    progress.stages_done["run"] += len(analysed)
 
     def on_done(job: Job, seconds: float) -> None:
         if job.what == "training":
@@ -441,8 +432,8 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
         mark_analysed(job.note, plan)
         if drop:
             drop_checkpoints(job.note)
-        # stages run `jobs` at a time: each takes 1/jobs of the wall clock it spans
-        progress.stage("run", seconds / jobs, _rows_added(job.log))
+        # analyses run `jobs` at a time: each takes 1/jobs of the wall clock it spans
+        progress.analysis(seconds / jobs, _rows_added(job.log))
 
     def on_poll(running: list[Job]) -> None:
         waiting = [j.note for j in training.values() if j not in trained and j not in running]
@@ -468,10 +459,6 @@ def _rows_added(log: Path) -> bool:
         if line.startswith('{"out"'):
             return any(json.loads(line)["rows_added"].values())
     return True
-
-
-def analysis_stages(plan: StudyPlan) -> dict[str, int]:
-    return {"run": len(plan.runs()) if plan.metrics else 0}
 
 
 def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
@@ -527,7 +514,7 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
               f"{plan.steps} steps each, and each run's analysis once it is trained → {tables}", flush=True)
         analysed = analysed_runs(plan, runs, tables)
         done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in runs)
-        bar = Progress(plan.steps * len(runs), done, analysis_stages(plan), enabled=progress)
+        bar = Progress(plan.steps * len(runs), done, len(runs) if plan.metrics else 0, len(analysed), enabled=progress)
         try:
             train_and_analyze(plan, data, runs_dir, runs, tables, jobs, bar, analysed, drop)
         finally:

@@ -146,23 +146,21 @@ def test_analyses_go_first_until_the_last_trainings():
 
 
 def test_time_left_adds_training_and_analysis():
-    bar = Progress(train_total=100, train_done=40, stages={"run": 4}, enabled=False)
+    bar = Progress(train_total=100, train_done=40, analyses=4, enabled=False)
     assert bar.left() == (None, None)  # nothing measured: no rate to price with
     bar.step_rate = 2.0  # steps a second, all processes
     left, done = bar.left()
-    prior = Progress.ANALYSIS_PRIOR
-    assert left == pytest.approx(60 / 2 + 4 * prior["run"] / 2)
+    assert left == pytest.approx(60 / 2 + 4 * Progress.ANALYSIS_PRIOR / 2)
     assert done == pytest.approx(40 / 2)
     bar.train_done = 100
-    bar.stage("run", 3.0, worked=True)
-    bar.stage("run", 100.0, worked=False)  # a stage already done: its seconds are not a measurement
+    bar.analysis(3.0, worked=True)
+    bar.analysis(100.0, worked=False)  # an analysis already done: its seconds are not a measurement
     left, _ = bar.left()
     assert left == pytest.approx(2 * 3.0)
     bar.close()
     # every run trained before this study process started: analysis priced at the prior's seconds, no "?"
-    rerun = Progress(train_total=100, train_done=100, stages={"run": 2}, enabled=False)
-    seconds = Progress.ANALYSIS_PRIOR_SECONDS
-    assert rerun.left()[0] == pytest.approx(2 * seconds["run"])
+    rerun = Progress(train_total=100, train_done=100, analyses=3, analysed=1, enabled=False)
+    assert rerun.left()[0] == pytest.approx(2 * Progress.ANALYSIS_PRIOR_SECONDS)
     rerun.close()
 
 

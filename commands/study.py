@@ -14,9 +14,9 @@ ignored), analysis skips every (run, step) its tables hold, and training is dete
 seed, so the tables equal those of an uninterrupted study (`benchmarks/fault_injection.py --study`).
 A run whose analysis is complete (its `analysed.json`, written once its `analyze` succeeds, names the
 plan's steps and every metric, and the tables hold its final step) is done even without checkpoints:
-`--drop-checkpoints` deletes each run's `step_*` folders once it is analysed, and a study folder
-copied without them (tables, run.json, loss.csv, records: ~1% of the disk) goes on where it stopped
-on another machine.
+`--drop-checkpoints` deletes each run's `step_*` folders once it is analysed, and a study copied
+without them (`smearlens study-copy`: tables, run.json, loss.csv, records, ~0.05% of the disk) goes
+on where it stopped on another machine.
 
 A plan only grows: arms and seeds given are added to those in study.json (so `smearlens study --out
 DIR` alone continues DIR's study, and `--arms canon4` adds an arm to it); everything else (preset,
@@ -418,9 +418,9 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
 
 def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, jobs: int,
                       progress: Progress, analysed: set[Path], drop: bool = False) -> None:
-    """Every training and analysis job of the plan not done yet, `jobs` processes at a time in one queue:
-    a run's analysis starts as soon as its training ends, so no core waits while the last runs train.
-    A run is marked analysed once its `analyze` succeeds (and, with `drop`, loses its checkpoints)."""
+    """Every training and analysis job of the plan not done yet, `jobs` processes at a time in one queue
+    (which job goes next: `pick_job`); a run's analysis waits only for its training. A run is marked
+    analysed once its `analyze` succeeds (and, with `drop`, loses its checkpoints)."""
     training, finished_steps = training_jobs(plan, data, out, analysed)
     queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training)]
     trained: list[Job] = []

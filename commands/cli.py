@@ -60,16 +60,11 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
 
 def parse_arms(text: str, option: str) -> list[str]:
     """`a,b,c` → the arms, each checked (before any training starts), duplicates dropped."""
-    arms = list(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
-    if not arms:
-        raise ConfigError(f"{option} {text!r}: name at least one arm")
+    from commands.study import parse_names
+
+    arms = parse_names(text, option, arm_spec)
     if option == "--arm" and len(arms) > 1:
         raise ConfigError(f"--arm {text!r}: one arm (train-pair --arms takes several)")
-    for arm in arms:
-        try:
-            arm_spec(arm)
-        except ConfigError as e:
-            raise ConfigError(f"{option}: {e}") from None
     return arms
 
 

@@ -564,6 +564,20 @@ def resolve_plan(runs_dir: str | Path, *, preset: str | None = None, arms: Seque
         steps=steps or old.steps, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
+def parse_names(text: str, option: str, check: Callable[[str], object]) -> list[str]:
+    """`a,b,c` → the names, duplicates dropped, each passed to `check` (which raises ConfigError) before any
+    work starts; an error names `option`."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ConfigError(f"{option} {text!r}: name at least one")
+    for name in names:
+        try:
+            check(name)
+        except ConfigError as e:
+            raise ConfigError(f"{option}: {e}") from None
+    return names
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """`3` → seeds 0, 1, 2; `0,4,7` → those; `2-5` → 2, 3, 4, 5 (ranges and seeds mix: `0,10-12`)."""
     text = text.strip()

@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from commands.study import StudyPlan, load_plan, merge_plan, resolve_plan, run_study
+from commands.study import StudyPlan, load_plan, merge_plan, parse_names, resolve_plan, run_study
 from trainer import checkpoint as ckpt
 from trainer.config import get_preset
 from trainer.errors import ConfigError
@@ -28,15 +28,7 @@ SIZE_PRESETS = ("cpu-small-d96", "cpu-small", "cpu-small-d192")
 
 def parse_presets(text: str) -> tuple[str, ...]:
     """`a,b,c` → the presets, each checked, duplicates dropped."""
-    presets = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    if not presets:
-        raise ConfigError(f"--presets {text!r}: name at least one preset")
-    for p in presets:
-        try:
-            get_preset(p)
-        except ConfigError as e:
-            raise ConfigError(f"--presets: {e}") from None
-    return presets
+    return tuple(parse_names(text, "--presets", get_preset))
 
 
 def sweep_presets(out: Path, presets: Sequence[str] | None) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -242,8 +243,10 @@ def _die_with_parent(parent: int):
 class Progress:
     """One bar over the whole study: training steps of every run and the runs' analyses.
 
-    Its time left adds the remaining training steps at the rate measured so far (all processes
-    together) to the remaining analyses at the seconds they have taken so far; before one is measured,
+    Its time left adds the remaining training steps at the rate measured over the last RATE_WINDOW
+    seconds to the remaining analyses at the seconds they have taken so far. The rate is steps per
+    second a training process trains, times `jobs`: time the cores spend on analyses (or on other work, or
+    paused) does not count as slow training, which the analyses' own seconds would count again. Before one is measured,
     an analysis is priced in training steps (ANALYSIS_PRIOR) while training is left to do, else (a study
     with every run trained) at cpu-small's measured seconds (ANALYSIS_PRIOR_SECONDS); the time left reads
     "?" only while training has no rate yet. The bar fills by that same estimate of seconds."""
@@ -253,22 +256,34 @@ class Progress:
     # fp32 steps at two processes' ~10 steps a second (its seconds are halved too: two analyses at a time)
     ANALYSIS_PRIOR = 150.0
     ANALYSIS_PRIOR_SECONDS = 29.5
+    RATE_WINDOW = 600.0  # seconds: the step rate follows the machine as it speeds up or slows down
 
-    def __init__(self, train_total: int, train_done: int, analyses: int, analysed: int = 0, enabled: bool = True):
+    def __init__(self, train_total: int, train_done: int, analyses: int, analysed: int = 0, jobs: int = 2,
+                 enabled: bool = True):
         self.train_total, self.train_done = train_total, train_done
         self.analyses, self.analysed = analyses, analysed  # to do in all, done
         self.seconds: list[float] = []  # measured seconds of analyses that did work
-        self.t0, self.start_done = time.perf_counter(), train_done
+        self.jobs = jobs
+        self.busy = 0.0  # training process-seconds so far
+        self.last: float | None = None  # when `training` was last told
+        self.samples: deque[tuple[float, int, float]] = deque()  # (time, steps done, busy) over the window
         self.step_rate: float | None = None  # steps per second, all processes together
         self.bar = tqdm(total=1000, disable=not enabled, dynamic_ncols=True,
                         bar_format="study {percentage:3.0f}%|{bar}| {desc}")
         self.refresh()
 
-    def training(self, done: int) -> None:
-        self.train_done = done
-        elapsed = time.perf_counter() - self.t0
-        if done > self.start_done and elapsed > 0:
-            self.step_rate = (done - self.start_done) / elapsed
+    def training(self, done: int, training: int, now: float | None = None) -> None:
+        """`done` steps in all, `training` processes training since the last call (at `now`)."""
+        now = time.perf_counter() if now is None else now
+        if self.last is not None:
+            self.busy += (now - self.last) * training
+        self.last, self.train_done = now, done
+        self.samples.append((now, done, self.busy))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.RATE_WINDOW:
+            self.samples.popleft()
+        _, done0, busy0 = self.samples[0]
+        if self.busy > busy0:  # no step in the whole window (stalled, paused): no rate, the time left is "?"
+            self.step_rate = (done - done0) / (self.busy - busy0) * self.jobs or None
         self.refresh()
 
     def analysis(self, seconds: float, worked: bool) -> None:
@@ -438,7 +453,8 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
     def on_poll(running: list[Job]) -> None:
         waiting = [j.note for j in training.values() if j not in trained and j not in running]
         progress.training(finished_steps + plan.steps * len(trained) + sum(waiting)
-                          + sum(max(last_step(j.log), j.note) for j in running if j.what == "training"))
+                          + sum(max(last_step(j.log), j.note) for j in running if j.what == "training"),
+                          sum(j.what == "training" for j in running))
 
     run_jobs(queue, jobs, on_done, on_poll, pick_job)
 
@@ -514,7 +530,8 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
               f"{plan.steps} steps each, and each run's analysis once it is trained → {tables}", flush=True)
         analysed = analysed_runs(plan, runs, tables)
         done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in runs)
-        bar = Progress(plan.steps * len(runs), done, len(runs) if plan.metrics else 0, len(analysed), enabled=progress)
+        bar = Progress(plan.steps * len(runs), done, len(runs) if plan.metrics else 0, len(analysed), jobs,
+                       enabled=progress)
         try:
             train_and_analyze(plan, data, runs_dir, runs, tables, jobs, bar, analysed, drop)
         finally:

@@ -145,6 +145,23 @@ def test_analyses_go_first_until_the_last_trainings():
     assert study.pick_job(analyses, [*jobs("training", 1), *analyses]) is analyses[0]  # nothing else ready
 
 
+def test_step_rate_counts_training_time_only_and_forgets_old_slowness():
+    bar = Progress(train_total=10_000, train_done=0, analyses=0, jobs=2, enabled=False)
+    bar.training(0, 0, now=0.0)
+    bar.training(100, 2, now=50.0)  # two processes at 1 step/s each
+    assert bar.step_rate == pytest.approx(2.0)
+    bar.training(150, 1, now=100.0)  # one core analysing: training is no slower, the rate stays
+    assert bar.step_rate == pytest.approx(2.0)
+    bar.training(150, 2, now=400.0)  # paused five minutes (training held back, as when stopped)
+    assert bar.step_rate == pytest.approx(150 / 750 * 2)  # 150 steps in 750 process-seconds
+    bar.training(150, 2, now=1000.0)  # ten minutes without a step: no rate to price with
+    assert bar.step_rate is None and bar.left() == (None, None)
+    for k in range(1, 13):  # it trains again at 1 step/s a process: the pause leaves the window
+        bar.training(150 + 100 * k, 2, now=1000.0 + 50 * k)
+    assert bar.step_rate == pytest.approx(2.0)
+    bar.close()
+
+
 def test_time_left_adds_training_and_analysis():
     bar = Progress(train_total=100, train_done=40, analyses=4, enabled=False)
     assert bar.left() == (None, None)  # nothing measured: no rate to price with

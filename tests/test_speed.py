@@ -1,17 +1,44 @@
 import pytest
 import torch
+from torch import Tensor
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _adjust_lr, _zeropower_via_newtonschulz
 
 from trainer.config import get_preset
 from trainer.model import GPT
-from trainer.optim import build_optimizers, zeropower_batched
+from trainer.optim import build_optimizers, native_bf16_matmul, zeropower_batched
 
 
 @pytest.mark.parametrize("shape", [(128, 128), (128, 512), (512, 128), (1, 12)])
 def test_batched_newton_schulz_is_torchs_bit_for_bit(shape):
     g = torch.randn(6, *shape, generator=torch.Generator().manual_seed(sum(shape)))
     one_by_one = torch.stack([_zeropower_via_newtonschulz(m, (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, EPS) for m in g])
-    assert torch.equal(zeropower_batched(g, 5), one_by_one)
+    assert torch.equal(zeropower_batched(g, 5, native_bf16=True), one_by_one)
+
+
+def ulps_apart(x: Tensor, y: Tensor) -> Tensor:
+    """How many bf16 steps apart two bf16 tensors are (their bit patterns, as ordered integers)."""
+    def ordered(t):
+        bits = t.view(torch.int16).int()
+        return torch.where(bits < 0, -(bits & 0x7FFF), bits)
+    return (ordered(x) - ordered(y)).abs()
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (128, 512), (512, 128)])
+def test_newton_schulz_through_fp32_rounds_each_op_as_a_bf16_gemm(shape):
+    """The AVX2 path (fp32 GEMMs on bf16 values, rounded to bf16): one iteration agrees with torch's bf16 GEMMs
+    to one bf16 step nearly everywhere; five stay within the small spread rounding makes."""
+    g = torch.randn(6, *shape, generator=torch.Generator().manual_seed(sum(shape)))
+    one, one_native = zeropower_batched(g, 1, native_bf16=False), zeropower_batched(g, 1, native_bf16=True)
+    assert one.dtype == torch.bfloat16 and one.shape == g.shape
+    ulps = ulps_apart(one, one_native)
+    assert ulps.max() <= 1 and (ulps > 0).float().mean() < 0.01
+    five, five_native = zeropower_batched(g, 5, native_bf16=False), zeropower_batched(g, 5, native_bf16=True)
+    assert ((five.float() - five_native.float()).norm() / five_native.float().norm()) < 0.03
+
+
+def test_bf16_gemms_are_native_on_gpus_and_asked_of_mkldnn_on_cpus():
+    assert native_bf16_matmul(torch.device("cuda"))
+    assert native_bf16_matmul(torch.device("cpu")) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def reference_muon_step(params, bufs, lr, mom):
@@ -24,8 +51,10 @@ def reference_muon_step(params, bufs, lr, mom):
         p.add_(ortho.view_as(p).to(p.dtype), alpha=-_adjust_lr(lr, "original", p.shape[-2:]))
 
 
-def test_muon_step_is_the_per_matrix_step_bit_for_bit():
-    """q, k, v, o stacks, c_fc, c_proj and the smear gate move exactly as with one Newton–Schulz per matrix."""
+def test_muon_step_is_the_per_matrix_step_bit_for_bit(monkeypatch):
+    """q, k, v, o stacks, c_fc, c_proj and the smear gate move exactly as with one Newton–Schulz per matrix
+    (with torch's bf16 GEMMs, whatever this CPU has)."""
+    monkeypatch.setattr("trainer.optim.native_bf16_matmul", lambda device: True)
     preset = get_preset("tiny")
     model, ref = GPT(preset.model, seed=0), GPT(preset.model, seed=0)
     _, muon = build_optimizers(model, preset.train)

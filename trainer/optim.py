@@ -44,8 +44,8 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - mom)
                 todo.append((p, p.grad.lerp(buf, mom), group))
         # Every matrix of one shape (and step count) is orthogonalised in one batched Newton–Schulz:
-        # bit-for-bit torch's per-matrix iteration (checked in tests/test_train.py), in a third of the
-        # ops and half the time for cpu-small's 30 small matrices.
+        # bit-for-bit torch's per-matrix iteration where bf16 GEMMs are native (checked in tests/test_speed.py),
+        # in a third of the ops and half the time for cpu-small's 30 small matrices.
         by_shape: dict[tuple, list[int]] = {}
         for i, (p, update, group) in enumerate(todo):
             by_shape.setdefault((*update.shape[-2:], group["ns_steps"]), []).append(i)
@@ -61,18 +61,36 @@ class Muon(torch.optim.Optimizer):
             p.add_(o.view_as(p).to(p.dtype), alpha=-_adjust_lr(lr, "original", p.shape[-2:]))
 
 
-def zeropower_batched(G: Tensor, ns_steps: int) -> Tensor:
+def native_bf16_matmul(device: torch.device) -> bool:
+    """Whether torch multiplies bf16 matrices on `device` with real bf16 kernels: on a GPU, and on a CPU where
+    mkldnn has bf16 (AVX-512 or AMX). On an AVX2-only CPU torch's bf16 GEMM fallback runs ~20× slower than
+    fp32 (measured on an AMD EPYC: Muon was 78% of a cpu-small step)."""
+    return device.type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def zeropower_batched(G: Tensor, ns_steps: int, native_bf16: bool | None = None) -> Tensor:
     """torch's `_zeropower_via_newtonschulz` on each matrix of a (n, rows, cols) stack at once (bf16 out):
-    the same bf16 quintic iteration, with batched matmuls in place of 2-D ones."""
+    the same bf16 quintic iteration, with batched matmuls in place of 2-D ones.
+
+    Where bf16 GEMMs are not native (`native_bf16_matmul`, or `native_bf16=False`), each GEMM runs in fp32
+    on the bf16 values and its result is rounded to bf16: bf16 storage with fp32 accumulation, as mkldnn and
+    GPU tensor cores compute. Op by op this agrees with torch's fallback to within one bf16 step (tested);
+    over the five iterations the roundings compound, so it is close to torch's result, not bit for bit.
+    """
+    if native_bf16 is None:
+        native_bf16 = native_bf16_matmul(G.device)
     a, b, c = DEFAULT_A, DEFAULT_B, DEFAULT_C
     X = G.bfloat16()
     tall = G.size(-2) > G.size(-1)
     if tall:
         X = X.mT
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=EPS)
+    as_bf16 = (lambda t: t) if native_bf16 else (lambda t: t.bfloat16().float())
+    X = X if native_bf16 else X.float()
     for _ in range(ns_steps):
-        gram = X @ X.mT
-        X = torch.baddbmm(X, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), X, beta=a)
+        gram = as_bf16(X @ X.mT)
+        X = as_bf16(torch.baddbmm(X, as_bf16(torch.baddbmm(gram, gram, gram, beta=b, alpha=c)), X, beta=a))
+    X = X.bfloat16()
     return X.mT if tall else X
 
 

@@ -14,6 +14,7 @@ from trainer import checkpoint as ckpt
 from commands.cli import main as cli_main
 from trainer.config import get_preset
 from trainer.errors import CheckpointError, ConfigError
+from trainer.optim import native_bf16_matmul
 from trainer.train import checkpoint_steps, make_run, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +77,9 @@ def test_checkpoints_are_log_spaced_and_loadable_by_a_later_process(tiny_data, t
     assert meta["arm"] == "smear" and meta["seed"] == 0 and meta["tokens"] == 40 * 8 * 64
     assert meta["val_loss"] == pytest.approx(summary["val_loss"])
     assert meta["windows"] == [run.train.ws_validate, run.train.ws_validate_final]
+    machine = json.loads((tmp_path / "run" / ckpt.RUN_FILE).read_text())["machine"]  # what it was trained on
+    assert machine["torch"] == torch.__version__ and machine["cpu_capability"] and machine["bf16_gemm"] == (
+        "native" if native_bf16_matmul(torch.device("cpu")) else "fp32, rounded to bf16")
     code = ("import sys, torch; from trainer.checkpoint import load_model; from trainer.train import evaluate, load_run;"
             "from trainer.data import load_split;"
             f"m, meta = load_model({str(tmp_path / 'run')!r}); r = load_run({str(tmp_path / 'run')!r});"

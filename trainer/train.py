@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from trainer.errors import ConfigError, DataError, DiskFullError, SmearlensError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import keep_freed_memory
-from trainer.optim import adam_step, apply_schedules, build_optimizers, window_blocks
+from trainer.optim import adam_step, apply_schedules, build_optimizers, native_bf16_matmul, window_blocks
 from trainer.tokenizer import Tokenizer, gpt2_tokenizer
 
 LOG_FILE = "loss.csv"
@@ -128,7 +129,7 @@ def rng_state() -> dict:
     return state
 
 
-def prepare_run(run_dir: Path, run: Run, resume: bool) -> None:
+def prepare_run(run_dir: Path, run: Run, resume: bool, device: torch.device) -> None:
     """Create the run folder, or check that an existing one holds this very run."""
     manifest = run_dir / ckpt.RUN_FILE
     if manifest.exists():
@@ -148,9 +149,30 @@ def prepare_run(run_dir: Path, run: Run, resume: bool) -> None:
         if not resume and ckpt.complete_checkpoints(run_dir):
             raise ConfigError(f"{run_dir}: already has checkpoints; pass --resume to continue it")
     else:
-        atomic_write_text(manifest, json.dumps(dict(run.manifest(), code_version=ckpt.code_version()), indent=1))
+        atomic_write_text(manifest, json.dumps(dict(run.manifest(), code_version=ckpt.code_version(),
+                                                    machine=machine_info(device)), indent=1))
         # the tokenizer travels with the run, so analysis can decode tokens without the data folder
         data_tokenizer(run.data).save(run_dir)
+
+
+def machine_info(device: torch.device) -> dict:
+    """What a run is trained on, for its run.json: kernels differ between machines, so a run's last bits can too
+    (Muon's Newton–Schulz is bf16 GEMMs where they are native, fp32 ones rounded to bf16 elsewhere)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    info = dict(torch=torch.__version__, device=device.type, cpu=cpu,
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                bf16_gemm="native" if native_bf16_matmul(device) else "fp32, rounded to bf16")
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def train(
@@ -172,7 +194,7 @@ def train(
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {world} ranks")
     if rank == 0:
-        prepare_run(run_dir, run, resume)
+        prepare_run(run_dir, run, resume, dev)
     if world > 1:
         dist.barrier()
 

@@ -13,8 +13,11 @@ of per-repetition ratios against "before".
    loss, finiteness check, Adam, Muon), tokens per CPU-second and MFU against both peaks:
      before            fp32, Muon orthogonalising one matrix at a time (the replaced optimiser step)
      batched Muon      fp32, one batched Newton–Schulz per matrix shape (kept; bit for bit the same)
+     Muon fp32 GEMMs   + the Newton–Schulz GEMMs in fp32, rounded to bf16 (kept where the CPU has no
+                       bf16 GEMMs, as on AVX2: torch's bf16 fallback there is ~20× slower than fp32)
      bf16 (bf16 attn)  + autocast=bf16 with CPU attention in bf16 (what autocast did before)
      bf16              + autocast=bf16, attention in fp32 (kept; an option, the study stays fp32)
+   (the two bf16 rows orthogonalise as the trainer does on this machine: bf16 GEMMs where they are native)
 3. Several seeds as one batched model (torch.func: stack_module_state + vmap over the stacked weights
    and each seed's own batch): forward + backward of --seeds runs, batched vs one after another,
    checked bit for bit against the separate runs.
@@ -101,13 +104,14 @@ class Variant:
     """One configuration's model, optimisers and loader, stepped as trainer.train's loop does."""
 
     def __init__(self, name: str, preset, tokens: np.ndarray, *, bf16: bool, per_matrix_muon: bool,
-                 bf16_attention: bool = False):
+                 bf16_attention: bool = False, native_bf16_muon: bool | None = True):
         self.name, self.cfg = name, preset.train
         self.mcfg = replace(preset.model, smear=True)
         self.bf16, self.bf16_attention = bf16, bf16_attention
         torch.manual_seed(self.cfg.seed)
         self.model = GPT(self.mcfg, seed=self.cfg.seed)
         self.adam, self.muon = build_optimizers(self.model, self.cfg)
+        self.muon.native_bf16 = native_bf16_muon
         if per_matrix_muon:
             self.muon.__class__ = PerMatrixMuon
         self.loader = BatchLoader(tokens, self.mcfg.bos_id, self.cfg.batch_size, self.cfg.seq_len, self.cfg.seed,
@@ -237,8 +241,10 @@ def main() -> None:
     tokens = random_bos_tokens(preset.model.vocab_size, preset.model.bos_id, 2_000_000)
     variants = [Variant("before", preset, tokens, bf16=False, per_matrix_muon=True),
                 Variant("batched Muon", preset, tokens, bf16=False, per_matrix_muon=False),
-                Variant("bf16 (bf16 attn)", preset, tokens, bf16=True, per_matrix_muon=False, bf16_attention=True),
-                Variant("bf16", preset, tokens, bf16=True, per_matrix_muon=False)]
+                Variant("Muon fp32 GEMMs", preset, tokens, bf16=False, per_matrix_muon=False, native_bf16_muon=False),
+                Variant("bf16 (bf16 attn)", preset, tokens, bf16=True, per_matrix_muon=False, bf16_attention=True,
+                        native_bf16_muon=None),
+                Variant("bf16", preset, tokens, bf16=True, per_matrix_muon=False, native_bf16_muon=None)]
     for v in variants:
         v.run(args.warmup, record=False)
     for r in range(args.reps):

@@ -46,7 +46,7 @@ import torch
 from trainer.config import PRESETS, get_preset, replace
 from trainer.data import BatchLoader
 from trainer.model import GPT
-from trainer.optim import apply_schedules, build_optimizers, window_blocks
+from trainer.optim import apply_schedules, build_optimizers, native_bf16_matmul, window_blocks
 from trainer.perf import keep_freed_memory, model_flops_per_token
 
 PEAK_SIZES = (256, 512, 1024, 2048)
@@ -117,7 +117,7 @@ def gemm_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float) -> f
     t0 = time.perf_counter()
     torch.mm(a, b, out=out)
     once = max(time.perf_counter() - t0, 1e-6)
-    trials = 5
+    trials = max(1, min(5, int(seconds / once)))  # one trial where a call alone outlasts `seconds` (AVX2's bf16)
     per_trial = max(1, int(seconds / trials / once))
     best = 0.0
     for _ in range(trials):
@@ -358,6 +358,8 @@ def main() -> None:
     p32 = max(v for (dt, _), v in peak.items() if dt == "fp32")
     p16 = max(v for (dt, _), v in peak.items() if dt == "bf16")
     print(f"{'peak':>6} {p32:>9.1f} {p16:>9.1f} {p16 / p32:>10.2f}   (MFU below uses the fp32 peak)")
+    print(f"bf16 GEMMs native here (mkldnn): {native_bf16_matmul(torch.device('cpu'))}; where not, Muon's "
+          "Newton–Schulz runs as fp32 GEMMs rounded to bf16")
 
     print(f"\nthe model's forward GEMMs at {rows} rows, fp32, best GFLOP/s:")
     print(f"{'gemm':>10} {'m×k @ k×n':>22} {'GFLOP/s':>9} {'of peak':>8}")

@@ -23,11 +23,14 @@ class Muon(torch.optim.Optimizer):
     torch's Muon only takes 2-D parameters; the record keeps q, k, v and o in one (4, d, d)
     tensor and orthogonalises each matrix on its own. This applies torch's Newton–Schulz
     iteration and learning-rate adjustment to every matrix of a stack, with the same Nesterov
-    momentum as torch (and the record).
+    momentum as torch (and the record). `native_bf16` picks the Newton–Schulz GEMMs (see `zeropower_batched`;
+    None: bf16 where this machine has bf16 GEMMs).
     """
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0, ns_steps: int = 5):
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0, ns_steps: int = 5,
+                 native_bf16: bool | None = None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self.native_bf16 = native_bf16
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
@@ -52,7 +55,7 @@ class Muon(torch.optim.Optimizer):
         ortho: list[Tensor | None] = [None] * len(todo)
         for (rows, cols, ns_steps), idx in by_shape.items():
             stacked = torch.cat([todo[i][1].reshape(-1, rows, cols) for i in idx])
-            done = zeropower_batched(stacked, ns_steps).split([todo[i][1].numel() // (rows * cols) for i in idx])
+            done = zeropower_batched(stacked, ns_steps, self.native_bf16).split([todo[i][1].numel() // (rows * cols) for i in idx])
             for i, o in zip(idx, done):
                 ortho[i] = o
         for (p, _, group), o in zip(todo, ortho):

@@ -93,6 +93,7 @@ def test_one_study_at_a_time_in_a_folder(tmp_path, capsys):
 
 def test_the_demo_is_a_study_with_its_layout(monkeypatch, tmp_path):
     seen = {}
+    monkeypatch.setattr(demo, "native_bf16_matmul", lambda device: True)
     monkeypatch.setattr(demo, "run_study", lambda plan, runs_dir, **kw: seen.update(plan=plan, runs=runs_dir, **kw))
     demo.run_demo(seeds=3, out=tmp_path / "checkpoints", figures=tmp_path / "figures")
     p = seen["plan"]
@@ -104,6 +105,9 @@ def test_the_demo_is_a_study_with_its_layout(monkeypatch, tmp_path):
     assert seen["figures"] == tmp_path / "figures" and seen["report"] == tmp_path / "figures" / "report.md"
     assert seen["notebooks"] and seen["command"].startswith("smearlens demo --preset cpu-small --seeds 3")
     assert seen["command"].endswith("--set autocast=bf16")
+    # a CPU without bf16 GEMMs (AVX2) trains the demo in fp32: its bf16 autocast is many times slower
+    monkeypatch.setattr(demo, "native_bf16_matmul", lambda device: False)
+    assert demo.demo_plan().overrides == ("autocast=fp32",)
 
 
 def test_the_demo_trains_as_told():

@@ -192,8 +192,29 @@ def smear_markdown(tables: Tables | None) -> str:
 
 def _runs_markdown(tables: Tables) -> str:
     last = stats.final_rows(tables.heads).drop_duplicates("run").sort_values(["arm", "seed"])
-    rows = [[r["arm"], r["seed"], r["run"], r["step"], f"{int(r['tokens']):,}"] for r in last.to_dict("records")]
-    return _md_table(["arm", "seed", "run", "final step", "tokens seen"], rows)
+    machine = lambda run: (tables.configs.get(run) or {}).get("machine") or {}
+    rows = [[r["arm"], r["seed"], r["run"], r["step"], f"{int(r['tokens']):,}",
+             f"{machine(r['run']).get('cpu', 'not recorded')} ({machine(r['run']).get('bf16_gemm', '?')})"]
+            for r in last.to_dict("records")]
+    return (_md_table(["arm", "seed", "run", "final step", "tokens seen", "trained on (bf16 GEMMs)"], rows)
+            + "\n\n" + machines_sentence(tables))
+
+
+def machines_sentence(tables: Tables) -> str:
+    """How many seeds (all their arms together: a seed is a pair) trained with each kind of bf16 GEMMs.
+
+    Muon's Newton–Schulz is torch's bf16 GEMMs where a machine has them and fp32 GEMMs rounded to bf16
+    elsewhere (trainer.optim), so runs differ in their last bits by machine; a seed whose runs differ is
+    named as split."""
+    kinds: dict[int, set[str]] = {}
+    for r in stats.final_rows(tables.heads).drop_duplicates("run").to_dict("records"):
+        manifest = tables.configs.get(str(r["run"])) or {}
+        kinds.setdefault(int(r["seed"]), set()).add((manifest.get("machine") or {}).get("bf16_gemm", "not recorded"))
+    whole = pd.Series([next(iter(k)) for k in kinds.values() if len(k) == 1], dtype=str).value_counts()
+    split = sorted(seed for seed, k in kinds.items() if len(k) > 1)
+    counts = "; ".join(f"{n} with {kind}" for kind, n in sorted(whole.items())) or "none on one kind"
+    return (f"Seeds by the machine's bf16 GEMMs (every arm of a seed on one kind): {counts}. "
+            f"Seeds split across kinds: {', '.join(map(str, split)) or 'none'}.")
 
 
 def notebook_statistics(tables: Tables | None, threshold: float = DEFAULT_THRESHOLD,

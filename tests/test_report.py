@@ -180,3 +180,17 @@ def test_every_arm_of_a_screen_gets_its_own_colour():
     arms = ["baseline", "smear", *(f"arm-{i}" for i in range(28))]
     assert len({colours[a] for a in arms}) == len(arms)
     assert colours["arm-0"] == colours["arm-0"]  # an arm keeps its colour
+
+
+def test_report_says_which_machines_trained_each_seed(tmp_path):
+    from analysis import stats
+
+    tables = stats.load_tables(write_tables(tmp_path / "checkpoints" / "analysis"))
+    assert "not recorded" in report.machines_sentence(tables)  # manifests from before machines were recorded
+    for run, manifest in tables.configs.items():
+        seed = int(run.split("-s")[1].split("-")[0])
+        kind = "native" if seed == 0 or (seed == 2 and "smear" in run) else "fp32, rounded to bf16"
+        manifest["machine"] = dict(cpu="AMD EPYC", bf16_gemm=kind)
+    sentence = report.machines_sentence(tables)
+    assert "1 with fp32, rounded to bf16; 1 with native" in sentence and sentence.endswith("split across kinds: 2.")
+    assert "AMD EPYC (native)" in report._runs_markdown(tables)

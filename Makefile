@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/smearlens demo
 
+# one pytest worker a CPU (pytest-xdist): the tests are one-thread, many of them waiting on subprocesses
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 $(NOTEBOOKS_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[notebooks]"

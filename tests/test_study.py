@@ -8,9 +8,11 @@ import pytest
 from filelock import FileLock
 
 import commands.demo as demo
+import commands.jobs as jobs
 import commands.study as study
 from commands.cli import main as cli_main
-from commands.study import MANIFEST, StudyPlan, Progress, load_plan, merge_plan, parse_seeds, resolve_plan
+from commands.jobs import Progress
+from commands.study import MANIFEST, StudyPlan, load_plan, merge_plan, parse_seeds, resolve_plan
 from trainer.errors import ConfigError, SmearlensError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,33 +122,33 @@ def test_the_demo_trains_as_told():
 def test_jobs_wait_for_what_they_need(tmp_path):
     # one queue for training and analysis: a run's analysis starts once its training ends, and any free
     # core takes the first job that is ready (here: b's analysis while a trains on)
-    def job(name: str, seconds: float, after=None) -> study.Job:
+    def job(name: str, seconds: float, after=None) -> jobs.Job:
         cmd = [sys.executable, "-c", f"import time; time.sleep({seconds}); print(time.time())"]
-        return study.Job(cmd, tmp_path / f"{name}.log", name, note=name, after=after)
+        return jobs.Job(cmd, tmp_path / f"{name}.log", name, note=name, after=after)
 
     train_a, train_b = job("train a", 1.5), job("train b", 0.2)
     queue = [train_a, train_b, job("analyse a", 0.1, after=train_a), job("analyse b", 0.1, after=train_b)]
     order = []
-    study.run_jobs(queue, 2, lambda j, s: order.append(j.note), lambda running: None)
+    jobs.run_jobs(queue, 2, lambda j, s: order.append(j.note), lambda running: None)
     assert order == ["train b", "analyse b", "train a", "analyse a"]
     ended = {j.note: float((tmp_path / f"{j.note}.log").read_text()) for j in queue}
     assert ended["analyse b"] < ended["train a"] < ended["analyse a"]
     with pytest.raises(SmearlensError, match="waits for"):
-        study.run_jobs([job("orphan", 0, after=job("never queued", 0))], 2, lambda j, s: None, lambda r: None)
+        jobs.run_jobs([job("orphan", 0, after=job("never queued", 0))], 2, lambda j, s: None, lambda r: None)
 
 
 def test_analyses_go_first_until_the_last_trainings():
-    def jobs(what: str, n: int) -> list[study.Job]:
-        return [study.Job([], Path(f"{what}{i}.log"), what) for i in range(n)]
+    def queued(what: str, n: int) -> list[jobs.Job]:
+        return [jobs.Job([], Path(f"{what}{i}.log"), what) for i in range(n)]
 
-    analyses = jobs("analysis", 2)
+    analyses = queued("analysis", 2)
     for left in (study.TAIL_TRAININGS + 1, study.TAIL_TRAININGS):
-        trainings = jobs("training", left)
+        trainings = queued("training", left)
         ready = [*trainings, *analyses]
         picked = study.pick_job(ready, ready)
         # a long study analyses what it trained; its last trainings go first, analyses filling the tail
         assert picked is (analyses[0] if left > study.TAIL_TRAININGS else trainings[0])
-    assert study.pick_job(analyses, [*jobs("training", 1), *analyses]) is analyses[0]  # nothing else ready
+    assert study.pick_job(analyses, [*queued("training", 1), *analyses]) is analyses[0]  # nothing else ready
 
 
 def test_step_rate_counts_training_time_only_and_forgets_old_slowness():

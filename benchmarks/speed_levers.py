@@ -42,14 +42,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train_benchmark import cpu_name, random_bos_tokens  # noqa: E402
+from train_benchmark import random_bos_tokens  # noqa: E402
 
 import trainer.model as model_module  # noqa: E402
 from trainer.config import PRESETS, get_preset, replace  # noqa: E402
 from trainer.data import BatchLoader  # noqa: E402
 from trainer.model import GPT  # noqa: E402
 from trainer.optim import Muon, apply_schedules, build_optimizers, window_blocks  # noqa: E402
-from trainer.perf import keep_freed_memory, model_flops_per_token  # noqa: E402
+from trainer.perf import cpu_name, keep_freed_memory, model_flops_per_token  # noqa: E402
 
 
 def median(xs) -> float:

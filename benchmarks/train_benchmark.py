@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ from trainer.config import PRESETS, get_preset, replace
 from trainer.data import BatchLoader
 from trainer.model import GPT
 from trainer.optim import apply_schedules, build_optimizers, native_bf16_matmul, window_blocks
-from trainer.perf import keep_freed_memory, model_flops_per_token
+from trainer.perf import cpu_name, keep_freed_memory, model_flops_per_token
 
 PEAK_SIZES = (256, 512, 1024, 2048)
 TARGET_MFU = 0.30
@@ -69,16 +68,6 @@ def median(xs) -> float:
 def quartiles(xs) -> tuple[float, float]:
     q = np.percentile(np.asarray(xs, dtype=float), [25, 75])
     return float(q[0]), float(q[1])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def busy_cpu_seconds() -> float:

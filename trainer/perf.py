@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import platform
 import sys
+from pathlib import Path
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _tuned = False
@@ -27,6 +29,16 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc
         _tuned = False
     return _tuned
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or "?")
 
 
 from trainer.config import GATE_DIM, ModelConfig  # noqa: E402  (config imports nothing from here)

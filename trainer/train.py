@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from trainer.data import BatchLoader, load_split, validation_batches
 from trainer.errors import ConfigError, DataError, DiskFullError, SmearlensError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
-from trainer.perf import keep_freed_memory
+from trainer.perf import cpu_name, keep_freed_memory
 from trainer.optim import adam_step, apply_schedules, build_optimizers, native_bf16_matmul, window_blocks
 from trainer.tokenizer import Tokenizer, gpt2_tokenizer
 
@@ -158,21 +157,12 @@ def prepare_run(run_dir: Path, run: Run, resume: bool, device: torch.device) -> 
 def machine_info(device: torch.device) -> dict:
     """What a run is trained on, for its run.json: kernels differ between machines, so a run's last bits can too
     (Muon's Newton–Schulz is bf16 GEMMs where they are native, fp32 ones rounded to bf16 elsewhere)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    info = dict(torch=torch.__version__, device=device.type, cpu=cpu,
+    info = dict(torch=torch.__version__, device=device.type, cpu=cpu_name(),
                 cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 bf16_gemm="native" if native_bf16_matmul(device) else "fp32, rounded to bf16")
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 def train(

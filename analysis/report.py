@@ -289,6 +289,20 @@ def configs_markdown(configs: dict | None, runs: Sequence[str] = ()) -> str:
 # Notebooks
 
 
+def _log_terminal_to(path: str) -> None:
+    """Point this (pool worker) process's stdout and stderr, and so its kernels', at `path`.
+
+    A kernel's own output is not the notebook's (that comes back over its sockets): it is log lines
+    and, rarely, libzmq aborting on a socket at shutdown ("Assertion failed: pfd.revents & POLLIN"),
+    after every cell has run. It belongs in a log beside the executed notebooks, not among the demo's
+    progress lines.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _execute_notebook(src: str, dest: str, params: dict, sockets: str) -> tuple[bool, str]:
     """One notebook through papermill in this (child) process: (True, the executed copy's path) or
     (False, why it failed)."""
@@ -340,10 +354,15 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
         # runs in while the notebook runs, so two in threads of this one left it in notebooks/ (and the
         # report, written to a relative path, went there too).
         workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = pool.map(_execute_notebook, *zip(*jobs))
-            results = {name: Path(r) if ok else r for name, (ok, r) in zip(names, done)}
-    return results
+        log = out_dir / "kernels.log"
+        log.write_text("")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_log_terminal_to, initargs=(str(log),)) as pool:
+            done = list(pool.map(_execute_notebook, *zip(*jobs)))
+    if not log.stat().st_size:
+        log.unlink()
+    see = f" (the kernels' log: {log})" if log.exists() else ""
+    return {name: Path(r) if ok else r + see for name, (ok, r) in zip(names, done)}
 
 
 # ---------------------------------------------------------------------------------------------

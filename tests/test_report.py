@@ -146,6 +146,23 @@ def test_notebooks_flag_uses_the_notebooks(tmp_path, monkeypatch):
     assert "[executed copy](notebooks/01.ipynb)" in text and "failed — boom" in text
 
 
+def test_a_notebook_workers_terminal_output_goes_to_its_log(tmp_path):
+    """What a kernel prints on its own (libzmq once aborted at shutdown: "Assertion failed: pfd.revents &
+    POLLIN") lands in the kernels' log, not among the demo's progress lines."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "kernels.log"
+    kernel = "import os; os.write(1, b'kernel out\\n'); os.write(2, b'Assertion failed: pfd.revents\\n')"
+    worker = ("import subprocess, sys; from analysis.report import _log_terminal_to; _log_terminal_to(sys.argv[1]); "
+              f"subprocess.run([sys.executable, '-c', {kernel!r}], check=True); print('worker', flush=True)")
+    done = subprocess.run([sys.executable, "-c", worker, str(log)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == done.stderr == ""
+    assert log.read_text().splitlines() == ["kernel out", "Assertion failed: pfd.revents", "worker"]
+
+
 def test_report_with_a_third_arm(tmp_path, no_drawing):
     folder = write_tables(tmp_path / "ck" / "analysis", arms=("baseline", "smear", "dose-0.8"))
     text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", formats=("png",)).read_text()

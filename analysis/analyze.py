@@ -92,6 +92,10 @@ COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}
 GROUP_KEYS = {"heads": ["run", "step", "metric"], "smear": ["run", "step"], "smear_vocab": ["run", "step"],
               "smear_tokens": ["run", "step"], "paths": ["run", "step"],
               "offsets": ["run", "step"], **{name: ["run", "step"] for name in MECHANISM}}
+# Tables are written in one row order, whatever order their runs' analyses finished in: by their group
+# keys, except smear_tokens, where every run's row for one token occurrence sits with the others: the
+# token columns then repeat and compress (2.5 MB -> 0.8 MB for 16 runs: a study carried in git stays small).
+ROW_ORDER = {"smear_tokens": ["step", "sample", "position", "run"]}
 LOCK_FILE = ".analyze.lock"  # taken by each table write, so concurrent `analyze` runs on one folder merge
 LOCK_TIMEOUT = 600  # seconds; a write holds it for well under one
 
@@ -167,9 +171,10 @@ class Tables:
                 self.added[name] += len(rows)
 
     def write(self, name: str, frame: pd.DataFrame) -> None:
-        """Replace the table (and its CSV) by `frame`; the caller holds the lock."""
+        """Replace the table (and its CSV) by `frame`, its rows in a fixed order; the caller holds the lock."""
+        frame = frame.sort_values(ROW_ORDER.get(name, GROUP_KEYS[name]), kind="stable", ignore_index=True)
         with atomic_path(self.path(name)) as tmp:
-            frame.to_parquet(tmp, index=False)
+            frame.to_parquet(tmp, index=False, compression="zstd")
         self.frames[name], self.stamps[name] = frame, self._stamp(name)
         if self.csv:
             self.write_csv(name)
@@ -177,6 +182,14 @@ class Tables:
     def write_csv(self, name: str) -> None:
         with atomic_path(self.path(name, "csv")) as tmp:
             self.frames[name].to_csv(tmp, index=False)
+
+    def rewrite(self) -> None:
+        """Write every table again, e.g. one an older version wrote in another row order."""
+        with self.lock:
+            for name in COLUMNS:
+                self.refresh(name)
+                if self.stamps[name] is not None:
+                    self.write(name, self.frames[name])
 
     def finish(self) -> None:
         """Every table exists afterwards (empty when nothing belongs in it), and its CSV when asked,

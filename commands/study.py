@@ -185,8 +185,11 @@ def copy_study(src: str | Path, dst: str | Path) -> list[str]:
     """Copy the study in `src` to `dst` without checkpoints: study.json, the tables, report and figures,
     and the folder of each analysed run (its run.json, loss.csv, records and analysed.json). The copy
     resumes with the same command: its analysed runs are done, the rest train from the start. An existing
-    `dst` is updated in place. Returns the runs copied."""
+    `dst` is updated in place; its tables are written again in the row order this version writes (compact
+    in git, whichever version wrote `src`). Returns the runs copied."""
     import shutil
+
+    from analysis.analyze import Tables
 
     src, dst = Path(src), Path(dst)
     plan = load_plan(src)
@@ -202,6 +205,8 @@ def copy_study(src: str | Path, dst: str | Path) -> list[str]:
     for folder in ["analysis", "figures", *(run.name for run in done)]:
         if (src / folder).is_dir():
             shutil.copytree(src / folder, dst / folder, ignore=ignore, dirs_exist_ok=True)
+    if (dst / "analysis").is_dir():
+        Tables(dst / "analysis", csv=any((dst / "analysis").glob("*.csv"))).rewrite()
     return [run.name for run in done]
 
 

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -27,6 +24,7 @@ import pandas as pd
 from analysis import dose_response as dr
 from analysis import mechanism_stats as mech
 from analysis import plots, stats
+from analysis.notebook_runner import NOTEBOOKS, run_notebooks  # noqa: F401 (NOTEBOOKS: the report's)
 from analysis.markdown import _ci, _md_table, _num, _p, _seeds, _signflip
 from analysis.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
 from analysis.report_mechanism import mechanism_conclusion, mechanism_markdown
@@ -36,8 +34,6 @@ from trainer.io import atomic_write_text
 
 DEFAULT_TABLES = Path("checkpoints/analysis")
 DEFAULT_FIGURES = Path("figures")
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ("01_previous_token_heads", "02_smear_gate", "03_freed_heads", "04_inspect", "05_mechanism")
 STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES  # drawn in their own sections, only when their arms are there
 
 
@@ -283,86 +279,6 @@ def configs_markdown(configs: dict | None, runs: Sequence[str] = ()) -> str:
     if missing and len(configs) > 1:
         parts += ["", f"No `run.json` for: {', '.join(missing)}."]
     return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Notebooks
-
-
-def _log_terminal_to(path: str) -> None:
-    """Point this (pool worker) process's stdout and stderr, and so its kernels', at `path`.
-
-    A kernel's own output is not the notebook's (that comes back over its sockets): it is log lines
-    and, rarely, libzmq aborting on a socket at shutdown ("Assertion failed: pfd.revents & POLLIN"),
-    after every cell has run. It belongs in a log beside the executed notebooks, not among the demo's
-    progress lines.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def _execute_notebook(src: str, dest: str, params: dict, sockets: str) -> tuple[bool, str]:
-    """One notebook through papermill in this (child) process: (True, the executed copy's path) or
-    (False, why it failed)."""
-    if not Path(src).exists():
-        return False, f"{src} is missing"
-    import papermill as pm
-    from traitlets.config import Config
-
-    kernel = Config({"KernelManager": {"transport": "ipc", "ip": sockets}})
-    try:
-        # the kernel logs only what is fatal: its shutdown can log a caught KeyboardInterrupt
-        pm.execute_notebook(src, dest, parameters=params, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-                            kernel_name="python3", config=kernel, extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
-        return True, dest
-    except Exception as e:  # a kernel or cell failure: report it, keep the other notebooks
-        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-
-
-def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoints: str | Path | None = None,
-                  preset: str | None = None, threshold: float = DEFAULT_THRESHOLD,
-                  names: Sequence[str] = NOTEBOOKS, out_dir: str | Path | None = None) -> dict[str, Path | str]:
-    """Execute the notebooks headless (papermill) into `out_dir` (default figures_dir/notebooks).
-
-    Returns, per notebook, the executed copy or why it failed. The notebooks write their figures
-    into figures_dir under the same names the report uses.
-    """
-    try:
-        import papermill  # noqa: F401 (the notebooks run in child processes; fail here, early and clearly)
-    except ImportError:
-        raise AnalysisError("papermill is not installed (pip install -e '.[dev]'); run the report without "
-                            "--notebooks to draw the figures directly") from None
-    tables_dir, figures_dir = Path(tables_dir).resolve(), Path(figures_dir).resolve()
-    out_dir = Path(out_dir) if out_dir else figures_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
-    common = dict(figures_dir=str(figures_dir), preset=preset)
-    if not names:
-        return {}
-    # The kernels talk over local sockets (IPC), not TCP: nothing listens on a port, and ipykernel has
-    # no "running over TCP without encryption" warning to print among our progress lines. The sockets
-    # live in a private temporary folder (by default they would land in the notebooks' working folder),
-    # one prefix per notebook.
-    with tempfile.TemporaryDirectory(prefix="smearlens-kernel-") as sockets:
-        jobs = [(str(NOTEBOOKS_DIR / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
-                 dict(common, checkpoints=str(checkpoints)) if name == "04_inspect" else
-                 dict(common, tables_dir=str(tables_dir), runs_dir=str(checkpoints), threshold=threshold),
-                 str(Path(sockets) / name)) for name in names]
-        # Two at a time, each in its own process: papermill changes the working folder of the process it
-        # runs in while the notebook runs, so two in threads of this one left it in notebooks/ (and the
-        # report, written to a relative path, went there too).
-        workers = max(1, min(len(jobs), os.cpu_count() or 1))
-        log = out_dir / "kernels.log"
-        log.write_text("")
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_log_terminal_to, initargs=(str(log),)) as pool:
-            done = list(pool.map(_execute_notebook, *zip(*jobs)))
-    if not log.stat().st_size:
-        log.unlink()
-    see = f" (the kernels' log: {log})" if log.exists() else ""
-    return {name: Path(r) if ok else r + see for name, (ok, r) in zip(names, done)}
 
 
 # ---------------------------------------------------------------------------------------------

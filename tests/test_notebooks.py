@@ -76,20 +76,24 @@ def executed(tmp_path_factory) -> dict[str, Path]:
     # 04 goes through the report's runner, as `smearlens demo` does, so its terminal output is checked too
     # with a second notebook beside it: two at a time must leave this process's working folder alone (papermill
     # changes it while a notebook runs; in threads, the demo's report once went to notebooks/figures/)
-    runner = ("import os, sys; from analysis.report import run_notebooks; cwd = os.getcwd(); "
+    runner = ("import os, sys; from analysis.notebook_runner import run_notebooks; cwd = os.getcwd(); "
               "r = run_notebooks(sys.argv[1], sys.argv[2], names=['04_inspect', '02_smear_gate'], out_dir=sys.argv[3]); "
               "assert os.getcwd() == cwd, os.getcwd(); "
               "sys.exit(None if all(not isinstance(v, str) for v in r.values()) else repr(r))")
     procs["04"] = (subprocess.Popen([sys.executable, "-c", runner, str(good), str(figs), str(root / "executed")],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env),
                    root / "executed" / "04_inspect.ipynb")
+    # the others one process each, as the runner runs each: its kernels on local sockets, not TCP ports
+    # (eight kernels starting at once on TCP once raced for a port: "Kernel died before replying")
+    one = ("import json, sys; from analysis.notebook_runner import execute_notebook; "
+           "ok, r = execute_notebook(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]); "
+           "sys.exit(None if ok else r)")
+    (root / "sockets").mkdir()
     for key, (name, params) in jobs.items():
         out = root / "executed" / f"{key}.ipynb"
         out.parent.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / f"{name}.ipynb"), str(out), "--cwd", str(NOTEBOOKS),
-               "--no-progress-bar", "--execution-timeout", "120", "-k", "python3"]
-        for k, v in params.items():
-            cmd += ["-p", k, str(v)]
+        cmd = [sys.executable, "-c", one, str(NOTEBOOKS / f"{name}.ipynb"), str(out),
+               json.dumps({k: str(v) for k, v in params.items()}), str(root / "sockets" / key)]
         procs[key] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env), out)
     for key, (proc, out) in procs.items():
         log, _ = proc.communicate(timeout=300)

@@ -154,7 +154,7 @@ def test_a_notebook_workers_terminal_output_goes_to_its_log(tmp_path):
 
     log = tmp_path / "kernels.log"
     kernel = "import os; os.write(1, b'kernel out\\n'); os.write(2, b'Assertion failed: pfd.revents\\n')"
-    worker = ("import subprocess, sys; from analysis.report import _log_terminal_to; _log_terminal_to(sys.argv[1]); "
+    worker = ("import subprocess, sys; from analysis.notebook_runner import log_terminal_to; log_terminal_to(sys.argv[1]); "
               f"subprocess.run([sys.executable, '-c', {kernel!r}], check=True); print('worker', flush=True)")
     done = subprocess.run([sys.executable, "-c", worker, str(log)], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])

@@ -24,7 +24,7 @@ import pandas as pd
 from analysis import dose_response as dr
 from analysis import mechanism_stats as mech
 from analysis import plots, stats
-from analysis.notebook_runner import NOTEBOOKS, run_notebooks  # noqa: F401 (NOTEBOOKS: the report's)
+from analysis.notebook_runner import run_notebooks
 from analysis.markdown import _ci, _md_table, _num, _p, _seeds, _signflip
 from analysis.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
 from analysis.report_mechanism import mechanism_conclusion, mechanism_markdown

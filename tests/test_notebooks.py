@@ -146,10 +146,10 @@ def test_mechanism_notebook_states_its_numbers(executed):
 
 
 def test_report_runs_every_notebook():
-    from analysis import report
+    from analysis import notebook_runner
 
-    assert set(report.NOTEBOOKS) == set(plots.NOTEBOOK_FIGURES) | {"04_inspect"}
-    assert all((NOTEBOOKS / f"{name}.ipynb").exists() for name in report.NOTEBOOKS)
+    assert set(notebook_runner.NOTEBOOKS) == set(plots.NOTEBOOK_FIGURES) | {"04_inspect"}
+    assert all((NOTEBOOKS / f"{name}.ipynb").exists() for name in notebook_runner.NOTEBOOKS)
 
 
 def test_inspect_notebook_explains_what_is_missing(executed):

@@ -122,11 +122,18 @@ def test_the_demo_trains_as_told():
 def test_jobs_wait_for_what_they_need(tmp_path):
     # one queue for training and analysis: a run's analysis starts once its training ends, and any free
     # core takes the first job that is ready (here: b's analysis while a trains on)
-    def job(name: str, seconds: float, after=None) -> jobs.Job:
-        cmd = [sys.executable, "-c", f"import time; time.sleep({seconds}); print(time.time())"]
-        return jobs.Job(cmd, tmp_path / f"{name}.log", name, note=name, after=after)
+    # a trains until b's analysis has ended (then a few polls more; at most a minute), not for a fixed
+    # time: a loaded machine can take longer than any sleep to start a Python process
+    marker = tmp_path / "analysed b"
 
-    train_a, train_b = job("train a", 1.5), job("train b", 0.2)
+    def job(name: str, seconds: float, after=None, until: Path | None = None) -> jobs.Job:
+        wait = (f"t = time.time()\nwhile not pathlib.Path({str(until)!r}).exists() and time.time() < t + 60:"
+                " time.sleep(0.05)\n") if until else ""
+        mark = f"pathlib.Path({str(marker)!r}).touch()\n" if name == "analyse b" else ""
+        code = f"import pathlib, time\n{wait}time.sleep({seconds})\nprint(time.time())\n{mark}"
+        return jobs.Job([sys.executable, "-c", code], tmp_path / f"{name}.log", name, note=name, after=after)
+
+    train_a, train_b = job("train a", 8 * jobs.POLL, until=marker), job("train b", 0.2)
     queue = [train_a, train_b, job("analyse a", 0.1, after=train_a), job("analyse b", 0.1, after=train_b)]
     order = []
     jobs.run_jobs(queue, 2, lambda j, s: order.append(j.note), lambda running: None)

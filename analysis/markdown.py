@@ -40,5 +40,7 @@ def _seeds(r: dict) -> str:
 
 
 def _signflip(r: dict) -> str:
-    return f"{_p(r['p_signflip'])} (≥ {_p(r['p_signflip_min'])})" if math.isfinite(r["p_signflip"]) else "—"
+    # the floor 2/2ⁿ in two digits: with 32 pairs "< 0.0001" would hide how far below it can go
+    floor = r["p_signflip_min"]
+    return f"{_p(r['p_signflip'])} (≥ {floor:.2g})" if math.isfinite(r["p_signflip"]) else "—"
 

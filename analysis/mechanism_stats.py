@@ -218,7 +218,7 @@ def knockout_per_seed(knockouts: pd.DataFrame | None, head_ablation: str = "mean
     """Per run: the loss increases (nats/token) of each knock-out, tidy: run columns, effect, k,
     smear_ablation, value. Effects: `smear` (the smear term knocked out; one per smear_ablation),
     `head` (the top-k previous-token heads ablated, `head_ablation`), `both`, `interaction`
-    (both − head − smear + neither: negative when the two routes stand in for each other)."""
+    (both − head − smear + neither: positive when the two routes stand in for each other)."""
     knockouts = _need(knockouts, "knockouts")
     df = final_rows(knockouts[(knockouts["head_ablation"] == head_ablation)
                               & knockouts["metric"].isin(KNOCKOUT_EFFECTS)])

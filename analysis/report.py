@@ -122,10 +122,12 @@ def statistics_markdown(summary: Summary) -> str:
         notes = [f"- {r['label']}: {r['note']}." for r in primary.to_dict("records") if r["note"]]
         parts += ["### Primary claims (fixed before the runs)", "", primary_markdown(primary), ""]
         parts += ["Notes:", ""] + notes + [""] if notes else []
+        n = int(primary["n_pairs"].max())
+        floor = f" (it cannot go below 2/2ⁿ: {stats.sign_flip_min_p(n):.2g} with these {n} pairs)" if n else ""
         parts += [
                   "Arms of one seed share initial weights and data order, so they are compared as pairs: the mean "
                   "paired difference with its t-based 95% CI, the paired t-test, and the exact sign-flip "
-                  "permutation test over all 2ⁿ sign patterns (it cannot go below 2/2ⁿ: 0.25 with 3 pairs). The "
+                  f"permutation test over all 2ⁿ sign patterns{floor}. The "
                   f"{len(stats.PRIMARY_CLAIMS)} claims were declared in advance with a smallest effect of interest "
                   f"(SESOI) each, and their paired-t p-values are adjusted together (Holm). Verdicts: *lower* / "
                   f"*higher* when the Holm p < {stats.ALPHA:g}; else *equivalent within ±SESOI* when the two "

@@ -131,7 +131,8 @@ def mechanism_conclusion(summary: mech.MechanismSummary) -> str:
                 if r:
                     bits.append(f"the interaction of the two in {arm} is {_num(r['mean'], '{:+.4f}')} {_ci(r, '{:.4f}')} "
                                 f"({_said(r)})")
-        out.append("Knock-outs: " + "; ".join(bits) + " (an interaction below 0: the two routes stand in for each other).")
+        out.append("Knock-outs: " + "; ".join(bits) + " (an interaction above 0: the two routes stand in for each "
+                   "other, so knocking out both costs more than the sum of each).")
     elif "knockouts" in summary.missing:
         out.append(f"Knock-outs absent ({summary.missing['knockouts']}).")
     return " ".join(out)

@@ -45,7 +45,7 @@ CLAIMS: dict[str, tuple[str, str]] = {
     "best_prev": ("best head's previous-token score", "{:.3f}"),
     "ablation_mean_at_prev": ("loss increase, mean-ablating the baseline's previous-token heads (per head)", "{:.4f}"),
     "ablation_zero_at_prev": ("loss increase, zero-ablating the baseline's previous-token heads (per head)", "{:.4f}"),
-    "induction_at_prev": ("induction score at the baseline's previous-token heads", "{:.3f}"),
+    "induction_at_prev": ("induction score at the baseline's previous-token heads", "{:.2g}"),  # ~1e-4 at cpu-small
     "val_loss": ("validation loss at the final step (nats/token, the trainer's)", "{:.4f}"),
 }
 

@@ -186,7 +186,7 @@ NOTEBOOKS = {
             "## Knock-outs\n\n"
             "Loss increase at inference when the smear term is knocked out (zero: λ = 0; mean: the previous "
             "token's embedding replaced by the mean embedding), when the top-k previous-token heads are "
-            "mean-ablated, and the interaction of the two (both − heads − smear + neither): below 0 the two "
+            "mean-ablated, and the interaction of the two (both − heads − smear + neither): above 0 the two "
             "routes stand in for each other, so knocking out both costs more than the sum."),
         show("knockout_effects"),
         new_markdown_cell(

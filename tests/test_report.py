@@ -45,7 +45,8 @@ def test_report_states_the_verdict_and_the_statistics(good_report):
     stats_part = text.split("## Statistics", 1)[1].split("## Per-seed values", 1)[0]
     primary = stats_part.split("### Primary claims (fixed before the runs)", 1)[1].split("###", 1)[0]
     assert ("| previous-token heads (score ≥ 0.4) | smear − baseline | 0.5 | 3 | -2.00 | [-2.00, -2.00] | 0 | "
-            "0.250 (≥ 0.250) |") in primary
+            "0.250 (≥ 0.25) |") in primary
+    assert "cannot go below 2/2ⁿ: 0.25 with these 3 pairs" in stats_part  # the floor for the pairs at hand
     assert "| total previous-token mass (sum of scores) | smear − baseline | 0.05 | 3 |" in primary
     assert primary.count("| lower |") == 3 and "Holm p" in primary and "TOST p" in primary
     assert "power at SESOI (observed σ / upper σ)" in primary and "Why these claims and SESOIs:" in primary

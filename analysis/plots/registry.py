@@ -93,7 +93,7 @@ FIGURES: dict[str, FigureSpec] = {
     "knockout_effects": FigureSpec(
         "Knock-outs: smear, previous-token heads, both",
         "Loss increase at inference when the smear term is knocked out, when the top-k previous-token heads are "
-        "mean-ablated, and their interaction (both − heads − smear + neither; below 0: the routes stand in for "
+        "mean-ablated, and their interaction (both − heads − smear + neither; above 0: the routes stand in for "
         "each other); bars: seed mean, dots: seeds.",
         lambda t, th: knockout_effects(t.get("knockouts"))),
     "dose_response": FigureSpec(

@@ -189,25 +189,52 @@ def smear_markdown(tables: Tables | None) -> str:
     return text
 
 
-def _runs_markdown(tables: Tables) -> str:
+def _runs_markdown(tables: Tables, per_seed: pd.DataFrame) -> str:
     last = stats.final_rows(tables.heads).drop_duplicates("run").sort_values(["arm", "seed"])
     rows = [[r["arm"], r["seed"], r["run"], r["step"], f"{int(r['tokens']):,}",
              "{cpu} ({bf16_gemm})".format(**{"cpu": "not recorded", "bf16_gemm": "?"} | _machine(tables, r["run"]))]
             for r in last.to_dict("records")]
     return (_md_table(["arm", "seed", "run", "final step", "tokens seen", "trained on (bf16 GEMMs)"], rows)
-            + "\n\n" + machines_sentence(tables))
+            + "\n\n" + machines_sentence(tables) + primary_by_machine(tables, per_seed))
 
 
 def _machine(tables: Tables, run: str) -> dict:
     return (tables.configs.get(str(run)) or {}).get("machine") or {}
 
 
-def machines_sentence(tables: Tables) -> str:
-    """How many seeds (all their arms: a seed is a pair) trained with each kind of bf16 GEMMs. Muon's
-    Newton–Schulz differs in its last bits between the kinds (trainer.optim); a seed of mixed kinds is named."""
+def _seed_kinds(tables: Tables) -> dict[int, set[str]]:
+    """Each seed's kinds of bf16 GEMMs, over all its arms' runs."""
     kinds: dict[int, set[str]] = {}
     for r in stats.final_rows(tables.heads).drop_duplicates("run").to_dict("records"):
         kinds.setdefault(int(r["seed"]), set()).add(_machine(tables, r["run"]).get("bf16_gemm", "not recorded"))
+    return kinds
+
+
+def primary_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
+    """Where the seeds came from machines of more than one kind: each primary claim's paired difference
+    within each kind's seeds (exploratory: a check that the kinds agree, not a test of the claims)."""
+    groups: dict[str, list[int]] = {}
+    for seed, k in _seed_kinds(tables).items():
+        if len(k) == 1:  # a split seed belongs to neither kind
+            groups.setdefault(min(k), []).append(seed)
+    if sum(len(seeds) >= 2 for seeds in groups.values()) < 2:
+        return ""
+    rows = []
+    for claim in stats.PRIMARY_CLAIMS:
+        for kind, seeds in sorted(groups.items()):
+            r = stats.compare_arms(per_seed[per_seed["seed"].isin(seeds)], claim.claim, arm=claim.arm, role="exploratory")
+            if r["paired"]:
+                fmt = stats.CLAIMS[claim.claim][1]
+                rows.append([stats.claim_label(claim.claim), f"{claim.arm} − {stats.BASELINE}", kind, r["n_pairs"],
+                             _num(r["diff"], fmt), f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"])
+    return ("\n\nThe primary claims within each kind's seeds (exploratory: do the kinds agree?):\n\n"
+            + _md_table(["claim", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"], rows))
+
+
+def machines_sentence(tables: Tables) -> str:
+    """How many seeds (all their arms: a seed is a pair) trained with each kind of bf16 GEMMs. Muon's
+    Newton–Schulz differs in its last bits between the kinds (trainer.optim); a seed of mixed kinds is named."""
+    kinds = _seed_kinds(tables)
     whole = pd.Series([min(k) for k in kinds.values() if len(k) == 1], dtype=str).value_counts().sort_index()
     split = ", ".join(str(seed) for seed, k in sorted(kinds.items()) if len(k) > 1) or "none"
     counts = "; ".join(f"{n} with {kind}" for kind, n in whole.items()) or "none on one kind"
@@ -371,7 +398,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         body += gate_markdown_section(*gate) + figure_md(plots.GATE_FIGURES)
     body += canon_markdown_section(tables)
     body += ["## Smear gate at the last checkpoint", "", smear_markdown(tables), "", "## Runs", "",
-             _runs_markdown(tables), ""]
+             _runs_markdown(tables, summary.per_seed), ""]
     if executed:
         body += ["## Notebooks", ""] + [f"- `{n}`: " + (f"[executed copy]({_rel(p, out_path.parent)})"
                                                         if isinstance(p, Path) else f"failed — {p}")

@@ -211,4 +211,15 @@ def test_report_says_which_machines_trained_each_seed(tmp_path):
         manifest["machine"] = dict(cpu="AMD EPYC", bf16_gemm=kind)
     sentence = report.machines_sentence(tables)
     assert "1 with fp32, rounded to bf16; 1 with native" in sentence and sentence.endswith("split across kinds: 2.")
-    assert "AMD EPYC (native)" in report._runs_markdown(tables)
+    per_seed = stats.per_seed_claims(tables.heads)
+    assert "AMD EPYC (native)" in report._runs_markdown(tables, per_seed)
+    assert report.primary_by_machine(tables, per_seed) == ""  # one seed a kind: nothing to compare within a kind
+    tables = stats.load_tables(write_tables(tmp_path / "four" / "analysis", seeds=(0, 1, 2, 3)))
+    per_seed = stats.per_seed_claims(tables.heads)
+    for run, manifest in tables.configs.items():  # seeds 0 and 1 on one kind, 2 and 3 on the other
+        seed = int(run.split("-s")[1].split("-")[0])
+        manifest["machine"] = dict(bf16_gemm="native" if seed < 2 else "fp32, rounded to bf16")
+    by_kind = report.primary_by_machine(tables, per_seed)
+    diffs = per_seed.pivot(index="seed", columns="arm", values="prev_mass").pipe(lambda w: w["smear"] - w["baseline"])
+    assert f"| total previous-token mass (sum of scores) | smear − baseline | native | 2 | {diffs[[0, 1]].mean():.3f} |" in by_kind
+    assert f"| fp32, rounded to bf16 | 2 | {diffs[[2, 3]].mean():.3f} |" in by_kind

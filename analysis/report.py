@@ -202,10 +202,11 @@ def _machine(tables: Tables, run: str) -> dict:
     return (tables.configs.get(str(run)) or {}).get("machine") or {}
 
 
-def _seed_kinds(tables: Tables) -> dict[int, set[str]]:
-    """Each seed's kinds of bf16 GEMMs, over all its arms' runs."""
+def _seed_kinds(tables: Tables, arms: Sequence[str] | None = None) -> dict[int, set[str]]:
+    """Each seed's kinds of bf16 GEMMs, over its runs of `arms` (default: every arm)."""
     kinds: dict[int, set[str]] = {}
-    for r in stats.final_rows(tables.heads).drop_duplicates("run").to_dict("records"):
+    runs = stats.final_rows(tables.heads).drop_duplicates("run")
+    for r in (runs if arms is None else runs[runs["arm"].isin(arms)]).to_dict("records"):
         kinds.setdefault(int(r["seed"]), set()).add(_machine(tables, r["run"]).get("bf16_gemm", "not recorded"))
     return kinds
 
@@ -213,22 +214,24 @@ def _seed_kinds(tables: Tables) -> dict[int, set[str]]:
 def primary_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
     """Where the seeds came from machines of more than one kind: each primary claim's paired difference
     within each kind's seeds (exploratory: a check that the kinds agree, not a test of the claims)."""
-    groups: dict[str, list[int]] = {}
-    for seed, k in _seed_kinds(tables).items():
-        if len(k) == 1:  # a split seed belongs to neither kind
-            groups.setdefault(min(k), []).append(seed)
-    if sum(len(seeds) >= 2 for seeds in groups.values()) < 2:
-        return ""
     rows = []
     for claim in stats.PRIMARY_CLAIMS:
+        groups: dict[str, list[int]] = {}
+        for seed, k in _seed_kinds(tables, [stats.BASELINE, claim.arm]).items():
+            if len(k) == 1:  # a pair split across kinds belongs to neither
+                groups.setdefault(min(k), []).append(seed)
+        if sum(len(seeds) >= 2 for seeds in groups.values()) < 2:
+            continue
         for kind, seeds in sorted(groups.items()):
-            r = stats.compare_arms(per_seed[per_seed["seed"].isin(seeds)], claim.claim, arm=claim.arm, role="exploratory")
+            r = stats.compare_arms(per_seed[per_seed["seed"].isin(seeds)], claim.claim, arm=claim.arm,
+                                   role="exploratory")
             if r["paired"]:
                 fmt = stats.CLAIMS[claim.claim][1]
                 rows.append([stats.claim_label(claim.claim), f"{claim.arm} − {stats.BASELINE}", kind, r["n_pairs"],
                              _num(r["diff"], fmt), f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"])
-    return ("\n\nThe primary claims within each kind's seeds (exploratory: do the kinds agree?):\n\n"
-            + _md_table(["claim", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"], rows))
+    header = ["claim", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"]
+    return "" if not rows else ("\n\nThe primary claims within each kind's seeds (exploratory: do the kinds "
+                                "agree?):\n\n" + _md_table(header, rows))
 
 
 def machines_sentence(tables: Tables) -> str:

@@ -210,8 +210,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_study_copy(args: argparse.Namespace) -> None:
     from commands.study import copy_study
+    from commands.sweep import MANIFEST as SWEEP_MANIFEST, copy_sweep
 
-    runs = copy_study(args.study, args.dest)
+    copy = copy_sweep if (Path(args.study) / SWEEP_MANIFEST).exists() else copy_study
+    runs = copy(args.study, args.dest)
     print(f"copied {args.study} to {args.dest} without checkpoints: {len(runs)} analysed runs")
 
 
@@ -436,9 +438,9 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("study-copy", help="copy a study without its checkpoints (tables, report, each analysed "
-                                          "run's records): the copy resumes on another machine")
-    p.add_argument("study", help="the study folder")
+    p = sub.add_parser("study-copy", help="copy a study (or a sweep of studies) without its checkpoints (tables, "
+                                          "report, each analysed run's records): the copy resumes on another machine")
+    p.add_argument("study", help="the study folder, or a sweep's folder (its sweep.json)")
     p.add_argument("dest", help="where the copy goes (updated in place if it exists)")
     p.set_defaults(func=cmd_study_copy)
 

@@ -78,4 +78,24 @@ def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, jobs: in
     return path
 
 
-__all__ = ["run_sweep", "parse_presets", "sweep_presets", "MANIFEST", "SIZE_PRESETS"]
+def copy_sweep(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the sweep in `src` to `dst` without checkpoints: sweep.json, its report, figures and tables,
+    and each preset's study as `copy_study` copies it (the copy resumes with `smearlens sweep --out DST`).
+    Returns the runs copied, as PRESET/RUN."""
+    import shutil
+
+    from commands.study import copy_study
+
+    src, dst = Path(src), Path(dst)
+    presets = sweep_presets(src, None)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST, "report.md"):
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    for folder in ("figures", "tables"):
+        if (src / folder).is_dir():
+            shutil.copytree(src / folder, dst / folder, dirs_exist_ok=True)
+    return [f"{p}/{run}" for p in presets if (src / p).is_dir() for run in copy_study(src / p, dst / p)]
+
+
+__all__ = ["run_sweep", "copy_sweep", "parse_presets", "sweep_presets", "MANIFEST", "SIZE_PRESETS"]

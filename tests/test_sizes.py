@@ -203,3 +203,12 @@ def test_tiny_sweep_end_to_end(tiny_data, tmp_path, capsys):
     assert coef.loc["coef_mean", "n_seeds"] == 2 and coef.loc["coef_mean", "mean"] > 0
     assert "smearlens sweep --out" in (out / "report.md").read_text()
     assert sweep_plans(out, sweep_presets(out, None)) == [load_plan(out / "tiny")]
+    # carried without checkpoints (`study-copy` on the sweep's folder), it goes on elsewhere with nothing to train
+    moved = tmp_path / "moved"
+    assert cli_main(["study-copy", str(out), str(moved)]) == 0
+    assert "4 analysed runs" in capsys.readouterr().out
+    assert not list(moved.glob("tiny/*/step_*")) and not list(moved.glob("tiny/*/train.log"))
+    (moved / "report.md").unlink()
+    assert cli_main(["sweep", "--out", str(moved), "--no-progress"]) == 0
+    assert not list(moved.glob("tiny/*/train.log")) and (moved / "report.md").exists()  # nothing trained again
+    pd.testing.assert_frame_equal(pd.read_parquet(moved / "tables" / "comparisons.parquet"), comp)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Sequence
 
-from commands.study import StudyPlan, load_plan, merge_plan, parse_names, resolve_plan, run_study
+from commands.study import StudyPlan, copy_study, load_plan, merge_plan, parse_names, resolve_plan, run_study
 from trainer import checkpoint as ckpt
 from trainer.config import get_preset
 from trainer.errors import ConfigError
@@ -82,10 +83,6 @@ def copy_sweep(src: str | Path, dst: str | Path) -> list[str]:
     """Copy the sweep in `src` to `dst` without checkpoints: sweep.json, its report, figures and tables,
     and each preset's study as `copy_study` copies it (the copy resumes with `smearlens sweep --out DST`).
     Returns the runs copied, as PRESET/RUN."""
-    import shutil
-
-    from commands.study import copy_study
-
     src, dst = Path(src), Path(dst)
     presets = sweep_presets(src, None)
     dst.mkdir(parents=True, exist_ok=True)

@@ -214,12 +214,14 @@ def _seed_kinds(tables: Tables, arms: Sequence[str] | None = None) -> dict[int, 
 def primary_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
     """Where the seeds came from machines of more than one kind: each primary claim's paired difference
     within each kind's seeds (exploratory: a check that the kinds agree, not a test of the claims)."""
+    by_arm: dict[str, dict[str, list[int]]] = {}  # the seeds of each kind, for each claim's arm with the baseline
+    for arm in {claim.arm for claim in stats.PRIMARY_CLAIMS}:
+        for seed, k in _seed_kinds(tables, [stats.BASELINE, arm]).items():
+            if len(k) == 1:  # a pair split across kinds belongs to neither
+                by_arm.setdefault(arm, {}).setdefault(min(k), []).append(seed)
     rows = []
     for claim in stats.PRIMARY_CLAIMS:
-        groups: dict[str, list[int]] = {}
-        for seed, k in _seed_kinds(tables, [stats.BASELINE, claim.arm]).items():
-            if len(k) == 1:  # a pair split across kinds belongs to neither
-                groups.setdefault(min(k), []).append(seed)
+        groups = by_arm.get(claim.arm, {})
         if sum(len(seeds) >= 2 for seeds in groups.values()) < 2:
             continue
         for kind, seeds in sorted(groups.items()):

@@ -181,14 +181,27 @@ def drop_checkpoints(run_dir: Path) -> None:
 NOT_CARRIED = ("step_*", "*.log", "tokenizer.json", LOCK_FILE)
 
 
+def copy_present(src: Path, dst: Path, files: Sequence[str], folders: Sequence[str]) -> None:
+    """Copy those of `files` and `folders` that `src` holds into `dst` (updated in place), leaving out
+    checkpoints, logs and locks (NOT_CARRIED)."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    for folder in folders:
+        if (src / folder).is_dir():
+            shutil.copytree(src / folder, dst / folder, ignore=shutil.ignore_patterns(*NOT_CARRIED),
+                            dirs_exist_ok=True)
+
+
 def copy_study(src: str | Path, dst: str | Path) -> list[str]:
     """Copy the study in `src` to `dst` without checkpoints: study.json, the tables, report and figures,
     and the folder of each analysed run (its run.json, loss.csv, records and analysed.json). The copy
     resumes with the same command: its analysed runs are done, the rest train from the start. An existing
     `dst` is updated in place; its tables are written again in the row order this version writes (compact
     in git, whichever version wrote `src`). Returns the runs copied."""
-    import shutil
-
     from analysis.analyze import Tables
 
     src, dst = Path(src), Path(dst)
@@ -197,14 +210,7 @@ def copy_study(src: str | Path, dst: str | Path) -> list[str]:
         raise ConfigError(f"{src}: no {MANIFEST} here: not a study folder")
     runs = [src / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
     done = sorted(analysed_runs(plan, runs, src / "analysis"))
-    ignore = shutil.ignore_patterns(*NOT_CARRIED)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (MANIFEST, "report.md"):
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
-    for folder in ["analysis", "figures", *(run.name for run in done)]:
-        if (src / folder).is_dir():
-            shutil.copytree(src / folder, dst / folder, ignore=ignore, dirs_exist_ok=True)
+    copy_present(src, dst, [MANIFEST, "report.md"], ["analysis", "figures", *(run.name for run in done)])
     if (dst / "analysis").is_dir():
         Tables(dst / "analysis", csv=any((dst / "analysis").glob("*.csv"))).rewrite()
     return [run.name for run in done]

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from pathlib import Path
 from typing import Sequence
 
-from commands.study import StudyPlan, copy_study, load_plan, merge_plan, parse_names, resolve_plan, run_study
+from commands.study import StudyPlan, copy_present, copy_study, load_plan, merge_plan, parse_names, resolve_plan, run_study
 from trainer import checkpoint as ckpt
 from trainer.config import get_preset
 from trainer.errors import ConfigError
@@ -85,13 +84,7 @@ def copy_sweep(src: str | Path, dst: str | Path) -> list[str]:
     Returns the runs copied, as PRESET/RUN."""
     src, dst = Path(src), Path(dst)
     presets = sweep_presets(src, None)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (MANIFEST, "report.md"):
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
-    for folder in ("figures", "tables"):
-        if (src / folder).is_dir():
-            shutil.copytree(src / folder, dst / folder, dirs_exist_ok=True)
+    copy_present(src, dst, [MANIFEST, "report.md"], ["figures", "tables"])
     return [f"{p}/{run}" for p in presets if (src / p).is_dir() for run in copy_study(src / p, dst / p)]
 
 

@@ -126,15 +126,15 @@ def test_jobs_wait_for_what_they_need(tmp_path):
     # time: a loaded machine can take longer than any sleep to start a Python process
     marker = tmp_path / "analysed b"
 
-    def job(name: str, seconds: float, after=None, until: Path | None = None) -> jobs.Job:
+    def job(name: str, seconds: float, after=None, until: Path | None = None, touch: Path | None = None) -> jobs.Job:
         wait = (f"t = time.time()\nwhile not pathlib.Path({str(until)!r}).exists() and time.time() < t + 60:"
                 " time.sleep(0.05)\n") if until else ""
-        mark = f"pathlib.Path({str(marker)!r}).touch()\n" if name == "analyse b" else ""
+        mark = f"pathlib.Path({str(touch)!r}).touch()\n" if touch else ""
         code = f"import pathlib, time\n{wait}time.sleep({seconds})\nprint(time.time())\n{mark}"
         return jobs.Job([sys.executable, "-c", code], tmp_path / f"{name}.log", name, note=name, after=after)
 
     train_a, train_b = job("train a", 8 * jobs.POLL, until=marker), job("train b", 0.2)
-    queue = [train_a, train_b, job("analyse a", 0.1, after=train_a), job("analyse b", 0.1, after=train_b)]
+    queue = [train_a, train_b, job("analyse a", 0.1, after=train_a), job("analyse b", 0.1, after=train_b, touch=marker)]
     order = []
     jobs.run_jobs(queue, 2, lambda j, s: order.append(j.note), lambda running: None)
     assert order == ["train b", "analyse b", "train a", "analyse a"]

@@ -12,7 +12,8 @@ heads by previous-token score (each model's own), `interaction_2x2` measures the
 the heads only, the smear only and both knocked out; interaction = both − heads − smear + neither
 (0 when the two routes add up independently; positive when they are redundant, each standing in for
 the other, so that knocking out both costs more than the sum of knocking out each). Every arm whose
-term is λ · gate · h[i−1] (smear, its variants, the fixed doses, whose gate hook holds ones) is knocked out the same way; on a model without such a term (the baseline) the smear
+term is λ · gate · h[i−1] (smear, its variants, the fixed doses, whose gate hook holds ones) is
+knocked out the same way; on a model without such a term (the baseline) the smear
 knock-outs change nothing (their hooks never run).
 """
 

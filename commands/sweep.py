@@ -16,7 +16,8 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from commands.study import StudyPlan, copy_present, copy_study, load_plan, merge_plan, parse_names, resolve_plan, run_study
+from commands.study import (StudyPlan, copy_present, copy_study, load_plan, merge_plan, parse_names, resolve_plan,
+                            run_study)
 from trainer import checkpoint as ckpt
 from trainer.config import get_preset
 from trainer.errors import ConfigError

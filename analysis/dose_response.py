@@ -14,6 +14,10 @@ in `note`. Validation loss is also fitted with a quadratic, whose vertex in ln c
 loss (`lowest_loss_dose`, delta-method CI); beside it, the dose of lowest mean paired loss − baseline.
 The learned arms are set against the doses' share curve, seed by seed (`learned_vs_curve`).
 
+Several studies' dose tables can be pooled (`pool_dose_tables`): a seed's runs pair within the study that
+trained them, so the pairing unit (`unit`, the random intercept's group) is the seed in the first study and
+`<study>:<seed>` in the others (the same seed trained again, e.g. on another machine kind, is another run).
+
 Pure functions (Tables or DataFrames in, DataFrames or dicts out); too few doses raise AnalysisError.
 """
 
@@ -84,6 +88,7 @@ def dose_table(tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> pd.DataF
     keep = per_seed["arm"].astype(str).map(lambda a: kinds[a][0] is not None)
     df = per_seed.loc[keep, ["run", "arm", "seed", "step", "prev_mass", "best_prev", "n_prev_heads"]].copy()
     df["run"], df["arm"] = df["run"].astype(str), df["arm"].astype(str)
+    df["unit"] = df["seed"].astype(int).astype(str)
     df["kind"] = df["arm"].map(lambda a: kinds[a][0])
     df["c"] = df["arm"].map(lambda a: kinds[a][1])
     df["log_c"] = np.where(df["c"] > 0, np.log(df["c"].where(df["c"] > 0, 1.0)), math.nan)
@@ -106,8 +111,50 @@ def dose_table(tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> pd.DataF
     df["n_prev_heads"] = df["n_prev_heads"].astype(float)
     order = {"baseline": 0, "dose": 1, "learned": 2}
     df = df.assign(_k=df["kind"].map(order)).sort_values(["_k", "c", "arm", "seed"]).drop(columns="_k")
-    return df[["run", "arm", "seed", "step", "kind", "c", "log_c", "coef_mean", "share"] + [
-        m for m in MEASURES if m != "share"]].reset_index(drop=True)
+    return df[COLUMNS].reset_index(drop=True)
+
+
+COLUMNS = ["run", "arm", "seed", "unit", "step", "kind", "c", "log_c", "coef_mean", "share"] + [
+    m for m in MEASURES if m != "share"]
+
+
+def units(df: pd.DataFrame) -> pd.Series:
+    """Each run's pairing unit: the `unit` column, or the seed in a table that has none."""
+    return df["unit"].astype(str) if "unit" in df else df["seed"].astype(int).astype(str)
+
+
+def sorted_units(values) -> list[str]:
+    """Distinct units, the first study's seeds first, each study's in seed order."""
+    split = lambda u: (u.rsplit(":", 1)[0], int(u.rsplit(":", 1)[1])) if ":" in u else ("", int(u))
+    return sorted(set(map(str, values)), key=split)
+
+
+def pool_dose_tables(studies: list[tuple[str, pd.DataFrame]], arms: list[str] | None = None) -> pd.DataFrame:
+    """Several studies' dose tables (`dose_table`'s columns; `unit` may be absent) as one, with a `study` column.
+    Units: the seed in the first study, `<study>:<seed>` in the others, so a seed's runs pair within the study
+    that trained them (the same seed trained again elsewhere, e.g. on another machine kind, is another unit).
+    `arms` keeps only those arms (each must be found); every unit must keep its baseline run."""
+    if not studies:
+        raise AnalysisError("no dose tables to pool")
+    need = [c for c in COLUMNS if c != "unit"]
+    parts = []
+    for i, (name, df) in enumerate(studies):
+        missing = [c for c in need if c not in df]
+        if missing:
+            raise AnalysisError(f"{name}: not a dose table (missing columns: {', '.join(missing)})")
+        df = df[df["arm"].astype(str).isin(arms)].copy() if arms is not None else df.copy()
+        seeds = df["seed"].astype(int).astype(str)
+        df["unit"] = seeds if i == 0 else f"{name}:" + seeds
+        parts.append(df[COLUMNS].assign(study=name))
+    pooled = pd.concat(parts, ignore_index=True)
+    absent = sorted(set(arms or []) - set(pooled["arm"].astype(str)))
+    if absent:
+        raise AnalysisError(f"arms {', '.join(absent)}: in none of the studies ({', '.join(n for n, _ in studies)})")
+    lone = sorted(set(pooled["unit"]) - set(pooled.loc[pooled["kind"] == "baseline", "unit"]))
+    if lone:  # the paired comparisons and the share fits need each unit's baseline
+        raise AnalysisError(f"no baseline run for seed(s) {', '.join(lone[:5])} in their study: a unit's runs are "
+                            "paired with its own study's baseline")
+    return pooled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +177,7 @@ class Fit:
     n_obs: int
     n_seeds: int
     x_range: tuple[float, float]
-    seed_effects: dict[int, float] = field(default_factory=dict)
+    seed_effects: dict[str, float] = field(default_factory=dict)  # keyed by unit (the seed, as text)
 
     @property
     def t_crit(self) -> float:
@@ -142,9 +189,9 @@ class Fit:
         x = np.asarray(x, float)
         return np.column_stack([x ** p for p in range(self.degree + 1)])
 
-    def predict(self, x, seed: int | None = None) -> np.ndarray:
-        """The fitted mean at `x` (the mean seed's; `seed`'s own offset added when it was in the fit)."""
-        return self.design(x) @ self.params + (self.seed_effects.get(int(seed), 0.0) if seed is not None else 0.0)
+    def predict(self, x, unit: str | int | None = None) -> np.ndarray:
+        """The fitted mean at `x` (the mean seed's; `unit`'s own offset added when it was in the fit)."""
+        return self.design(x) @ self.params + (self.seed_effects.get(str(unit), 0.0) if unit is not None else 0.0)
 
     def band(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fit and pointwise 95% CI of the mean curve (fixed effects only)."""
@@ -205,7 +252,7 @@ def _mixed(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[tuple | No
     if "not positive definite" in trouble:  # its standard errors come from that Hessian
         return None, f"MixedLM: {trouble}"
     params = fe * sd + np.r_[mu, np.zeros(k - 1)]
-    effects = {int(g): float(np.asarray(v)[0]) * sd for g, v in res.random_effects.items()}
+    effects = {str(g): float(np.asarray(v)[0]) * sd for g, v in res.random_effects.items()}
     return (params, fe_cov[:k, :k] * sd ** 2, effects), trouble
 
 
@@ -215,16 +262,16 @@ def fit(df: pd.DataFrame, y: str, x: str, degree: int = 1) -> Fit:
 
     if y not in df or x not in df:
         raise AnalysisError(f"dose-response: no column {y if y not in df else x!r} (have: {', '.join(df.columns)})")
-    d = df[["seed", x, y]].astype(float)
+    d = df[[x, y]].astype(float).assign(unit=units(df))
     d = d[np.isfinite(d[x]) & np.isfinite(d[y])]
     k = degree + 1
     what = f"{y} against {x}"
     if d[x].nunique() < k:
         raise AnalysisError(f"{what}: {d[x].nunique()} distinct x value(s) with a value; a degree-{degree} fit "
                             f"needs ≥ {k}")
-    seeds = sorted(int(s) for s in d["seed"].unique())
+    seeds = sorted(d["unit"].unique())
     X = np.column_stack([d[x].to_numpy() ** p for p in range(k)])
-    yv, groups = d[y].to_numpy(), d["seed"].to_numpy().astype(int)
+    yv, groups = d[y].to_numpy(), d["unit"].to_numpy()
     n, m = len(d), len(seeds)
     df_resid = n - k - (m - 1)
     if df_resid < 1:
@@ -348,7 +395,7 @@ def lowest_loss_dose(dose: pd.DataFrame, quadratic: Fit | str | None = None) -> 
                 if x - t * se < lo or x + t * se > hi:
                     out["note"] = (f"the CI reaches beyond the doses tried ({math.exp(lo):g}–{math.exp(hi):g}): "
                                    "that part is extrapolated")
-    per_seed = dose[["arm", "seed", "val_loss"]]
+    per_seed = dose[["arm", "val_loss"]].assign(seed=units(dose))  # paired by unit
     rows = [stats.compare_arms(per_seed, "val_loss", arm=a, role="exploratory") for a in fixed_doses(dose["arm"])]
     rows = [r for r in rows if r["paired"] and math.isfinite(r["diff"])]
     if rows:
@@ -376,7 +423,7 @@ def learned_vs_curve(dose: pd.DataFrame, fitted: dict[tuple[str, str, int], Fit 
                 rows.append(dict(base, n=0, verdict=f"no curve ({f or 'not fitted'})"))
                 continue
             ok = runs[np.isfinite(runs["share"]) & np.isfinite(runs[y])]
-            pred = np.array([f.predict([s], seed)[0] for s, seed in zip(ok["share"], ok["seed"])])
+            pred = np.array([f.predict([s], unit)[0] for s, unit in zip(ok["share"], units(ok))])
             diff = ok[y].to_numpy(float) - pred
             r = mech.one_sample(diff, SESOI.get(y))
             beyond = bool(len(ok)) and not (f.x_range[0] <= ok["share"].mean() <= f.x_range[1])
@@ -391,11 +438,12 @@ def arm_summary(dose: pd.DataFrame) -> pd.DataFrame:
     arm, kind, c, measure, n, mean, ci_lo, ci_hi."""
     rows = []
     arms = dose.drop_duplicates("arm")[["arm", "kind", "c"]].to_dict("records")
-    base = dose[dose["kind"] == "baseline"].set_index("seed")["val_loss"]
+    unit = units(dose)
+    base = dose.loc[dose["kind"] == "baseline", "val_loss"].set_axis(unit[dose["kind"] == "baseline"])
     for a in arms:
         runs = dose[dose["arm"] == a["arm"]]
         cols = {m: runs[m] for m in ["coef_mean", *MEASURES]}
-        paired = runs.set_index("seed")["val_loss"] - base
+        paired = runs["val_loss"].set_axis(unit[runs.index]) - base
         cols["val_loss_vs_baseline"] = paired.dropna() if a["kind"] != "baseline" else pd.Series(dtype=float)
         for m, v in cols.items():
             v = v.astype(float).dropna()
@@ -408,7 +456,7 @@ def arm_summary(dose: pd.DataFrame) -> pd.DataFrame:
 class DoseResponse:
     """Everything the figure and the report show about the doses, from one call (`dose_response`)."""
 
-    table: pd.DataFrame  # dose_table
+    table: pd.DataFrame  # dose_table (pooled: with a `study` column)
     fits: dict  # (measure, x, degree) -> Fit or why not
     fit_table: pd.DataFrame
     curves: pd.DataFrame
@@ -417,6 +465,18 @@ class DoseResponse:
     arms: pd.DataFrame  # arm_summary
     threshold: float
 
+    @property
+    def n_units(self) -> int:
+        return int(units(self.table).nunique())
+
+
+def dose_response_of(table: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> DoseResponse:
+    """The dose-response of a dose table (one study's `dose_table`, or `pool_dose_tables` of several)."""
+    fitted = fits(table)
+    return DoseResponse(table=table, fits=fitted, fit_table=fit_table(fitted), curves=curves(fitted),
+                        optimum=lowest_loss_dose(table, fitted.get(("val_loss", "log_c", 2))),
+                        learned=learned_vs_curve(table, fitted), arms=arm_summary(table), threshold=threshold)
+
 
 def dose_response(tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> DoseResponse:
     """The dose-response of the tables' fixed doses; AnalysisError with fewer than 2 of them."""
@@ -424,13 +484,9 @@ def dose_response(tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> DoseR
     if len(doses) < MIN_DOSES:
         raise AnalysisError(f"no dose-response: it needs ≥ {MIN_DOSES} fixed doses (dose-<c> arms), the tables "
                             f"hold {len(doses)}" + (f" ({', '.join(doses)})" if doses else ""))
-    table = dose_table(tables, threshold)
-    fitted = fits(table)
-    return DoseResponse(table=table, fits=fitted, fit_table=fit_table(fitted), curves=curves(fitted),
-                        optimum=lowest_loss_dose(table, fitted.get(("val_loss", "log_c", 2))),
-                        learned=learned_vs_curve(table, fitted), arms=arm_summary(table), threshold=threshold)
+    return dose_response_of(dose_table(tables, threshold), threshold)
 
 
-__all__ = ["MEASURES", "XS", "DoseResponse", "Fit", "arm_kind", "arm_summary", "curves", "dose_response", "dose_table",
-           "fit", "fit_table", "fits", "fixed_doses", "has_doses", "learned_vs_curve", "lowest_loss_dose",
-           "measure_label"]
+__all__ = ["COLUMNS", "MEASURES", "XS", "DoseResponse", "Fit", "arm_kind", "arm_summary", "curves", "dose_response",
+           "dose_response_of", "dose_table", "fit", "fit_table", "fits", "fixed_doses", "has_doses", "learned_vs_curve",
+           "lowest_loss_dose", "measure_label", "pool_dose_tables", "sorted_units", "units"]

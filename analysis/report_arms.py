@@ -26,11 +26,30 @@ def _mean_ci(r: dict | None, fmt: str) -> str:
     return _num(r["mean"], fmt) + ci
 
 
+def unit_span(units) -> str:
+    """Units as seed ranges, study by study: "0–31; screen: 0–2"."""
+    by: dict[str, list[int]] = {}
+    for u in dr.sorted_units(units):
+        study, _, seed = u.rpartition(":")
+        by.setdefault(study, []).append(int(seed))
+    out = []
+    for study, seeds in by.items():
+        runs: list[list[int]] = []
+        for seed in seeds:
+            if runs and seed == runs[-1][-1] + 1:
+                runs[-1].append(seed)
+            else:
+                runs.append([seed])
+        text = [f"{r[0]}–{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs]
+        out.append((f"{study}: " if study else "") + ", ".join(text))
+    return "; ".join(out)
+
+
 def dose_markdown(result: dr.DoseResponse) -> str:
     """The dose-response: per arm mean [95% t CI] of each measure, the fits, the dose of lowest loss and the
     learned arms against the doses' curve; every number from `result`."""
     t, opt = result.table, result.optimum
-    seeds = sorted(int(s) for s in t["seed"].unique())
+    n_units, pooled = result.n_units, "study" in t and t["study"].nunique() > 1
     n_doses = int((t.drop_duplicates("arm")["kind"] == "dose").sum())
     fmt = {m: f for m, (_, f) in dr.MEASURES.items()} | {"coef_mean": "{:.3f}", "val_loss_vs_baseline": "{:+.4f}"}
     cols = ["coef_mean", *dr.MEASURES, "val_loss_vs_baseline"]
@@ -45,12 +64,15 @@ def dose_markdown(result: dr.DoseResponse) -> str:
         rows.append([arm, c, int(g["n"].max())] + [_mean_ci(pick(m), fmt[m]) for m in cols])
     parts = [
         f"{n_doses} fixed doses `dose-<c>` (c · e[i−1] added to each token's embedding before the norm; no gate, none "
-        f"at a BOS), the baseline (c = 0) and the learned arms, seeds {', '.join(map(str, seeds))}: each arm reuses "
+        f"at a BOS), the baseline (c = 0) and the learned arms, seeds {unit_span(dr.units(t))}. Each arm reuses "
         "the baseline's seeds (same initial weights, same data order), so the fits carry a random intercept per "
         "seed. The share is *measured* (path attribution): the learned arm is gated per token, the doses are not, "
         "so the share, not c, is where the two can be set side by side."
-        + (f" With {len(seeds)} seeds this is a screen: it can rank doses and show a trend, not pin down small "
-           "differences." if len(seeds) <= 5 else ""), "",
+        + (" The tables pool several studies: a seed of a later study (`study:seed`) is a unit of its own, paired "
+           "with that study's baseline, since a seed trained again (on another machine kind, say) is another run."
+           if pooled else "")
+        + (f" With {n_units} seeds this is a screen: it can rank doses and show a trend, not pin down small "
+           "differences." if n_units <= 5 else ""), "",
         "#### Per arm (final step; mean [95% t CI] over seeds)", "",
         _md_table(["arm", "c", "seeds"] + [names.get(m) or dr.measure_label(m, result.threshold) for m in cols], rows),
         ""]

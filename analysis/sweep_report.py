@@ -9,7 +9,6 @@ report.md) has every per-size table and figure; this page sets the sizes side by
 
 from __future__ import annotations
 
-import io
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,8 @@ from analysis.markdown import _ci, _md_table, _num, _p
 from analysis.plots import save
 from analysis.plots.sizes import size_sweep
 from analysis.sizes import RECORD_COEF, SweepTables, load_size_study, record_reference, sweep_tables
-from trainer.io import atomic_write_bytes, atomic_write_text
+from analysis.tables import write_table
+from trainer.io import atomic_write_text
 
 FIGURE = "size_sweep"
 TABLES = ("sizes", "comparisons", "matched", "coefficients", "per_seed")
@@ -115,13 +115,6 @@ def sweep_markdown(t: SweepTables, *, figure: str | None, commands: Sequence[str
     return "\n".join(parts)
 
 
-def _write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(folder / f"{name}.parquet", buf.getvalue())
-    atomic_write_text(folder / f"{name}.csv", df.to_csv(index=False))
-
-
 def write_sweep_report(studies: Sequence[str | Path], out: str | Path, *, commands: Sequence[str] = ()) -> Path:
     """Read the finished study folders (one size each), write the sweep's tables, figure and report.md
     under `out`; returns the report's path."""
@@ -131,7 +124,7 @@ def write_sweep_report(studies: Sequence[str | Path], out: str | Path, *, comman
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name in TABLES:
-        _write_table(getattr(t, name), out / "tables", name)
+        write_table(getattr(t, name), out / "tables", name)
     png = save(size_sweep(t), out / "figures", FIGURE)[0]
     text = sweep_markdown(t, figure=str(png.relative_to(out)), commands=commands,
                           folders={s.size: s.folder for s in loaded})

@@ -7,6 +7,7 @@ Tables that cannot be read or analysed raise `AnalysisError` with a message to a
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 from analysis.schema import MECHANISM_COLUMNS, RECORD_COLUMNS, TABLE_COLUMNS
 from trainer.config import TrainConfig, from_dict
 from trainer.errors import AnalysisError, ConfigError, one_line
+from trainer.io import atomic_write_bytes, atomic_write_text
 from trainer.optim import window_blocks
 
 BASELINE = "baseline"
@@ -179,6 +181,14 @@ def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: 
         tables.notes = validate_tables(tables)
     tables.losses = final_losses(frames["heads"]["run"], runs_dir)  # keyed by run, not validated as tidy
     return tables
+
+
+def write_table(df: pd.DataFrame, folder: Path, name: str) -> None:
+    """A result table as `name`.parquet (for code) and `name`.csv (for eyes), each written atomically."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(folder / f"{name}.parquet", buf.getvalue())
+    atomic_write_text(folder / f"{name}.csv", df.to_csv(index=False))
 
 
 def validate_tables(tables: Tables) -> list[str]:

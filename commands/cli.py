@@ -117,8 +117,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     figures = Path(args.figures)
     out = Path(args.out) if args.out else figures / "report.md"
-    argv = sys.argv[1:] if sys.argv[1:2] == ["report"] else ["report"]
-    commands = list(args.commands) + [shlex.join(["smearlens"] + argv)]
+    commands = list(args.commands) + [args.command_line]
     path = write_report(args.tables, figures, out, commands=commands, preset=args.preset, threshold=args.threshold,
                         notebooks=args.notebooks, runs_dir=args.checkpoints)
     print(f"wrote {path}")
@@ -201,8 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     parse_overrides(args.set or [])  # a bad name fails here, before any training
     metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
     run_sweep(args.out, parse_presets(args.presets) if args.presets else None, jobs=args.jobs,
-              progress=not args.no_progress, command=shlex.join(["smearlens", *sys.argv[1:]]) if
-              sys.argv[1:2] == ["sweep"] else None,
+              progress=not args.no_progress, command=args.command_line,
               arms=parse_arms(args.arms, "--arms") if args.arms else None,
               seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps, overrides=args.set,
               data=args.data, record_every=args.record_every, metrics=metrics)
@@ -220,8 +218,15 @@ def cmd_study_copy(args: argparse.Namespace) -> None:
 def cmd_sweep_report(args: argparse.Namespace) -> None:
     from analysis.sweep_report import write_sweep_report
 
-    argv = sys.argv[1:] if sys.argv[1:2] == ["sweep-report"] else ["sweep-report"]
-    print(f"wrote {write_sweep_report(args.studies, args.out, commands=[shlex.join(['smearlens', *argv])])}")
+    print(f"wrote {write_sweep_report(args.studies, args.out, commands=[args.command_line])}")
+
+
+def cmd_dose_report(args: argparse.Namespace) -> None:
+    from analysis.dose_report import write_dose_report
+
+    arms = [a for item in args.arms for a in item.split(",") if a] or None
+    path = write_dose_report(args.sources, args.out, arms=arms, threshold=args.threshold, commands=[args.command_line])
+    print(f"wrote {path}")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -449,6 +454,16 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for report.md, figures/ and tables/")
     p.set_defaults(func=cmd_sweep_report)
 
+    p = sub.add_parser("dose-report", help="the dose-response over several studies pooled (a seed of a later "
+                                           "study is a unit of its own, paired with its own baseline)")
+    p.add_argument("sources", nargs="+", metavar="[NAME=]PATH",
+                   help="study folders, tables folders or dose_table.csv files; the first one's seeds are 0, 1, …")
+    p.add_argument("--arms", action="append", default=[], metavar="ARM[,ARM…]", help="keep only these arms")
+    p.add_argument("--out", required=True, help="folder for report.md, figures/ and tables/")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
+    p.set_defaults(func=cmd_dose_report)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smearlens", description="Does the smear gate free up attention heads?")
@@ -462,8 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with `command_line`: what a report lists as the command that made it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["smearlens", *argv])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         args.func(args)
     except SmearlensError as e:

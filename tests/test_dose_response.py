@@ -193,3 +193,54 @@ def test_report_has_the_dose_section_only_with_doses(tmp_path):
     figures = text[text.index("## Figures"):text.index("## Mechanism")]
     assert "dose_response" not in figures
     # without doses there is no section: tests/test_report.py's report (baseline and smear) checks that
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling studies: a seed trained again in another study is a unit of its own
+
+
+def test_pooled_units_pair_within_their_study():
+    a = synthetic_doses(seeds=(0, 1, 2), doses=(0.1, 0.8), rng_seed=1)
+    b = synthetic_doses(seeds=(0, 1), rng_seed=2)
+    pooled = dr.pool_dose_tables([("powered", a), ("screen", b)])
+    assert set(pooled["study"]) == {"powered", "screen"} and len(pooled) == len(a) + len(b)
+    assert dr.sorted_units(pooled["unit"]) == ["0", "1", "2", "screen:0", "screen:1"]
+    # paired by unit: the screen's seed 0 against the screen's own baseline, not the first study's
+    summary = dr.arm_summary(pooled)
+    d02 = summary[(summary["arm"] == "dose-0.2") & (summary["measure"] == "val_loss_vs_baseline")].iloc[0]
+    own = (b.loc[b["arm"] == "dose-0.2", "val_loss"].to_numpy() - b.loc[b["arm"] == "baseline", "val_loss"].to_numpy())
+    assert d02["n"] == 2 and np.isclose(d02["mean"], own.mean())
+    slope = dr.fit_table(dr.fits(pooled)).query("measure == 'prev_mass' and x == 'log_c' and term == 'x'").iloc[0]
+    assert slope["n_seeds"] == 5 and slope["ci_lo"] <= -MASS_B <= slope["ci_hi"]
+    kept = dr.pool_dose_tables([("powered", a), ("screen", b)], arms=["baseline", "dose-0.8"])
+    assert set(kept["arm"]) == {"baseline", "dose-0.8"}
+    with pytest.raises(AnalysisError, match="arms dose-9: in none of the studies"):
+        dr.pool_dose_tables([("powered", a)], arms=["baseline", "dose-9"])
+    with pytest.raises(AnalysisError, match=r"no baseline run for seed\(s\) screen:0, screen:1"):
+        dr.pool_dose_tables([("powered", a), ("screen", b[b["arm"] != "baseline"])])
+    with pytest.raises(AnalysisError, match="screen: not a dose table"):
+        dr.pool_dose_tables([("powered", a), ("screen", b.drop(columns="share"))])
+
+
+def test_dose_report_pools_a_study_and_a_dose_table(tmp_path, capsys):
+    from commands.cli import main as cli_main
+
+    study = dose_tables(tmp_path / "powered" / "analysis").parent  # a study folder: analysis/ and run folders
+    screen = tmp_path / "screen.csv"
+    synthetic_doses(seeds=(0, 1)).to_csv(screen, index=False)
+    out = tmp_path / "dose"
+    assert cli_main(["dose-report", str(study), f"screen={screen}", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| powered | " in text and "| screen | " in text and "seeds 0–2; screen: 0, 1." in text
+    assert "a unit of its own" in text and "![Dose-response](figures/dose_response.png)" in text
+    table = pd.read_csv(out / "tables" / "dose_table.csv")
+    assert len(table) == 18 + 2 * (len(DOSES) + 2) and set(table["study"]) == {"powered", "screen"}
+    assert (out / "figures" / "dose_response.png").exists() and (out / "tables" / "fits.parquet").exists()
+    assert f"smearlens dose-report {study} screen={screen}" in text
+    # bad input: one line naming the path
+    for argv, msg in (([str(tmp_path / "nope")], "nope: neither a study folder"),
+                      ([str(study), f"powered={screen}"], "two share a name"),
+                      ([f"a:b={screen}"], "without ':'")):
+        assert cli_main(["dose-report", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("smearlens: error:") and msg in err and "\n" not in err

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from analysis import plots, report
-from commands.cli import build_parser, main as cli_main
+from commands.cli import main as cli_main, parse_args
 from fixtures.synthetic_tables import make_tables, write_tables
 from trainer.errors import AnalysisError
 
@@ -178,14 +178,15 @@ def test_report_with_a_third_arm(tmp_path, no_drawing):
 
 def test_cli_writes_the_report(tmp_path, capsys, no_drawing):
     folder = write_tables(tmp_path / "ck" / "analysis", seeds=(0, 1))
-    args = build_parser().parse_args(["report", "--tables", str(folder), "--figures", str(tmp_path / "figs"),
-                              "--command", "smearlens train-pair --preset tiny --seed 0", "--threshold", "0.5"])
+    args = parse_args(["report", "--tables", str(folder), "--figures", str(tmp_path / "figs"),
+                       "--command", "smearlens train-pair --preset tiny --seed 0", "--threshold", "0.5"])
     assert args.command == "report"  # --command does not clobber the subcommand's dest
     args.func(args)
     out = tmp_path / "figs" / "report.md"
     assert f"wrote {out}" in capsys.readouterr().out
     text = out.read_text()
     assert "previous-token threshold 0.5" in text and "smearlens train-pair --preset tiny --seed 0" in text
+    assert f"smearlens report --tables {folder} --figures" in text  # the command that made it, as typed
     assert cli_main(["report", "--tables", str(tmp_path / "nope")]) == 2
     assert "smearlens: error:" in capsys.readouterr().err
 

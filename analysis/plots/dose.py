@@ -33,10 +33,10 @@ def _curve(ax, result: dr.DoseResponse, measure: str, x: str, to_axis=lambda v: 
     ax.plot(at, c["fit"], color=FIT_COLOR, lw=1.3)
 
 
-def _points(ax, runs: pd.DataFrame, x: str, measure: str, color: str, seeds: list[int]) -> None:
-    """One marker per seed (its shape: the seed) and the seed mean (large, with its t CI)."""
-    for seed, g in runs.groupby("seed"):
-        marker = SEED_MARKERS[seeds.index(int(seed)) % len(SEED_MARKERS)]
+def _points(ax, runs: pd.DataFrame, x: str, measure: str, color: str, seeds: list[str]) -> None:
+    """One marker per seed (its shape: the seed, while there are few) and the seed mean (large, with its t CI)."""
+    for seed, g in runs.groupby(dr.units(runs)):
+        marker = SEED_MARKERS[seeds.index(seed) % len(SEED_MARKERS)] if len(seeds) <= len(SEED_MARKERS) else "o"
         ax.scatter(g[x], g[measure], s=12, marker=marker, color=color, alpha=0.55, lw=0, zorder=3)
     for _, g in runs.groupby("arm"):
         v = g[measure].dropna().to_numpy(float)
@@ -66,7 +66,7 @@ def dose_response(result: dr.DoseResponse) -> Figure:
     random-intercept fit and its pointwise 95% CI; red: the dose of lowest loss (fitted c* with its CI,
     and the dose of lowest mean paired loss)."""
     t = result.table
-    seeds = sorted(int(s) for s in t["seed"].unique())
+    seeds = dr.sorted_units(dr.units(t))
     base, doses, learned = (t[t["kind"] == k] for k in ("baseline", "dose", "learned"))
     learned_arms = sorted(learned["arm"].unique())
     measures = list(dr.MEASURES)
@@ -122,7 +122,7 @@ def dose_response(result: dr.DoseResponse) -> Figure:
                 Line2D([], [], marker="*", ls="", color=OPTIMUM_COLOR, mec="black", ms=10,
                        label="dose of lowest mean paired loss")]
     handles += [Line2D([], [], marker=SEED_MARKERS[i % len(SEED_MARKERS)], ls="", color="#777", ms=4,
-                       label=f"seed {s}") for i, s in enumerate(seeds[:len(SEED_MARKERS)])]
+                       label=f"seed {s}") for i, s in enumerate(seeds) if len(seeds) <= len(SEED_MARKERS)]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=7, frameon=False)
     fig.suptitle(f"Dose-response: {t['arm'].nunique()} arms × {len(seeds)} seeds", fontsize=11)
     return fig

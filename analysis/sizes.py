@@ -12,6 +12,10 @@ there; the previous-token measures of the recorder (`record_heads`, every `recor
 interpolated linearly at those steps. A smear that only trains faster would show a difference at the
 end and none at matched loss.
 
+Across sizes (`size_trends`, exploratory): each paired difference and the learned coefficient against
+log2 of the parameter count, an OLS line over the runs (sizes differ in shape, so their seeds share no
+weights: every point is its own), its slope per doubling of parameters with a t CI.
+
 `load_size_study` reads one finished study folder; everything else is pure (tables in, tables out).
 """
 
@@ -180,6 +184,49 @@ def coefficient_summary(size: str, smear_final: pd.DataFrame) -> list[dict]:
     return rows
 
 
+TREND_COLUMNS = ["measure", "label", "when", "n_points", "n_sizes", "slope", "ci_low", "ci_high", "p_value",
+                 "verdict"]
+
+
+def _paired(df: pd.DataFrame, measure: str, arm: str, baseline: str) -> pd.DataFrame:
+    """size, seed, value: arm − baseline per seed with both."""
+    wide = df.pivot_table(index=["size", "seed"], columns="arm", values=measure, aggfunc="first")
+    if arm not in wide or baseline not in wide:
+        return pd.DataFrame(columns=["size", "seed", "value"])
+    return (wide[arm] - wide[baseline]).dropna().rename("value").reset_index()
+
+
+def size_trends(per_seed: pd.DataFrame, matched: pd.DataFrame, sizes: pd.DataFrame, *,
+                arm: str = stats.RECORD_ARM, baseline: str = stats.BASELINE) -> pd.DataFrame:
+    """Each paired difference (at the end; previous-token measures also at matched loss) and the arm's mean
+    coefficient against log2(total parameters): OLS slope per doubling with its t 95% CI and p. A slope
+    needs ≥ 2 sizes and ≥ 3 points; its CI says only whether a trend is shown, at these few sizes."""
+    from scipy import stats as st
+
+    log2p = np.log2(sizes.set_index("size")["params_total"].astype(float))
+    series = [(m, "end", _paired(per_seed, m, arm, baseline)) for m in END_MEASURES if m in per_seed]
+    series += [(m, "matched loss", _paired(matched, m, arm, baseline)) for m in MATCHED_MEASURES if m in matched]
+    if "coef_mean" in per_seed:
+        coef = per_seed.loc[per_seed["arm"] == arm, ["size", "seed", "coef_mean"]]
+        series.append(("coef_mean", "end", coef.rename(columns={"coef_mean": "value"}).dropna()))
+    rows = []
+    for m, when, d in series:
+        x, y = d["size"].map(log2p).to_numpy(float), d["value"].to_numpy(float)
+        row = dict(measure=m, label=MEASURE_LABELS[m] + ("" if m == "coef_mean" else f" ({arm} − {baseline})"),
+                   when=when, n_points=len(d), n_sizes=d["size"].nunique(), slope=math.nan, ci_low=math.nan,
+                   ci_high=math.nan, p_value=math.nan)
+        if row["n_sizes"] < 2 or len(d) < 3:
+            rows.append(dict(row, verdict="too few sizes or runs for a slope"))
+            continue
+        fit = st.linregress(x, y)
+        half = float(st.t.ppf(0.975, len(d) - 2)) * fit.stderr
+        row.update(slope=fit.slope, ci_low=fit.slope - half, ci_high=fit.slope + half, p_value=fit.pvalue)
+        verdict = ("grows with size" if row["ci_low"] > 0 else "shrinks with size" if row["ci_high"] < 0 else
+                   "no trend shown: the slope's CI includes 0 (too few sizes and seeds to tell)")
+        rows.append(dict(row, verdict=verdict))
+    return pd.DataFrame(rows, columns=TREND_COLUMNS)
+
+
 # ---------------------------------------------------------------------------------------------
 # One study folder per size
 
@@ -267,6 +314,7 @@ class SweepTables:
     matched: pd.DataFrame  # size × seed × arm: the matched loss level, the step there, prev measures there
     coefficients: pd.DataFrame  # size × (lambda, coef_mean): mean over seeds with CI
     per_seed: pd.DataFrame  # size × run at the end: prev_mass, best_prev, val_loss, lambda, coef_mean
+    trends: pd.DataFrame  # measure × when: slope per doubling of parameters across sizes (size_trends)
     notes: list[str]
 
     def with_sizes(self, name: str) -> pd.DataFrame:
@@ -317,11 +365,12 @@ def sweep_tables(studies: Iterable[SizeStudy], *, arm: str = stats.RECORD_ARM,
 
     cat = lambda parts: pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else pd.DataFrame()
-    return SweepTables(sizes=size_df, comparisons=ordered(cat(comparisons), []),
-                       matched=ordered(cat(matched), ["seed", "arm"]), coefficients=ordered(pd.DataFrame(coefs), []),
-                       per_seed=ordered(cat(per_seed), ["arm", "seed"]), notes=notes)
+    per_seed_df, matched_df = ordered(cat(per_seed), ["arm", "seed"]), ordered(cat(matched), ["seed", "arm"])
+    return SweepTables(sizes=size_df, comparisons=ordered(cat(comparisons), []), matched=matched_df,
+                       coefficients=ordered(pd.DataFrame(coefs), []), per_seed=per_seed_df,
+                       trends=size_trends(per_seed_df, matched_df, size_df, arm=arm, baseline=baseline), notes=notes)
 
 
 __all__ = ["SizeStudy", "SweepTables", "crossing_step", "value_at", "matched_loss", "prev_over_steps",
            "compare_size", "coefficient_summary", "param_counts", "size_row", "record_reference",
-           "load_size_study", "sweep_tables", "RECORD_COEF"]
+           "load_size_study", "size_trends", "sweep_tables", "RECORD_COEF"]

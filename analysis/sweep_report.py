@@ -2,8 +2,8 @@
 
     write_sweep_report(["studies/sizes/cpu-small-d96", ...], "studies/sizes", commands=[...])
 
-writes `report.md`, `figures/size_sweep.{png,svg}` and `tables/{sizes,comparisons,matched_loss,
-coefficients,per_seed}.{parquet,csv}` under the output folder. Each study's own report (its folder's
+writes `report.md`, `figures/size_sweep.{png,svg}` and `tables/{sizes,comparisons,matched,
+coefficients,per_seed,trends}.{parquet,csv}` under the output folder. Each study's own report (its folder's
 report.md) has every per-size table and figure; this page sets the sizes side by side.
 """
 
@@ -24,7 +24,7 @@ from analysis.tables import write_table
 from trainer.io import atomic_write_text
 
 FIGURE = "size_sweep"
-TABLES = ("sizes", "comparisons", "matched", "coefficients", "per_seed")
+TABLES = ("sizes", "comparisons", "matched", "coefficients", "per_seed", "trends")
 FMT = {"prev_mass": "{:+.3f}", "best_prev": "{:+.3f}", "val_loss": "{:+.4f}"}
 
 
@@ -63,6 +63,16 @@ def comparisons_markdown(comp: pd.DataFrame) -> str:
                      r["verdict"]])
     return _md_table(["size", "when", "measure", "pairs", "baseline", "smear", "smear − baseline", "95% t CI",
                       "paired t p", "verdict"], rows)
+
+
+def trends_markdown(trends: pd.DataFrame) -> str:
+    rows = []
+    for r in trends.to_dict("records"):
+        fmt = FMT.get(r["measure"], "{:+.4f}")
+        rows.append([r["label"], r["when"], f"{r['n_points']} / {r['n_sizes']}", _num(r["slope"], fmt), _ci(r, fmt),
+                     _p(r["p_value"]), r["verdict"]])
+    return _md_table(["measure", "when", "runs or pairs / sizes", "slope per doubling of parameters", "95% t CI",
+                      "p", "reading"], rows)
 
 
 def matched_markdown(matched: pd.DataFrame) -> str:
@@ -104,7 +114,12 @@ def sweep_markdown(t: SweepTables, *, figure: str | None, commands: Sequence[str
               "loss: per seed, the higher of the two arms' final validation losses; each arm's step there (its "
               "validation curve, linear between logged points, first reaching it); the recorded previous-token "
               "measures (record_heads, linear between recorded steps) at that step.", "",
-              comparisons_markdown(t.comparisons), "", "### Matched loss, per seed", "", matched_markdown(t.matched), ""]
+              comparisons_markdown(t.comparisons), "", "### Matched loss, per seed", "",
+              matched_markdown(t.matched), "", "## Across sizes", "",
+              "Exploratory: each paired difference (per seed) and the learned coefficient (per smear run) against "
+              "log2 of the parameter count, one OLS line over the points of every size (the sizes share no "
+              "weights, so each point is its own), with its slope per doubling of parameters.", "",
+              trends_markdown(t.trends), ""]
     if t.notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in t.notes] + [""]
     parts += ["## Provenance", ""]

@@ -218,7 +218,7 @@ def cmd_study_copy(args: argparse.Namespace) -> None:
 def cmd_sweep_report(args: argparse.Namespace) -> None:
     from analysis.sweep_report import write_sweep_report
 
-    print(f"wrote {write_sweep_report(args.studies, args.out, commands=[args.command_line])}")
+    print(f"wrote {write_sweep_report(args.studies, args.out, commands=[*args.commands, args.command_line])}")
 
 
 def cmd_dose_report(args: argparse.Namespace) -> None:
@@ -452,6 +452,8 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep-report", help="the size sweep's report over finished study folders (one size each)")
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders made by `smearlens study`")
     p.add_argument("--out", required=True, help="folder for report.md, figures/ and tables/")
+    p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
+                   help="a command that produced the studies, listed in the report (repeatable)")
     p.set_defaults(func=cmd_sweep_report)
 
     p = sub.add_parser("dose-report", help="the dose-response over several studies pooled (a seed of a later "

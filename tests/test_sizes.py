@@ -148,6 +148,32 @@ def test_sweep_report_writes_report_figure_and_tables(tmp_path, capsys):
     assert (tmp_path / "sweep" / "figures" / "size_sweep.svg").stat().st_size > 0
     matched = pd.read_parquet(tmp_path / "sweep" / "tables" / "matched.parquet")
     assert len(matched) == 2 * 3 * 2 and set(matched["size"]) == {"d32", "d64"}
+    trends = pd.read_parquet(tmp_path / "sweep" / "tables" / "trends.parquet")
+    assert "## Across sizes" in report and set(trends["when"]) == {"end", "matched loss"}
+    assert (trends["n_sizes"] == 2).all() and trends["slope"].notna().all()
+
+
+def test_size_trends_recover_a_known_slope():
+    rng = np.random.default_rng(0)
+    shapes = pd.DataFrame(dict(size=["a", "b", "c"], params_total=[1e6, 2e6, 4e6]))  # one doubling apart
+    rows = []
+    for i, size in enumerate(shapes["size"]):
+        for seed in range(4):
+            base = rng.normal(1.8, 0.05)
+            rows += [dict(size=size, seed=seed, arm="baseline", prev_mass=base, best_prev=0.5, val_loss=4.0,
+                          coef_mean=math.nan),
+                     dict(size=size, seed=seed, arm="smear", prev_mass=base - 0.1 - 0.05 * i + rng.normal(0, 0.005),
+                          best_prev=0.5 + rng.normal(0, 0.01), val_loss=4.0 + rng.normal(0, 0.001),
+                          coef_mean=0.07 + rng.normal(0, 0.002))]
+    per_seed = pd.DataFrame(rows)
+    t = sizes.size_trends(per_seed, pd.DataFrame(columns=["arm", "seed", "size"]), shapes).set_index("measure")
+    mass = t.loc["prev_mass"]
+    assert mass["n_points"] == 12 and mass["ci_low"] <= -0.05 <= mass["ci_high"]
+    assert mass["verdict"] == "shrinks with size"
+    assert t.loc["coef_mean", "n_points"] == 12 and t.loc["best_prev", "verdict"].startswith("no trend shown")
+    one = sizes.size_trends(per_seed[per_seed["size"] == "a"], pd.DataFrame(columns=["arm", "seed", "size"]),
+                                shapes)
+    assert one["slope"].isna().all() and (one["verdict"] == "too few sizes or runs for a slope").all()
 
 
 def _one_line_error(capsys, code: int) -> str:

@@ -195,7 +195,7 @@ def _runs_markdown(tables: Tables, per_seed: pd.DataFrame) -> str:
              "{cpu} ({bf16_gemm})".format(**{"cpu": "not recorded", "bf16_gemm": "?"} | _machine(tables, r["run"]))]
             for r in last.to_dict("records")]
     return (_md_table(["arm", "seed", "run", "final step", "tokens seen", "trained on (bf16 GEMMs)"], rows)
-            + "\n\n" + machines_sentence(tables) + primary_by_machine(tables, per_seed))
+            + "\n\n" + machines_sentence(tables) + arms_by_machine(tables, per_seed))
 
 
 def _machine(tables: Tables, run: str) -> dict:
@@ -211,29 +211,30 @@ def _seed_kinds(tables: Tables, arms: Sequence[str] | None = None) -> dict[int, 
     return kinds
 
 
-def primary_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
-    """Where the seeds came from machines of more than one kind: each primary claim's paired difference
-    within each kind's seeds (exploratory: a check that the kinds agree, not a test of the claims)."""
-    by_arm: dict[str, dict[str, list[int]]] = {}  # the seeds of each kind, for each claim's arm with the baseline
-    for arm in {claim.arm for claim in stats.PRIMARY_CLAIMS}:
-        for seed, k in _seed_kinds(tables, [stats.BASELINE, arm]).items():
-            if len(k) == 1:  # a pair split across kinds belongs to neither
-                by_arm.setdefault(arm, {}).setdefault(min(k), []).append(seed)
+def arms_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
+    """For each arm whose pairs with the baseline span machines of more than one kind (pairs of several kinds, or
+    pairs split across kinds): its paired differences on the primary measures and validation loss within each
+    kind's unsplit pairs (exploratory: a check that the kinds agree, not a test)."""
+    measures = [c.claim for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
     rows = []
-    for claim in stats.PRIMARY_CLAIMS:
-        groups = by_arm.get(claim.arm, {})
-        if sum(len(seeds) >= 2 for seeds in groups.values()) < 2:
-            continue
+    for arm in stats.arm_order(set(per_seed["arm"].astype(str)) - {stats.BASELINE}):
+        groups: dict[str, list[int]] = {}
+        kinds = _seed_kinds(tables, [stats.BASELINE, arm])
+        for seed, k in kinds.items():
+            if len(k) == 1:  # a pair split across kinds belongs to neither
+                groups.setdefault(min(k), []).append(seed)
+        if len(groups) + any(len(k) > 1 for k in kinds.values()) < 2:
+            continue  # every pair on one kind
         for kind, seeds in sorted(groups.items()):
-            r = stats.compare_arms(per_seed[per_seed["seed"].isin(seeds)], claim.claim, arm=claim.arm,
-                                   role="exploratory")
-            if r["paired"]:
-                fmt = stats.CLAIMS[claim.claim][1]
-                rows.append([stats.claim_label(claim.claim), f"{claim.arm} − {stats.BASELINE}", kind, r["n_pairs"],
-                             _num(r["diff"], fmt), f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"])
-    header = ["claim", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"]
-    return "" if not rows else ("\n\nThe primary claims within each kind's seeds (exploratory: do the kinds "
-                                "agree?):\n\n" + _md_table(header, rows))
+            for m in measures if len(seeds) >= 2 else []:
+                r = stats.compare_arms(per_seed[per_seed["seed"].isin(seeds)], m, arm=arm, role="exploratory")
+                if r["paired"]:
+                    fmt = stats.CLAIMS[m][1]
+                    rows.append([stats.claim_label(m), f"{arm} − {stats.BASELINE}", kind, r["n_pairs"],
+                                 _num(r["diff"], fmt), f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"])
+    header = ["measure", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"]
+    return "" if not rows else ("\n\nEach arm within each kind's pairs, where its pairs span kinds (exploratory: do "
+                                "the kinds agree? pairs split across kinds are left out here):\n\n" + _md_table(header, rows))
 
 
 def machines_sentence(tables: Tables) -> str:

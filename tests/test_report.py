@@ -214,13 +214,24 @@ def test_report_says_which_machines_trained_each_seed(tmp_path):
     assert "1 with fp32, rounded to bf16; 1 with native" in sentence and sentence.endswith("split across kinds: 2.")
     per_seed = stats.per_seed_claims(tables.heads)
     assert "AMD EPYC (native)" in report._runs_markdown(tables, per_seed)
-    assert report.primary_by_machine(tables, per_seed) == ""  # one seed a kind: nothing to compare within a kind
+    assert report.arms_by_machine(tables, per_seed) == ""  # one seed a kind: nothing to compare within a kind
     tables = stats.load_tables(write_tables(tmp_path / "four" / "analysis", seeds=(0, 1, 2, 3)))
     per_seed = stats.per_seed_claims(tables.heads)
     for run, manifest in tables.configs.items():  # seeds 0 and 1 on one kind, 2 and 3 on the other
         seed = int(run.split("-s")[1].split("-")[0])
         manifest["machine"] = dict(bf16_gemm="native" if seed < 2 else "fp32, rounded to bf16")
-    by_kind = report.primary_by_machine(tables, per_seed)
+    by_kind = report.arms_by_machine(tables, per_seed)
     diffs = per_seed.pivot(index="seed", columns="arm", values="prev_mass").pipe(lambda w: w["smear"] - w["baseline"])
     assert f"| total previous-token mass (sum of scores) | smear − baseline | native | 2 | {diffs[[0, 1]].mean():.3f} |" in by_kind
     assert f"| fp32, rounded to bf16 | 2 | {diffs[[2, 3]].mean():.3f} |" in by_kind
+    # a promoted arm trained later on another kind: its pairs of seeds 0 and 1 are split, 2 and 3 are not
+    tables = stats.load_tables(write_tables(tmp_path / "dose" / "analysis", seeds=(0, 1, 2, 3),
+                                            arms=("baseline", "smear", "dose-0.8")))
+    for run, manifest in tables.configs.items():
+        seed = int(run.split("-s")[1].split("-")[0])
+        manifest["machine"] = dict(bf16_gemm="native" if seed >= 2 or "dose" in run else "fp32, rounded to bf16")
+    per_seed = stats.per_seed_claims(tables.heads)
+    by_kind = report.arms_by_machine(tables, per_seed)
+    diffs = per_seed.pivot(index="seed", columns="arm", values="prev_mass").pipe(lambda w: w["dose-0.8"] - w["baseline"])
+    assert f"| dose-0.8 − baseline | native | 2 | {diffs[[2, 3]].mean():.3f} |" in by_kind
+    assert "dose-0.8 − baseline | fp32" not in by_kind and "| smear − baseline | native | 2 |" in by_kind

@@ -233,8 +233,9 @@ def arms_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
                     rows.append([stats.claim_label(m), f"{arm} − {stats.BASELINE}", kind, r["n_pairs"],
                                  _num(r["diff"], fmt), f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]"])
     header = ["measure", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"]
-    return "" if not rows else ("\n\nEach arm within each kind's pairs, where its pairs span kinds (exploratory: do "
-                                "the kinds agree? pairs split across kinds are left out here):\n\n" + _md_table(header, rows))
+    intro = ("\n\nEach arm within each kind's pairs, where its pairs span kinds (exploratory: do the kinds agree? "
+             "pairs split across kinds are left out here):\n\n")
+    return intro + _md_table(header, rows) if rows else ""
 
 
 def machines_sentence(tables: Tables) -> str:

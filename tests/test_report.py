@@ -232,6 +232,7 @@ def test_report_says_which_machines_trained_each_seed(tmp_path):
         manifest["machine"] = dict(bf16_gemm="native" if seed >= 2 or "dose" in run else "fp32, rounded to bf16")
     per_seed = stats.per_seed_claims(tables.heads)
     by_kind = report.arms_by_machine(tables, per_seed)
-    diffs = per_seed.pivot(index="seed", columns="arm", values="prev_mass").pipe(lambda w: w["dose-0.8"] - w["baseline"])
+    wide = per_seed.pivot(index="seed", columns="arm", values="prev_mass")
+    diffs = wide["dose-0.8"] - wide["baseline"]
     assert f"| dose-0.8 − baseline | native | 2 | {diffs[[2, 3]].mean():.3f} |" in by_kind
     assert "dose-0.8 − baseline | fp32" not in by_kind and "| smear − baseline | native | 2 |" in by_kind

@@ -192,6 +192,15 @@ def welch_p(a: np.ndarray, b: np.ndarray) -> float:
         return float(_st().ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Welch t confidence interval of mean(a) − mean(b) for unpaired samples (NaN with fewer than 2 in either)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if min(len(a), len(b)) < 2 or (a.var() == 0 and b.var() == 0):
+        return math.nan, math.nan
+    ci = _st().ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return float(ci.low), float(ci.high)
+
+
 def bootstrap_ci(a: np.ndarray, b: np.ndarray, n_boot: int = N_BOOT, rng_seed: int = BOOT_SEED,
                  level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of mean(a) − mean(b), resampling each (unpaired) arm on its own."""

@@ -195,7 +195,7 @@ def _runs_markdown(tables: Tables, per_seed: pd.DataFrame) -> str:
              "{cpu} ({bf16_gemm})".format(**{"cpu": "not recorded", "bf16_gemm": "?"} | _machine(tables, r["run"]))]
             for r in last.to_dict("records")]
     return (_md_table(["arm", "seed", "run", "final step", "tokens seen", "trained on (bf16 GEMMs)"], rows)
-            + "\n\n" + machines_sentence(tables) + arms_by_machine(tables, per_seed))
+            + "\n\n" + machines_sentence(tables) + arms_by_machine(tables, per_seed) + machine_offsets(tables, per_seed))
 
 
 def _machine(tables: Tables, run: str) -> dict:
@@ -235,6 +235,36 @@ def arms_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
     header = ["measure", "arms", "bf16 GEMMs", "n pairs", "mean paired difference", "95% CI (t)"]
     intro = ("\n\nEach arm within each kind's pairs, where its pairs span kinds (exploratory: do the kinds agree? "
              "pairs split across kinds are left out here):\n\n")
+    return intro + _md_table(header, rows) if rows else ""
+
+
+def machine_offsets(tables: Tables, per_seed: pd.DataFrame) -> str:
+    """For each arm whose runs span two or more machine kinds: its runs' mean on each kind and each later kind's
+    difference from the first (unpaired: different seeds; Welch t). A pair split across kinds carries such an
+    offset into its difference, so this is the check that split pairs need (exploratory)."""
+    measures = [c.claim for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
+    runs = stats.final_rows(tables.heads).drop_duplicates("run")
+    kind_of = {(r["arm"], int(r["seed"])): _machine(tables, r["run"]).get("bf16_gemm", "not recorded")
+               for r in runs.to_dict("records")}
+    df = per_seed.assign(kind=[kind_of.get((a, int(s))) for a, s in zip(per_seed["arm"], per_seed["seed"])])
+    rows = []
+    for arm in stats.arm_order(set(df["arm"].astype(str))):
+        by_kind = {k: g for k, g in df[df["arm"] == arm].groupby("kind") if len(g) >= 2}
+        if len(by_kind) < 2:
+            continue
+        (first, ref), *others = sorted(by_kind.items())
+        for kind, g in others:
+            for m in measures:
+                fmt = stats.CLAIMS[m][1]
+                lo, hi = stats.welch_ci(g[m].to_numpy(), ref[m].to_numpy())
+                a, b = g[m].mean(), ref[m].mean()
+                rows.append([stats.claim_label(m), arm, f"{kind} − {first}", f"{len(g)} / {len(ref)}",
+                             f"{_num(a, fmt)} − {_num(b, fmt)}", _num(a - b, fmt), f"[{_num(lo, fmt)}, {_num(hi, fmt)}]",
+                             _p(stats.welch_p(g[m], ref[m]))])
+    header = ["measure", "arm", "kinds (bf16 GEMMs)", "runs", "means", "difference", "95% CI (Welch t)", "Welch p"]
+    intro = ("\n\nEach arm's runs by machine kind, unpaired (exploratory: a machine offset, read through the spread "
+             "of the seeds, since each kind trained other seeds; a pair split across kinds carries any such offset "
+             "into its difference):\n\n")
     return intro + _md_table(header, rows) if rows else ""
 
 

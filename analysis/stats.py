@@ -27,7 +27,7 @@ import pandas as pd
 
 from analysis.inference import (  # noqa: F401 (re-exported: stats is the statistics' one way in)
     ALPHA, BOOT_SEED, N_BOOT, SD_UPPER_LEVEL, SIGN_FLIP_DRAWS, SIGN_FLIP_EXACT_MAX, bootstrap_ci, holm, paired_power,
-    paired_t, sd_upper, seeds_needed, sign_flip_min_p, sign_flip_p, t_ci, tost_p, welch_p)
+    paired_t, sd_upper, seeds_needed, sign_flip_min_p, sign_flip_p, t_ci, tost_p, welch_ci, welch_p)
 from analysis.schema import (HEAD_METRICS, MECHANISM_COLUMNS, RECORD_COLUMNS, RUN_COLUMNS,  # noqa: F401 (re-exported)
                              TABLE_COLUMNS)
 from analysis.tables import (  # noqa: F401 (re-exported: loading and validating the tables)

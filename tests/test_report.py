@@ -215,6 +215,7 @@ def test_report_says_which_machines_trained_each_seed(tmp_path):
     per_seed = stats.per_seed_claims(tables.heads)
     assert "AMD EPYC (native)" in report._runs_markdown(tables, per_seed)
     assert report.arms_by_machine(tables, per_seed) == ""  # one seed a kind: nothing to compare within a kind
+    assert report.machine_offsets(tables, per_seed) == ""  # nor a kind's runs against another's
     tables = stats.load_tables(write_tables(tmp_path / "four" / "analysis", seeds=(0, 1, 2, 3)))
     per_seed = stats.per_seed_claims(tables.heads)
     for run, manifest in tables.configs.items():  # seeds 0 and 1 on one kind, 2 and 3 on the other
@@ -224,6 +225,12 @@ def test_report_says_which_machines_trained_each_seed(tmp_path):
     diffs = per_seed.pivot(index="seed", columns="arm", values="prev_mass").pipe(lambda w: w["smear"] - w["baseline"])
     assert f"| total previous-token mass (sum of scores) | smear − baseline | native | 2 | {diffs[[0, 1]].mean():.3f} |" in by_kind
     assert f"| fp32, rounded to bf16 | 2 | {diffs[[2, 3]].mean():.3f} |" in by_kind
+    offsets = report.machine_offsets(tables, per_seed)  # each arm's runs on one kind against the other, unpaired
+    base = per_seed[per_seed["arm"] == "baseline"].set_index("seed")["prev_mass"]
+    assert (f"| total previous-token mass (sum of scores) | baseline | native − fp32, rounded to bf16 | 2 / 2 | "
+            f"{base[[0, 1]].mean():.3f} − {base[[2, 3]].mean():.3f} | {base[[0, 1]].mean() - base[[2, 3]].mean():.3f} |"
+            in offsets)
+    assert "| smear | native − fp32" in offsets
     # a promoted arm trained later on another kind: its pairs of seeds 0 and 1 are split, 2 and 3 are not
     tables = stats.load_tables(write_tables(tmp_path / "dose" / "analysis", seeds=(0, 1, 2, 3),
                                             arms=("baseline", "smear", "dose-0.8")))

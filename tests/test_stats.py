@@ -253,6 +253,17 @@ def test_paired_t_ci_covers_the_true_difference():
     assert 0.9 <= covered / reps <= 0.99  # a t CI of normal differences: 95% up to chance
 
 
+def test_welch_ci_covers_the_true_difference_of_unpaired_samples():
+    rng = np.random.default_rng(7)
+    covered = sum(lo <= -0.3 <= hi for lo, hi in (stats.welch_ci(rng.normal(0.7, 0.1, 8), rng.normal(1.0, 0.4, 12))
+                                                 for _ in range(300)))
+    assert 0.9 <= covered / 300 <= 0.99  # unequal spreads and sizes: Welch's df keep the 95% coverage
+    a, b = np.array([1.0, 2.0, 4.0]), np.array([0.0, 1.0])
+    lo, hi = stats.welch_ci(a, b)
+    assert lo < (a.mean() - b.mean()) < hi
+    assert all(np.isnan(stats.welch_ci(a, b[:1])))  # one value has no spread to read
+
+
 def test_threshold_sweep_is_monotone_and_compared_per_threshold():
     t = tables_of()
     sweep = stats.threshold_sweep(t.heads)

@@ -206,6 +206,9 @@ def test_freed_heads_fall_back_to_the_best_baseline_heads(tmp_path):
     fig = plots.freed_head_profiles(heads, 0.4)
     assert "no baseline head reaches 0.4" in fig._suptitle.get_text()
     check_image(plots.save(fig, tmp_path, "fallback", ("png",))[0])
+    # the same figure drawn again is the same bytes (SVG ids salted by its name): a redrawn figure is no change in git
+    again = [plots.save(plots.freed_head_profiles(heads, 0.4), tmp_path / d, "fallback") for d in "ab"]
+    assert [p.read_bytes() for p in again[0]] == [p.read_bytes() for p in again[1]]
 
 
 def test_smear_lambda_says_where_its_values_come_from():

@@ -185,11 +185,12 @@ def no_runs(ax, arm: str) -> None:
 
 
 def save(fig: Figure, folder: str | Path, name: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Write `name.png` and `name.svg` into `folder`, each to a temporary file renamed into place."""
+    """Write `name.png` and `name.svg` into `folder`, each to a temporary file renamed into place. The same figure
+    gives the same bytes (no date, SVG ids salted by the name), so a figure redrawn unchanged is no change in git."""
     out = []
     for fmt in formats:
         path = Path(folder) / f"{name}.{fmt}"
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, matplotlib.rc_context({"svg.hashsalt": name}):
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
         out.append(path)
     return out

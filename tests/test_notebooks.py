@@ -217,6 +217,18 @@ def test_smear_lambda_says_where_its_values_come_from():
     assert "(at checkpoints)" in plots.smear_lambda(t["smear"], t["record_smear"].iloc[:0])._suptitle.get_text()
 
 
+def test_many_seeds_are_drawn_unnamed(tmp_path):
+    # 32 seeds once gave legends of 32 entries that buried the axes: past MAX_SEED_LEGEND they go unnamed
+    few, many = make_tables(seeds=(0, 1, 2)), make_tables(seeds=tuple(range(plots.style.MAX_SEED_LEGEND + 4)))
+    legends = lambda fig: [len(ax.get_legend().get_texts()) for ax in fig.axes if ax.get_legend()]
+    assert legends(plots.smear_lambda(few["smear"], few["record_smear"])) == [4, 3]  # a line per seed, checkpoints
+    assert legends(plots.smear_lambda(many["smear"], many["record_smear"])) == [3, 2]  # each seed, their mean
+    assert legends(plots.coefficient_histogram(few["smear_tokens"])) == [4]
+    fig = plots.coefficient_histogram(many["smear_tokens"])
+    assert legends(fig) == [2] and "each seed's median (12 seeds" in fig.axes[0].get_legend().get_texts()[1].get_text()
+    check_image(plots.save(fig, tmp_path, "many", ("png",))[0])
+
+
 def test_many_heads_draw_ablation_as_grids(tmp_path):
     prev = np.full((6, 6), 0.1)
     prev[3] = np.nan

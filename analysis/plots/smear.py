@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import stats
-from analysis.plots.style import ARM_COLORS, display_token, figure, need, preset_text, seed_text, token_axis
+from analysis.plots.style import ARM_COLORS, MAX_SEED_LEGEND, display_token, figure, need, preset_text, seed_text, token_axis
 from trainer.errors import AnalysisError
 
 
@@ -38,19 +38,28 @@ def _boxplot(ax, data: list[np.ndarray], labels: list[str], color: str) -> None:
 
 
 def smear_lambda(smear: pd.DataFrame, record_smear: pd.DataFrame | None = None) -> Figure:
-    """λ over training (one line per seed) and the effective coefficient on data (mean, 5–95% band)."""
+    """λ over training (one line per seed) and the effective coefficient on data (mean, 5–95% band); past
+    MAX_SEED_LEGEND seeds, thin lines per seed under their mean, without bands."""
     recorded = record_smear is not None and len(record_smear) > 0  # the finer record when there is one
     src = need(record_smear if recorded else smear, "smear table (the smear arm's λ and coefficients)")
     src = need(src[src["arm"] == "smear"], "smear-arm rows in the smear table")
     fig = figure(11, 4.0)
     ax_l, ax_c = fig.subplots(1, 2, sharex=True)
     colors = _seed_colors(src["seed"].unique())
-    for seed, g in src.sort_values("step").groupby("seed"):
-        c = colors[seed]
-        marker = "o" if len(g) <= 20 else None  # few checkpoints: show where the values are
-        ax_l.plot(g["tokens"], g["lambda"], color=c, lw=2, marker=marker, ms=4, label=f"seed {seed}")
-        ax_c.plot(g["tokens"], g["coef_mean"], color=c, lw=2, marker=marker, ms=4, label=f"seed {seed}: mean")
-        ax_c.fill_between(g["tokens"], g["coef_p05"], g["coef_p95"], color=c, alpha=0.15, lw=0)
+    few = src["seed"].nunique() <= MAX_SEED_LEGEND
+    for i, (seed, g) in enumerate(src.sort_values("step").groupby("seed")):
+        c, lw = colors[seed], 2 if few else 0.8
+        marker = "o" if len(g) <= 20 and few else None  # few checkpoints: show where the values are
+        label = f"seed {seed}" if few else f"each of {src['seed'].nunique()} seeds" if i == 0 else None
+        ax_l.plot(g["tokens"], g["lambda"], color=c, lw=lw, marker=marker, ms=4, label=label)
+        ax_c.plot(g["tokens"], g["coef_mean"], color=c, lw=lw, marker=marker, ms=4,
+                  label=f"{label}: mean" if few else label)
+        if few:
+            ax_c.fill_between(g["tokens"], g["coef_p05"], g["coef_p95"], color=c, alpha=0.15, lw=0)
+    if not few:
+        mean = src.groupby("tokens")[["lambda", "coef_mean"]].mean().reset_index()
+        ax_l.plot(mean["tokens"], mean["lambda"], color="black", lw=2, label="mean over seeds")
+        ax_c.plot(mean["tokens"], mean["coef_mean"], color="black", lw=2, label="mean over seeds")
     if recorded and smear is not None and len(smear):
         ck = smear[smear["arm"] == "smear"]
         ax_l.scatter(ck["tokens"], ck["lambda"], s=14, color="black", zorder=3, label="checkpoints")
@@ -62,7 +71,7 @@ def smear_lambda(smear: pd.DataFrame, record_smear: pd.DataFrame | None = None) 
     ax_l.set_title("λ over training", fontsize=10)
     ax_l.legend(fontsize=8)
     ax_c.set_ylabel("effective coefficient λ·σ(w·e) on data")
-    ax_c.set_title("effective coefficient on data: mean, band 5th–95th percentile", fontsize=10)
+    ax_c.set_title("effective coefficient on data: mean" + (", band 5th–95th percentile" if few else ""), fontsize=10)
     ax_c.legend(fontsize=8)
     source = "recorded during training" if recorded else "at checkpoints"
     fig.suptitle(f"Smear gate over training ({source}) — preset {preset_text(src)}", fontsize=11)
@@ -82,10 +91,16 @@ def coefficient_histogram(smear_tokens: pd.DataFrame) -> Figure:
     ax.hist(vals, bins=bins, weights=np.full(len(vals), 1 / len(vals)), color=ARM_COLORS["smear"], alpha=0.35,
             label=f"all seeds ({len(vals):,} positions)")
     colors = _seed_colors(df["seed"].unique())
-    for seed, g in df.groupby("seed"):
-        v = g["coefficient"].to_numpy(float)
-        ax.hist(v, bins=bins, weights=np.full(len(v), 1 / len(v)), histtype="step", lw=1.6, color=colors[seed],
-                label=f"seed {seed} (median {np.median(v):.3f})")
+    medians = df.groupby("seed")["coefficient"].median()
+    if len(medians) <= MAX_SEED_LEGEND:
+        for seed, g in df.groupby("seed"):
+            v = g["coefficient"].to_numpy(float)
+            ax.hist(v, bins=bins, weights=np.full(len(v), 1 / len(v)), histtype="step", lw=1.6, color=colors[seed],
+                    label=f"seed {seed} (median {np.median(v):.3f})")
+    else:  # many seeds: their medians as ticks, not one outline each
+        ax.plot(medians, np.full(len(medians), 0.96), "|", ms=12, mew=1.5, color=ARM_COLORS["smear"],
+                transform=ax.get_xaxis_transform(),
+                label=f"each seed's median ({len(medians)} seeds: {medians.min():.3f}–{medians.max():.3f})")
     ax.set_xlabel("effective smear coefficient λ·σ(w·e) of a token")
     ax.set_ylabel("fraction of token positions")
     ax.grid(alpha=0.3)

@@ -77,6 +77,7 @@ ABSENT_EDGE = "#8c8c8c"  # the hatching over layers without attention
 OUTLINE_COLOR = "#d62728"  # outlines previous-token heads
 SCORE_CMAP = matplotlib.colormaps["viridis"].with_extremes(bad=ABSENT_COLOR)
 DPI = 110
+MAX_SEED_LEGEND = 8  # past this many seeds a figure draws them unnamed (a legend of 32 seeds buries the axes)
 
 
 def figure(width: float, height: float) -> Figure:

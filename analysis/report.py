@@ -195,7 +195,8 @@ def _runs_markdown(tables: Tables, per_seed: pd.DataFrame) -> str:
              "{cpu} ({bf16_gemm})".format(**{"cpu": "not recorded", "bf16_gemm": "?"} | _machine(tables, r["run"]))]
             for r in last.to_dict("records")]
     return (_md_table(["arm", "seed", "run", "final step", "tokens seen", "trained on (bf16 GEMMs)"], rows)
-            + "\n\n" + machines_sentence(tables) + arms_by_machine(tables, per_seed) + machine_offsets(tables, per_seed))
+            + "\n\n" + machines_sentence(tables) + arms_by_machine(tables, per_seed)
+            + machine_offsets(tables, per_seed))
 
 
 def _machine(tables: Tables, run: str) -> dict:
@@ -259,8 +260,8 @@ def machine_offsets(tables: Tables, per_seed: pd.DataFrame) -> str:
                 lo, hi = stats.welch_ci(g[m].to_numpy(), ref[m].to_numpy())
                 a, b = g[m].mean(), ref[m].mean()
                 rows.append([stats.claim_label(m), arm, f"{kind} − {first}", f"{len(g)} / {len(ref)}",
-                             f"{_num(a, fmt)} − {_num(b, fmt)}", _num(a - b, fmt), f"[{_num(lo, fmt)}, {_num(hi, fmt)}]",
-                             _p(stats.welch_p(g[m], ref[m]))])
+                             f"{_num(a, fmt)} − {_num(b, fmt)}", _num(a - b, fmt),
+                             f"[{_num(lo, fmt)}, {_num(hi, fmt)}]", _p(stats.welch_p(g[m], ref[m]))])
     header = ["measure", "arm", "kinds (bf16 GEMMs)", "runs", "means", "difference", "95% CI (Welch t)", "Welch p"]
     intro = ("\n\nEach arm's runs by machine kind, unpaired (exploratory: a machine offset, read through the spread "
              "of the seeds, since each kind trained other seeds; a pair split across kinds carries any such offset "

@@ -227,9 +227,9 @@ def test_report_says_which_machines_trained_each_seed(tmp_path):
     assert f"| fp32, rounded to bf16 | 2 | {diffs[[2, 3]].mean():.3f} |" in by_kind
     offsets = report.machine_offsets(tables, per_seed)  # each arm's runs on one kind against the other, unpaired
     base = per_seed[per_seed["arm"] == "baseline"].set_index("seed")["prev_mass"]
+    native, other = base[[0, 1]].mean(), base[[2, 3]].mean()
     assert (f"| total previous-token mass (sum of scores) | baseline | native − fp32, rounded to bf16 | 2 / 2 | "
-            f"{base[[0, 1]].mean():.3f} − {base[[2, 3]].mean():.3f} | {base[[0, 1]].mean() - base[[2, 3]].mean():.3f} |"
-            in offsets)
+            f"{native:.3f} − {other:.3f} | {native - other:.3f} |" in offsets)
     assert "| smear | native − fp32" in offsets
     # a promoted arm trained later on another kind: its pairs of seeds 0 and 1 are split, 2 and 3 are not
     tables = stats.load_tables(write_tables(tmp_path / "dose" / "analysis", seeds=(0, 1, 2, 3),

@@ -11,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import stats
-from analysis.plots.style import ARM_COLORS, MAX_SEED_LEGEND, display_token, figure, need, preset_text, seed_text, token_axis
+from analysis.plots.style import (ARM_COLORS, MAX_SEED_LEGEND, display_token, figure, need, preset_text, seed_text,
+                                  token_axis)
 from trainer.errors import AnalysisError
 
 

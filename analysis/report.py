@@ -203,20 +203,32 @@ def _machine(tables: Tables, run: str) -> dict:
     return (tables.configs.get(str(run)) or {}).get("machine") or {}
 
 
+def _run_kinds(tables: Tables) -> dict[tuple[str, int], str]:
+    """Each run's kind of bf16 GEMMs, keyed by (arm, seed)."""
+    runs = stats.final_rows(tables.heads).drop_duplicates("run")
+    return {(str(r["arm"]), int(r["seed"])): _machine(tables, r["run"]).get("bf16_gemm", "not recorded")
+            for r in runs.to_dict("records")}
+
+
 def _seed_kinds(tables: Tables, arms: Sequence[str] | None = None) -> dict[int, set[str]]:
     """Each seed's kinds of bf16 GEMMs, over its runs of `arms` (default: every arm)."""
     kinds: dict[int, set[str]] = {}
-    runs = stats.final_rows(tables.heads).drop_duplicates("run")
-    for r in (runs if arms is None else runs[runs["arm"].isin(arms)]).to_dict("records"):
-        kinds.setdefault(int(r["seed"]), set()).add(_machine(tables, r["run"]).get("bf16_gemm", "not recorded"))
+    for (arm, seed), kind in _run_kinds(tables).items():
+        if arms is None or arm in arms:
+            kinds.setdefault(seed, set()).add(kind)
     return kinds
+
+
+def _machine_measures(per_seed: pd.DataFrame) -> list[str]:
+    """What the machine checks compare: the primary measures and validation loss."""
+    return [c.claim for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
 
 
 def arms_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:
     """For each arm whose pairs with the baseline span machines of more than one kind (pairs of several kinds, or
     pairs split across kinds): its paired differences on the primary measures and validation loss within each
     kind's unsplit pairs (exploratory: a check that the kinds agree, not a test)."""
-    measures = [c.claim for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
+    measures = _machine_measures(per_seed)
     rows = []
     for arm in stats.arm_order(set(per_seed["arm"].astype(str)) - {stats.BASELINE}):
         groups: dict[str, list[int]] = {}
@@ -243,11 +255,8 @@ def machine_offsets(tables: Tables, per_seed: pd.DataFrame) -> str:
     """For each arm whose runs span two or more machine kinds: its runs' mean on each kind and each later kind's
     difference from the first (unpaired: different seeds; Welch t). A pair split across kinds carries such an
     offset into its difference, so this is the check that split pairs need (exploratory)."""
-    measures = [c.claim for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
-    runs = stats.final_rows(tables.heads).drop_duplicates("run")
-    kind_of = {(r["arm"], int(r["seed"])): _machine(tables, r["run"]).get("bf16_gemm", "not recorded")
-               for r in runs.to_dict("records")}
-    df = per_seed.assign(kind=[kind_of.get((a, int(s))) for a, s in zip(per_seed["arm"], per_seed["seed"])])
+    measures, kind_of = _machine_measures(per_seed), _run_kinds(tables)
+    df = per_seed.assign(kind=[kind_of.get((str(a), int(s))) for a, s in zip(per_seed["arm"], per_seed["seed"])])
     rows = []
     for arm in stats.arm_order(set(df["arm"].astype(str))):
         by_kind = {k: g for k, g in df[df["arm"] == arm].groupby("kind") if len(g) >= 2}

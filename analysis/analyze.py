@@ -17,7 +17,7 @@ as `checkpoints/*` that names it skips it), as parquet and, with --csv, CSV:
   prev_text, gate, coefficient for every position t ≥ 1 of the validation data (same checkpoint).
 - `paths` (metric "paths"; the last named checkpoint of each run): run, preset, arm, seed, step,
   offset, path, layer, head, source, part, gate, metric, value: causal path attribution of token
-  i−offset to the prediction at i (see analysis/paths.py): path total, smear, rest, leftover (layer,
+  i−offset to the prediction at i (see analysis/mechanism/paths.py): path total, smear, rest, leftover (layer,
   head, source = −1, part = "") and head edges (layer, head, the key/value position i−source, part
   kv, key, value, value_resid, value_ve); gate all, or open / closed (smear coefficient above / below
   λ/2, smear models only); metrics kl, dlogp, share (Fisher-linear, adds up; NaN where nothing reaches
@@ -31,13 +31,13 @@ For the last named checkpoint of every run (both arms), the mechanism tables:
 - `readout`: run, preset, arm, seed, step, layer, target, metric, value: linear-probe accuracy for
   token i−1 (prev) and the controls i (curr) and i−2 (prev2) at each layer's residual input and
   the final residual (layer = n_layers), the backward-bigram baseline and the accuracy above it
-  (analysis.readout; fit and scored on disjoint validation documents).
+  (analysis.mechanism.readout; fit and scored on disjoint validation documents).
 - `knockouts`: run, preset, arm, seed, step, k, heads, head_ablation, smear_ablation, metric, value:
   the 2×2 of losses (neither, top-k previous-token heads, smear, both knocked out) on the
-  ablation tokens and the interaction (analysis.knockout).
+  ablation tokens and the interaction (analysis.mechanism.knockout).
 - `composition`: run, preset, arm, seed, step, layer, head, metric, value: for each induction head,
   its attention to the induction target with the key recomputed through one route (smear,
-  previous-token heads, all) seeing a resampled previous token (analysis.composition); a row
+  previous-token heads, all) seeing a resampled previous token (analysis.mechanism.composition); a row
   n_induction_heads (layer = head = −1) always, 0 when the model has none.
 
 `tokens` is the number of training tokens the checkpoint had seen. The validation data are the
@@ -65,10 +65,11 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from analysis import canon, composition, knockout, probes, readout
-from analysis import paths as path_attribution
+from analysis.measures import canon, probes
+from analysis.mechanism import composition, knockout, readout
+from analysis.mechanism import paths as path_attribution
 from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, validation_tokens
-from analysis.recorder import head_rows, smear_row
+from analysis.measures.recorder import head_rows, smear_row
 from analysis.schema import MECHANISM_COLUMNS, TABLE_COLUMNS
 from trainer import checkpoint as ckpt
 from trainer.arms import arm_spec

@@ -45,15 +45,15 @@ class Tables:
     smear: pd.DataFrame | None = None
     smear_vocab: pd.DataFrame | None = None
     smear_tokens: pd.DataFrame | None = None
-    paths: pd.DataFrame | None = None  # path attribution (analysis/paths.py), last checkpoints
+    paths: pd.DataFrame | None = None  # path attribution (analysis/mechanism/paths.py), last checkpoints
     offsets: pd.DataFrame | None = None
     readout: pd.DataFrame | None = None  # the mechanism tables (MECHANISM_COLUMNS), last checkpoints
     knockouts: pd.DataFrame | None = None
     composition: pd.DataFrame | None = None
-    canon: pd.DataFrame | None = None  # canon arms: what each offset mixes in (analysis/canon.py)
+    canon: pd.DataFrame | None = None  # canon arms: what each offset mixes in (analysis/measures/canon.py)
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
-    record_lambda: pd.DataFrame | None = None  # λ and dL/dλ every step (analysis/lambda_grad.py)
+    record_lambda: pd.DataFrame | None = None  # λ and dL/dλ every step (analysis/measures/lambda_grad.py)
     losses: pd.DataFrame | None = None  # run, val_loss: each run's final validation loss (its loss.csv)
     folder: Path | None = None
     notes: list[str] = field(default_factory=list)  # what validation found that limits the analysis

@@ -168,7 +168,7 @@ def stage_analysis(check: Check, run_dirs: list[Path], name: str = "analysis") -
         return
     from analysis import stats
 
-    from analysis.report import statistics_markdown
+    from analysis.writeup.report import statistics_markdown
 
     text = statistics_markdown(stats.summarize(stats.load_tables(tables, runs_dir=run_dirs[0].parent)))
     (check.out / f"statistics-{name}.md").write_text(text)

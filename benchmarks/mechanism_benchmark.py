@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from analysis import composition, knockout, probes, readout
+from analysis.mechanism import composition, knockout, readout
+from analysis.measures import probes
 from analysis.analyze import DEFAULT_ABLATION_TOKENS, DEFAULT_TOKENS, data_batches, first_tokens
 from analysis.loading import load_checkpoint_model
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import mechanism_stats as mech  # noqa: E402
+from analysis.stats import mechanism_stats as mech  # noqa: E402
 from analysis import stats  # noqa: E402
 from trainer.errors import AnalysisError  # noqa: E402
 

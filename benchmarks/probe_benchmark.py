@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis import probes  # noqa: E402
+from analysis.measures import probes  # noqa: E402
 from trainer.config import get_preset, replace  # noqa: E402
 from trainer.corpus import load_texts  # noqa: E402
 from trainer.model import GPT  # noqa: E402
@@ -133,7 +133,7 @@ class Timed:
 
 
 def recorder_overhead(steps: int, reps: int, every: int, threads: int | None) -> dict:
-    from analysis.recorder import make_recorder
+    from analysis.measures.recorder import make_recorder
     from trainer.corpus import default_data_dir
     from trainer.corpus import build_dataset
     from trainer.train import make_run, train
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.recorder:
-        from analysis.recorder import DEFAULT_EVERY
+        from analysis.measures.recorder import DEFAULT_EVERY
 
         result = recorder_overhead(args.steps, args.reps, args.every or DEFAULT_EVERY, args.threads)
         if args.json:

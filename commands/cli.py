@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from analysis.analyze import DEFAULT_ABLATION_TOKENS, DEFAULT_OUT as DEFAULT_TABLES_OUT, DEFAULT_TOKENS, METRICS
-from analysis.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAULT_POSITIONS as DEFAULT_PATH_POSITIONS
-from analysis.recorder import DEFAULT_EVERY
-from analysis.report import DEFAULT_FIGURES, DEFAULT_TABLES
+from analysis.mechanism.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAULT_POSITIONS as DEFAULT_PATH_POSITIONS
+from analysis.measures.recorder import DEFAULT_EVERY
+from analysis.writeup.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
 from trainer.arms import ARMS, DOSE_PREFIX, arm_spec
 from trainer.config import PRESETS, ModelConfig, TrainConfig, get_preset
@@ -69,8 +69,8 @@ def parse_arms(text: str, option: str) -> list[str]:
 
 
 def run_train(args: argparse.Namespace, arms: list[str]) -> None:
-    from analysis.lambda_grad import LambdaGradRecorder
-    from analysis.recorder import make_recorder
+    from analysis.measures.lambda_grad import LambdaGradRecorder
+    from analysis.measures.recorder import make_recorder
     from trainer.train import make_run, train
 
     data = ensure_data(args)
@@ -113,7 +113,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from analysis.report import write_report
+    from analysis.writeup.report import write_report
 
     figures = Path(args.figures)
     out = Path(args.out) if args.out else figures / "report.md"
@@ -128,7 +128,7 @@ def inspect_checkpoints_for(args: argparse.Namespace) -> dict[str, Path]:
     from commands.demo import DEMO_PRESET
 
     if args.checkpoints:
-        from analysis.plots import pick_runs
+        from analysis.writeup.plots import pick_runs
 
         runs = pick_runs(args.checkpoints, args.preset, args.seed)
     else:
@@ -146,7 +146,7 @@ def inspect_checkpoints_for(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from analysis.views import inspect_checkpoints
+    from analysis.writeup.views import inspect_checkpoints
 
     view = inspect_checkpoints(inspect_checkpoints_for(args), args.text, device=args.device or "cpu")
     path = view.save(args.html)
@@ -216,13 +216,13 @@ def cmd_study_copy(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> None:
-    from analysis.sweep_report import write_sweep_report
+    from analysis.writeup.sweep_report import write_sweep_report
 
     print(f"wrote {write_sweep_report(args.studies, args.out, commands=[*args.commands, args.command_line])}")
 
 
 def cmd_dose_report(args: argparse.Namespace) -> None:
-    from analysis.dose_report import write_dose_report
+    from analysis.writeup.dose_report import write_dose_report
 
     arms = [a for item in args.arms for a in item.split(",") if a] or None
     path = write_dose_report(args.sources, args.out, arms=arms, threshold=args.threshold, commands=[args.command_line])

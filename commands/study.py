@@ -252,7 +252,7 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
     """One `analyze` per run, waiting for the run's training: every checkpoint, but the ablations only at
     the final one (21 forwards a checkpoint, that only feed final-step figures). The tables' lock lets
     processes share the folder, and each job skips what the tables hold."""
-    from analysis.probes import ABLATIONS
+    from analysis.measures.probes import ABLATIONS
 
     if not plan.metrics:
         return []
@@ -319,7 +319,7 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
     for arm in plan.arms:
         arm_spec(arm)
     from analysis.analyze import Settings
-    from analysis.probes import check_metrics
+    from analysis.measures.probes import check_metrics
 
     check_metrics(plan.metrics, _metrics())
     Settings(**plan.analyze_settings()).validate()  # before training, not after it
@@ -341,7 +341,7 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
 
     Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md.
     `drop`: delete each run's checkpoints once it is analysed (`--drop-checkpoints`)."""
-    from analysis.report import write_report
+    from analysis.writeup.report import write_report
 
     start = time.perf_counter()
     runs_dir = Path(runs_dir)

@@ -4,7 +4,7 @@
 
 Each preset's runs are a study in `OUT/PRESET/` (`commands/study.py`'s `run_study`: resumable, a plan
 that only grows); then `OUT/report.md`, `OUT/figures/` and `OUT/tables/` set the sizes side by side
-(`analysis/sweep_report.py`). `sweep.json` records the presets, so `smearlens sweep --out OUT` alone
+(`analysis/writeup/sweep_report.py`). `sweep.json` records the presets, so `smearlens sweep --out OUT` alone
 continues the sweep; every other setting lives in each study's study.json. `smearlens sweep-report
 STUDY... --out OUT` writes the report over finished study folders made any other way.
 """
@@ -61,7 +61,7 @@ def sweep_plans(out: Path, presets: Sequence[str], **study_kw) -> list[StudyPlan
 def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, jobs: int = 2, progress: bool = True,
               command: str | None = None, **study_kw) -> Path:
     """Train, analyse and report every preset's study (skipping what is done), then the sweep report."""
-    from analysis.sweep_report import write_sweep_report
+    from analysis.writeup.sweep_report import write_sweep_report
 
     out = Path(out)
     presets = sweep_presets(out, presets)

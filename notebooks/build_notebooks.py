@@ -1,9 +1,9 @@
-"""Build the notebooks from this file, so their cells stay in sync with `analysis.plots`.
+"""Build the notebooks from this file, so their cells stay in sync with `analysis.writeup.plots`.
 
     python notebooks/build_notebooks.py          # rewrite notebooks/*.ipynb (unexecuted)
 
 Each notebook is thin: a parameters cell (papermill), a cell that loads and checks the tables, then
-one call into analysis.plots / analysis.report per figure, with the narration in markdown.
+one call into analysis.writeup.plots / analysis.writeup.report per figure, with the narration in markdown.
 Run one headless:
 
     papermill notebooks/01_previous_token_heads.ipynb out.ipynb --cwd notebooks \\
@@ -26,7 +26,7 @@ runs_dir = None  # run folders holding record_*.parquet and run.json (None: the 
 preset = None  # keep only this preset's runs when the tables hold several
 threshold = 0.4  # a previous-token head scores at least this'''
 
-LOAD = '''from analysis import plots, report
+LOAD = '''from analysis.writeup import plots, report
 
 tables = plots.notebook_tables(tables_dir, preset=preset, runs_dir=runs_dir)'''
 
@@ -213,13 +213,13 @@ preset = None
 seed = None
 layer = None
 head = None'''),
-        new_code_cell('''from analysis import plots
+        new_code_cell('''from analysis.writeup import plots
 
 try:
-    from analysis.inspect import inspect_text
+    from analysis.measures.inspect import inspect_text
 except ImportError as e:  # inspect needs the model code; say so instead of failing
     inspect_text = None
-    plots.display_markdown(f"**Inspect is unavailable here:** `analysis.inspect` could not be imported ({e}).")'''),
+    plots.display_markdown(f"**Inspect is unavailable here:** `analysis.measures.inspect` could not be imported ({e}).")'''),
         new_code_cell("results = plots.notebook_inspect(checkpoints, text, inspect_text, preset=preset, seed=seed)"),
         new_markdown_cell(
             "## One head, both arms\n\n"
@@ -237,7 +237,7 @@ except ImportError as e:  # inspect needs the model code; say so instead of fail
             "The page `smearlens inspect --html` writes, drawn by CircuitsVis with its script inlined (it "
             "works offline). Hover a head's thumbnail to enlarge it (click to keep it); hover a cell or a "
             "token to see where it attends, or a coloured token for its smear coefficient."),
-        new_code_cell("from analysis.views import notebook_view\n\nnotebook_view(results, text)"),
+        new_code_cell("from analysis.writeup.views import notebook_view\n\nnotebook_view(results, text)"),
     ],
 }
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from analysis import probes as P
+from analysis.measures import probes as P
 from analysis.analyze import COLUMNS, analyze, data_batches
-from analysis.report_arms import canon_markdown_section
+from analysis.writeup.report_arms import canon_markdown_section
 from analysis.tables import load_tables
 from commands.cli import build_parser
 from analysis.loading import load_checkpoint_model
-from analysis.recorder import HEADS_FILE, SMEAR_FILE, Recorder, make_recorder, probe_batch
+from analysis.measures.recorder import HEADS_FILE, SMEAR_FILE, Recorder, make_recorder, probe_batch
 from trainer.checkpoint import complete_checkpoints
 from trainer.config import get_preset
 from trainer.errors import AnalysisError, CheckpointError, ConfigError

@@ -1,9 +1,9 @@
-"""analysis/canon.py: what a canon layer mixes in per offset, against values worked out by hand."""
+"""analysis/measures/canon.py: what a canon layer mixes in per offset, against values worked out by hand."""
 
 import pytest
 import torch
 
-from analysis.canon import canon_table, offset_parts
+from analysis.measures.canon import canon_table, offset_parts
 from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError
 from trainer.model import GPT

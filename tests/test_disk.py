@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import probes as P
+from analysis.measures import probes as P
 from analysis.analyze import COLUMNS
 from commands.cli import main as cli_main
 from trainer import checkpoint as ckpt

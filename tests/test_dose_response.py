@@ -1,4 +1,4 @@
-"""Dose-response (analysis/dose_response.py, the dose_response figure, the report's section): synthetic runs
+"""Dose-response (analysis/stats/dose_response.py, the dose_response figure, the report's section): synthetic runs
 whose truth is known — previous-token mass falling linearly in ln c, validation loss quadratic in ln c with
 its minimum at c = 0.8 — each seed with its own offset, as a study's paired seeds have."""
 
@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import dose_response as dr
-from analysis import plots, report, stats
+from analysis.stats import dose_response as dr
+from analysis.writeup import plots, report
+from analysis import stats
 from fixtures.synthetic_tables import BASE_PREV, make_tables, write_tables
 from trainer.errors import AnalysisError
 

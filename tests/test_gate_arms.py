@@ -1,5 +1,5 @@
 """Arms for why the learned gate stays low (trainer/arms.py): each definition read through the hooks, the
-step they depend on, λ's gradient record (analysis/lambda_grad.py) against autograd, and the size-sweep presets."""
+step they depend on, λ's gradient record (analysis/measures/lambda_grad.py) against autograd, and the size-sweep presets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.lambda_grad import (DOC_PARTS, LAMBDA_FILE, PARTS, LambdaGradRecorder, doc_position,
+from analysis.measures.lambda_grad import (DOC_PARTS, LAMBDA_FILE, PARTS, LambdaGradRecorder, doc_position,
                                   lambda_grad_parts)
 from commands.cli import main as cli_main
 from trainer import checkpoint as ckpt

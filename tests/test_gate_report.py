@@ -1,5 +1,5 @@
-"""Why the learned gate stays low: the per-arm statistics (analysis/gate_arms.py), the two figures
-(analysis/plots/gate.py) and the report section, on synthetic tables with known answers and on tiny runs."""
+"""Why the learned gate stays low: the per-arm statistics (analysis/stats/gate_arms.py), the two figures
+(analysis/writeup/plots/gate.py) and the report section, on synthetic tables with known answers and on tiny runs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import gate_arms, plots, report, stats
-from analysis.lambda_grad import PARTS, LambdaGradRecorder
-from analysis.recorder import make_recorder
+from analysis.stats import gate_arms
+from analysis.writeup import plots, report
+from analysis import stats
+from analysis.measures.lambda_grad import PARTS, LambdaGradRecorder
+from analysis.measures.recorder import make_recorder
 from analysis.analyze import analyze
 from fixtures.synthetic_tables import BASE_PREV, SMEAR_PREV, write_tables
 from trainer.config import get_preset

@@ -9,7 +9,7 @@ import torch
 from transformer_lens import ActivationCache, patching
 from transformer_lens.head_detector import HEAD_NAMES, detect_head
 
-from analysis import probes as P
+from analysis.measures import probes as P
 from analysis.loading import load_checkpoint_model
 from trainer import attention
 from trainer import model as model_module

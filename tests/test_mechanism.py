@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import composition as C
-from analysis import knockout as K
-from analysis import probes as P
-from analysis import readout as R
+from analysis.mechanism import composition as C
+from analysis.mechanism import knockout as K
+from analysis.measures import probes as P
+from analysis.mechanism import readout as R
 from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError
 from trainer.model import GPT
@@ -236,7 +236,7 @@ def test_formation_steps_by_hand():
 
 
 def test_readout_figure(tmp_path):
-    from analysis.plots import readout_by_layer, save
+    from analysis.writeup.plots import readout_by_layer, save
 
     rows = [dict(run=f"tiny-s{s}-{arm}", preset="tiny", arm=arm, seed=s, step=10, layer=l, target=t,
                  metric="above_baseline", value=0.1 * l + (arm == "smear") * 0.05)

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import mechanism_stats as ms
-from analysis import plots, report, stats
+from analysis.stats import mechanism_stats as ms
+from analysis.writeup import plots, report
+from analysis import stats
 from fixtures.synthetic_tables import (BASE_PREV, HEAD_KO, INTERACTION, READOUT, SMEAR_KO, SMEAR_SHARE,
                                        make_mechanism_tables, make_tables)
 from trainer.errors import AnalysisError

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import plots, stats
+from analysis.writeup import plots
+from analysis import stats
 from fixtures.synthetic_tables import make_tables, write_tables
 from trainer.errors import AnalysisError
 
@@ -76,7 +77,7 @@ def executed(tmp_path_factory) -> dict[str, Path]:
     # 04 goes through the report's runner, as `smearlens demo` does, so its terminal output is checked too
     # with a second notebook beside it: two at a time must leave this process's working folder alone (papermill
     # changes it while a notebook runs; in threads, the demo's report once went to notebooks/figures/)
-    runner = ("import os, sys; from analysis.notebook_runner import run_notebooks; cwd = os.getcwd(); "
+    runner = ("import os, sys; from analysis.writeup.notebook_runner import run_notebooks; cwd = os.getcwd(); "
               "r = run_notebooks(sys.argv[1], sys.argv[2], names=['04_inspect', '02_smear_gate'], out_dir=sys.argv[3]); "
               "assert os.getcwd() == cwd, os.getcwd(); "
               "sys.exit(None if all(not isinstance(v, str) for v in r.values()) else repr(r))")
@@ -85,7 +86,7 @@ def executed(tmp_path_factory) -> dict[str, Path]:
                    root / "executed" / "04_inspect.ipynb")
     # the others one process each, as the runner runs each: its kernels on local sockets, not TCP ports
     # (eight kernels starting at once on TCP once raced for a port: "Kernel died before replying")
-    one = ("import json, sys; from analysis.notebook_runner import execute_notebook; "
+    one = ("import json, sys; from analysis.writeup.notebook_runner import execute_notebook; "
            "ok, r = execute_notebook(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]); "
            "sys.exit(None if ok else r)")
     (root / "sockets").mkdir()
@@ -146,7 +147,7 @@ def test_mechanism_notebook_states_its_numbers(executed):
 
 
 def test_report_runs_every_notebook():
-    from analysis import notebook_runner
+    from analysis.writeup import notebook_runner
 
     assert set(notebook_runner.NOTEBOOKS) == set(plots.NOTEBOOK_FIGURES) | {"04_inspect"}
     assert all((NOTEBOOKS / f"{name}.ipynb").exists() for name in notebook_runner.NOTEBOOKS)
@@ -155,7 +156,7 @@ def test_report_runs_every_notebook():
 def test_inspect_notebook_explains_what_is_missing(executed):
     text, errors = outputs(executed["04"])
     assert not errors
-    # analysis.inspect may not exist yet; once it does, the fixture's runs have no checkpoint to load
+    # analysis.measures.inspect may not exist yet; once it does, the fixture's runs have no checkpoint to load
     assert "Inspect is unavailable here" in text or "Inspect not possible" in text
     assert "Nothing to draw" in text
     assert "No interactive view" in text

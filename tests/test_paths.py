@@ -1,12 +1,12 @@
-"""Path attribution (analysis/paths.py): the slot method checked against plain patched forwards of the
+"""Path attribution (analysis/mechanism/paths.py): the slot method checked against plain patched forwards of the
 model, and the known answers of models built so that where the previous token goes is known."""
 
 import numpy as np
 import pytest
 import torch
 
-from analysis import paths as PA
-from analysis.probes import evaluating
+from analysis.mechanism import paths as PA
+from analysis.measures.probes import evaluating
 from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError
 from trainer.model import GPT

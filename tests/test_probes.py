@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from analysis import metrics as M
-from analysis import probes as P
+from analysis.measures import metrics as M
+from analysis.measures import probes as P
 from trainer import attention
 from trainer.config import get_preset, replace
 from trainer.errors import AnalysisError

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import plots, report
+from analysis.writeup import plots, report
 from commands.cli import main as cli_main, parse_args
 from fixtures.synthetic_tables import make_tables, write_tables
 from trainer.errors import AnalysisError
@@ -155,7 +155,7 @@ def test_a_notebook_workers_terminal_output_goes_to_its_log(tmp_path):
 
     log = tmp_path / "kernels.log"
     kernel = "import os; os.write(1, b'kernel out\\n'); os.write(2, b'Assertion failed: pfd.revents\\n')"
-    worker = ("import subprocess, sys; from analysis.notebook_runner import log_terminal_to; log_terminal_to(sys.argv[1]); "
+    worker = ("import subprocess, sys; from analysis.writeup.notebook_runner import log_terminal_to; log_terminal_to(sys.argv[1]); "
               f"subprocess.run([sys.executable, '-c', {kernel!r}], check=True); print('worker', flush=True)")
     done = subprocess.run([sys.executable, "-c", worker, str(log)], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
@@ -193,7 +193,7 @@ def test_cli_writes_the_report(tmp_path, capsys, no_drawing):
 
 def test_every_arm_of_a_screen_gets_its_own_colour():
     # a screen has 20 arms: each is told apart in the figures (once, every arm past the 8th was green)
-    from analysis.plots.style import _ArmStyle, _palette
+    from analysis.writeup.plots.style import _ArmStyle, _palette
 
     colours = _ArmStyle({"baseline": "#3b6fb6", "smear": "#e07b28"}, _palette())
     arms = ["baseline", "smear", *(f"arm-{i}" for i in range(28))]

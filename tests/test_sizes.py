@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import sizes
-from analysis.sizes import crossing_step, load_size_study, matched_loss, prev_over_steps, sweep_tables, value_at
+from analysis.stats import sizes
+from analysis.stats.sizes import crossing_step, load_size_study, matched_loss, prev_over_steps, sweep_tables, value_at
 from commands.cli import main as cli_main
 from commands.study import load_plan
 from commands.sweep import sweep_plans, sweep_presets

@@ -15,8 +15,8 @@ import pytest
 from circuitsvis.attention import attention_heads
 from PIL import Image
 
-from analysis import views
-from analysis.inspect import inspect_text
+from analysis.writeup import views
+from analysis.measures.inspect import inspect_text
 from analysis.loading import load_checkpoint_model
 from commands.cli import main
 from trainer.config import get_preset
@@ -121,7 +121,7 @@ def test_checkpoints_folder_picks_a_seeds_pair(pair, tmp_path, capsys):
 
 
 def test_notebook_shows_the_same_view_inline(pair, monkeypatch, capsys):
-    from analysis import plots
+    from analysis.writeup import plots
 
     monkeypatch.setattr(cv_render, "internet_on", lambda: True)
     results = plots.notebook_inspect(pair["smear"].parent, TEXT, inspect_text)

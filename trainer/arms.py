@@ -48,7 +48,7 @@ Notes, and what was decided where the sources leave room:
   `smear-init-<λ0>` and `smear-hold-<c>-<k>` starts as the baseline (λ = 0, canon_w = 0), so its step-0
   forward equals the baseline's.
 
-Arms for why the learned gate stays low (issue 13, item 4). Step-dependent arms read the model's step
+Arms for why the learned gate stays low. Step-dependent arms read the model's step
 (`GPT.train_step`, a buffer the training loop sets with `GPT.set_step` after each optimiser step, so
 a checkpoint holds the schedule it was saved at): `step` is the number of optimiser steps taken before
 the forward.

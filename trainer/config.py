@@ -202,7 +202,7 @@ PRESETS: dict[str, Preset] = {
         _CPU_SMALL_TRAIN,
         "CPU demo: 6 layers, d=128, 2 heads of 64, BPE-4096, 1k tokens a step, 1,600 steps",
     ),
-    # Item 5, the size sweep: the smear's gain at three widths, cpu-small's everything else (data, steps,
+    # The size sweep: the smear's gain at three widths, cpu-small's everything else (data, steps,
     # tokens a step, depth, 2 heads: the head size grows with the width, the attention scale with it as
     # in every preset, `_small`). Parameters (all / without the embeddings, value embeddings and head) and
     # tokens per parameter for the 1,600 × 1,024 = 1.64M tokens (one epoch of the corpus; a second

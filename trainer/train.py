@@ -248,7 +248,7 @@ def train(
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress or rank != 0,
                desc=f"{run.name}", unit="step", dynamic_ncols=True)
     train_loss = float(log[-1]["train_loss"]) if log else float("nan")
-    # Instruments that read gradients (analysis/lambda_grad.py) are callbacks with `on_train_start` (attach
+    # Instruments that read gradients (analysis/measures/lambda_grad.py) are callbacks with `on_train_start` (attach
     # hooks before the first forward) and `on_backward` (after backward and the all-reduce, before the step).
     hooks = lambda name: [getattr(c, name) for c in callbacks if hasattr(c, name)]  # noqa: E731
     for callback in hooks("on_train_start"):

@@ -1,0 +1,224 @@
+"""Do previous-token heads (or the smear) feed induction heads? K-composition by resampling, and when
+each kind of head forms.
+
+On BOS + R + R (|R| = period, random tokens), an induction head at query i = 1 + period + m (token
+R[m], second copy) attends to key j = m + 2 (R[m+1], first copy): the key must carry "my previous
+token is R[m]". That can come from the smear term at j (c_j · e[j−1], in x0) or from previous-token
+heads writing at j. We resample token j−1 (first copy) in a corrupted copy of the sequence, then
+recompute only the induction head's *key at j* from a run in which one route alone sees the
+corrupted token, and read the head's attention from i to j with that key:
+
+- `attn_key_smear`: the smear term at j uses the corrupted e[j−1] (smear arm only);
+- `attn_key_prev_heads`: the previous-token heads' outputs (`hook_z`) at j come from the corrupted run;
+- `attn_key_all`: the whole key at j comes from the corrupted run (every route).
+
+Everything else (the query, the other keys) stays clean, so the drop from `attn_clean` is what
+flows through that route into the key: K-composition. Previous-token heads are those scoring
+≥ PREV_THRESHOLD on the data; induction heads ≥ INDUCTION_THRESHOLD on repeated random tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from analysis.measures.probes import _as_batch, evaluating, induction_period, repeat_metrics, repeated_tokens
+from trainer.errors import AnalysisError
+from trainer.model import GPT
+
+PREV_THRESHOLD = 0.4
+INDUCTION_THRESHOLD = 0.2
+BATCH = 16
+COLUMNS = ["layer", "head", "metric", "value"]
+ROUTES = ("smear", "prev_heads", "all")
+
+
+def resampled_pairs(vocab_size: int, bos_id: int, period: int, batch: int = BATCH, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(clean, corrupt, m): BOS + R + R rows, the same rows with token m+1 (R[m], first copy)
+    replaced by another random non-BOS token, and each row's m (0 … period−2, spread over the rows)."""
+    if period < 2:
+        raise AnalysisError(f"composition: period {period} leaves no query with a next token in the first copy")
+    clean = repeated_tokens(vocab_size, bos_id, period, batch, seed)
+    m = torch.arange(batch) % (period - 1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    rows = torch.arange(batch)
+    old = clean[rows, m + 1]
+    new = (old + 1 + torch.randint(0, vocab_size - 2, (batch,), generator=gen)) % vocab_size  # never the old one
+    new = torch.where(new == bos_id, (new + 1) % vocab_size, new)
+    new = torch.where(new == old, (new + 1) % vocab_size, new)  # (only when bos_id was skipped onto it)
+    corrupt = clean.clone()
+    corrupt[rows, m + 1] = new
+    return clean, corrupt, m
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run(model: GPT, tokens: Tensor, hooks: list, stop_after: str | None = None) -> None:
+    if stop_after is not None:
+        def stop(x, hook):
+            raise _Stop
+        hooks = [*hooks, (stop_after, stop)]
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=hooks, attn_impl="explicit")
+    except _Stop:
+        pass
+
+
+def key_routes(model: GPT, clean: Tensor, corrupt: Tensor, j: Tensor, layers: list[int],
+               prev_heads: list[tuple[int, int]]) -> dict[str, dict[int, Tensor]]:
+    """route → layer → (B, H, D) rotated key at position j (per row) of each layer in `layers`,
+    computed with that route (see the module doc) seeing the corrupted token j−1."""
+    rows = torch.arange(clean.size(0))
+    last = f"blocks.{max(layers)}.attn.hook_rot_k"
+
+    def keep_keys(into: dict) -> list:
+        def store(k: Tensor, hook, layer: int) -> None:
+            into[layer] = k[rows, j].clone()
+        return [(f"blocks.{l}.attn.hook_rot_k", partial(store, layer=l)) for l in layers]
+
+    out: dict[str, dict[int, Tensor]] = {r: {} for r in ROUTES}
+    seen: dict[str, Tensor] = {}
+    z_corrupt: dict[int, Tensor] = {}
+
+    def keep(name):
+        def hook(x, hook):
+            seen[name] = x
+        return hook
+
+    def keep_z(z: Tensor, hook, layer: int) -> None:
+        z_corrupt[layer] = z[rows, j].clone()
+
+    prev_layers = sorted({l for l, _ in prev_heads})
+    _run(model, corrupt, keep_keys(out["all"]) + [("hook_embed", keep("embed_corrupt"))]
+         + [(f"blocks.{l}.attn.hook_z", partial(keep_z, layer=l)) for l in prev_layers],
+         stop_after=last)
+    if model.smear_gate is not None:
+        e_corrupt = seen.pop("embed_corrupt")
+
+        def smear_patch(smeared: Tensor, hook) -> Tensor:
+            e, gate = seen.pop("embed"), seen.pop("gate")  # gate at t is gate[:, t−1]
+            coef = model.smear_lambda * gate[rows, j - 1]  # (B, 1)
+            smeared = smeared.clone()
+            smeared[rows, j] = e[rows, j] + coef * e_corrupt[rows, j - 1]
+            return smeared
+
+        _run(model, clean, keep_keys(out["smear"]) + [("hook_embed", keep("embed")), ("hook_smear_gate", keep("gate")),
+                                                      ("hook_smear_out", smear_patch)], stop_after=last)
+    else:
+        del out["smear"]
+
+    def z_patch(z: Tensor, hook, layer: int) -> Tensor:
+        z = z.clone()
+        for l, h in prev_heads:
+            if l == layer:
+                z[rows, j, h] = z_corrupt[l][:, h]
+        return z
+
+    _run(model, clean, keep_keys(out["prev_heads"])
+         + [(f"blocks.{l}.attn.hook_z", partial(z_patch, layer=l)) for l in prev_layers],
+         stop_after=last)
+    return out
+
+
+def attention_with_key(model: GPT, tokens: Tensor, layer: int, i: Tensor, j: Tensor, key: Tensor | None) -> Tensor:
+    """(B, H) attention from query i to key j (per row) at `layer`, with the rotated key at j replaced by
+    `key` (B, H, D) when given."""
+    rows = torch.arange(tokens.size(0))
+    seen = {}
+
+    def patch(k: Tensor, hook) -> Tensor:
+        k = k.clone()
+        k[rows, j] = key
+        return k
+
+    def read(p: Tensor, hook) -> None:
+        seen["p"] = p[rows, :, i, j]
+
+    hooks = ([(f"blocks.{layer}.attn.hook_rot_k", patch)] if key is not None else []) + [
+        (f"blocks.{layer}.attn.hook_pattern", read)]
+    _run(model, tokens, hooks, stop_after=f"blocks.{layer}.hook_attn_out")
+    return seen["p"]
+
+
+def composition_table(model: GPT, prev_scores: Tensor, induction: Tensor | None = None, batch: int = BATCH,
+                      seed: int = 0) -> pd.DataFrame:
+    """Tidy rows (layer, head, metric, value) for each induction head: its induction score,
+    n_prev_heads (the previous-token heads in earlier layers), attn_clean and attn_key_<route> for
+    each route; plus one row (layer = head = −1) `n_induction_heads`, so a model without any is recorded."""
+    with evaluating(model):
+        period = induction_period(model)
+        if induction is None:
+            induction = repeat_metrics(model, ["induction"], period=period)["induction"]
+        found = [(l, h) for l in range(induction.size(0)) for h in range(induction.size(1))
+                 if not math.isnan(induction[l, h]) and induction[l, h] >= INDUCTION_THRESHOLD]
+        rows = [dict(layer=-1, head=-1, metric="n_induction_heads", value=float(len(found)))]
+        if not found or period < 2:
+            return pd.DataFrame(rows, columns=COLUMNS)
+        layers = sorted({l for l, _ in found})
+        prev = [(l, h) for l in range(prev_scores.size(0)) for h in range(prev_scores.size(1))
+                if not math.isnan(prev_scores[l, h]) and prev_scores[l, h] >= PREV_THRESHOLD and l < max(layers)]
+        clean, corrupt, m = resampled_pairs(model.config.vocab_size, model.config.bos_id, period, batch, seed)
+        clean, corrupt = _as_batch(model, clean), _as_batch(model, corrupt)
+        i, j = 1 + period + m, m + 2
+        keys = key_routes(model, clean, corrupt, j, layers, prev)
+        for layer in layers:
+            attn = {"clean": attention_with_key(model, clean, layer, i, j, None).mean(0)}
+            for route, by_layer in keys.items():
+                attn[f"key_{route}"] = attention_with_key(model, clean, layer, i, j, by_layer[layer]).mean(0)
+            for l, h in found:
+                if l != layer:
+                    continue
+                n_prev = sum(1 for pl, _ in prev if pl < layer)
+                rows += [dict(layer=l, head=h, metric="induction", value=float(induction[l, h])),
+                         dict(layer=l, head=h, metric="n_prev_heads", value=float(n_prev))]
+                rows += [dict(layer=l, head=h, metric=f"attn_{name}", value=float(a[h])) for name, a in attn.items()]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# ---- when heads form, from tables over steps -------------------------------------------------------------
+
+FORMATION_KINDS = {"prev_token": ("prev_token", PREV_THRESHOLD), "induction": ("induction", INDUCTION_THRESHOLD)}
+
+
+def formation_steps(heads: pd.DataFrame, kinds: dict[str, tuple[str, float]] = FORMATION_KINDS) -> pd.DataFrame:
+    """For each run and kind of head: the first recorded step at which any head's metric reaches the
+    threshold (`first_step`), and the first step from which some head stays at or above it at every
+    later recorded step (`stable_step`); NaN when it never does. `heads` is a tidy heads table over
+    steps (analyze's `heads` and/or the recorder's `record_heads`, duplicates allowed).
+    Columns: run, preset, arm, seed, kind, metric, threshold, first_step, stable_step, layer, head
+    (the head that formed first; −1 when none), n_steps (recorded steps of that metric)."""
+    need = {"run", "preset", "arm", "seed", "step", "layer", "head", "metric", "value"}
+    missing = need - set(heads.columns)
+    if missing:
+        raise AnalysisError(f"formation_steps: the heads table lacks column(s) {', '.join(sorted(missing))}")
+    rows = []
+    for kind, (metric, threshold) in kinds.items():
+        df = heads[heads["metric"] == metric].drop_duplicates(["run", "step", "layer", "head"])
+        for (run, preset, arm, seed), g in df.groupby(["run", "preset", "arm", "seed"], sort=True):
+            wide = g.pivot_table(index="step", columns=["layer", "head"], values="value").sort_index()
+            above = wide >= threshold
+            # a head is stable from step s when it is above at s and every later step
+            stays = above.iloc[::-1].cummin().iloc[::-1]
+            first = above.any(axis=1)
+            stable = stays.any(axis=1)
+            first_step = float(first.idxmax()) if first.any() else math.nan
+            stable_step = float(stable.idxmax()) if stable.any() else math.nan
+            layer, head = (-1, -1)
+            if first.any():
+                col = above.loc[first.idxmax()]
+                layer, head = (int(x) for x in col[col].index[0])
+            rows.append(dict(run=run, preset=preset, arm=arm, seed=seed, kind=kind, metric=metric, threshold=threshold,
+                             first_step=first_step, stable_step=stable_step, layer=layer, head=head,
+                             n_steps=len(wide)))
+    return pd.DataFrame(rows, columns=["run", "preset", "arm", "seed", "kind", "metric", "threshold", "first_step",
+                                       "stable_step", "layer", "head", "n_steps"])
+
+
+__all__ = ["PREV_THRESHOLD", "INDUCTION_THRESHOLD", "ROUTES", "resampled_pairs", "key_routes",
+           "attention_with_key", "composition_table", "formation_steps"]

@@ -1,8 +1,12 @@
-"""The layers are a contract: commands above analysis above trainer, no import circles (import-linter)."""
+"""The layers are a contract: commands above analysis above trainer, inside analysis the write-up above statistics
+above mechanism above measures, no import circles (import-linter); the analysis folder shows that architecture."""
 
+import ast
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,4 +20,23 @@ def lint_imports() -> subprocess.CompletedProcess:
 def test_import_contracts_are_kept():
     out = lint_imports()
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "2 kept, 0 broken" in out.stdout
+    assert "3 kept, 0 broken" in out.stdout
+
+
+def test_analysis_contract_orders_its_packages():
+    """The contract inside analysis names every package of the folder, in the order the data flows."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    inner = next(c for c in config if c.get("containers") == ["analysis"])
+    layers = [name.strip() for layer in inner["layers"] for name in layer.split("|")]
+    assert layers.index("writeup") < layers.index("stats") < layers.index("mechanism") < layers.index("measures")
+    on_disk = {p.stem for p in (REPO / "analysis").iterdir() if p.name != "__init__.py" and
+               (p.suffix == ".py" or (p / "__init__.py").exists())}
+    assert on_disk == set(layers), f"analysis/ holds {sorted(on_disk)}; the contract orders {sorted(layers)}"
+    assert len(on_disk) <= 8, f"analysis/ has {len(on_disk)} top-level modules and packages: group them by job"
+
+
+def test_every_analysis_module_says_what_it_does_not_which_issue():
+    for path in sorted((REPO / "analysis").rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc, f"{path.relative_to(REPO)} has no docstring"
+        assert not re.search(r"\b(issue|item) \d+", doc, re.I), f"{path.relative_to(REPO)} points at a tracker item"

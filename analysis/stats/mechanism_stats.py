@@ -46,7 +46,7 @@ def _need(df: pd.DataFrame | None, what: str) -> pd.DataFrame:
     return df
 
 
-def _mixing(arm: str, values: pd.Series) -> bool:
+def mixes_previous_token(arm: str, values: pd.Series) -> bool:
     """Whether `arm`'s model has a smear-type term: by its registered definition (the baseline has none,
     though float noise can leave its measured share a hair off 0), else by a non-zero value in some run."""
     try:
@@ -55,10 +55,10 @@ def _mixing(arm: str, values: pd.Series) -> bool:
         return bool(np.nanmax(np.abs(values.to_numpy(float)), initial=0) > 0)
 
 
-def _has_smear(paths: pd.DataFrame) -> set[str]:
+def arms_with_smear(paths: pd.DataFrame) -> set[str]:
     """Arms whose models have a smear term, so their smear path is measured."""
     sm = paths[(paths["path"] == "smear") & (paths["metric"] == "share")]
-    return {str(a) for a, v in sm.groupby("arm")["value"] if _mixing(str(a), v)}
+    return {str(a) for a, v in sm.groupby("arm")["value"] if mixes_previous_token(str(a), v)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def share_tests(paths: pd.DataFrame | None, offset: int = 1, reference: str = RE
     each run (open − closed share, tested against 0 across seeds); and each other arm with a smear term
     against `reference` (paired by seed)."""
     per_seed = share_per_seed(paths, offset)
-    smeared = _has_smear(paths)
+    smeared = arms_with_smear(paths)
     rows = []
     for arm in arm_order(per_seed["arm"]):
         if arm not in smeared:
@@ -250,7 +250,7 @@ def knockout_tests(knockouts: pd.DataFrame | None, head_ablation: str = "mean",
     per = knockout_per_seed(knockouts, head_ablation)
     if smeared is None:
         sm = per[per["effect"] == "smear"]
-        smeared = {str(a) for a, v in sm.groupby("arm")["value"] if _mixing(str(a), v)}
+        smeared = {str(a) for a, v in sm.groupby("arm")["value"] if mixes_previous_token(str(a), v)}
     rows = []
     keys = per[["effect", "k", "smear_ablation"]].drop_duplicates()
     order = {e: i for i, e in enumerate(KNOCKOUT_EFFECTS)}
@@ -302,7 +302,7 @@ def summarize_mechanism(tables: Tables) -> MechanismSummary:
     try:
         out.shares = share_per_seed(tables.get("paths"))
         out.share_tests = share_tests(tables.get("paths"))
-        smeared = _has_smear(tables.get("paths"))
+        smeared = arms_with_smear(tables.get("paths"))
     except AnalysisError as e:
         out.missing["paths"] = str(e)
     try:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from trainer.errors import AnalysisError
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks/
 NOTEBOOKS = ("01_previous_token_heads", "02_smear_gate", "03_freed_heads", "04_inspect", "05_mechanism")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from analysis.stats import dose_response as dr
+from analysis.stats import headline as hl
 from analysis.stats import mechanism_stats as mech
 from analysis.writeup import plots
 from analysis import stats
@@ -36,6 +37,60 @@ from trainer.io import atomic_write_text
 DEFAULT_TABLES = Path("checkpoints/analysis")
 DEFAULT_FIGURES = Path("figures")
 STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES  # drawn in their own sections, only when their arms are there
+OWN_SECTIONS = plots.SUMMARY_FIGURES + plots.MECHANISM_FIGURES + STUDY_FIGURES  # not in the Figures section
+
+
+# ---------------------------------------------------------------------------------------------
+# The first screen: one sentence per arm, the reference study's verdict, the summary figure
+
+
+def _headline_value(r: dict) -> str:
+    fmt = "{:.2f}" if r["measure"] == hl.SHARE else _fmt(r["measure"])
+    ci = f" [{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else ""
+    return f"{_num(r['estimate'], fmt)}{ci}"
+
+
+def _short_label(measure: str, threshold: float) -> str:
+    return {"prev_mass": "previous-token mass", "n_prev_heads": f"heads ≥ {threshold:g}", "best_prev": "best head",
+            "val_loss": "validation loss"}.get(measure, stats.claim_label(measure, threshold))
+
+
+def headline_sentences(headline: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """One sentence per arm: the share of token i−1 its smear term carries, then each measure against the
+    baseline (mean paired difference [95% t CI]: verdict), and which of them were primary claims."""
+    out = []
+    for arm, g in headline.groupby("arm", sort=False):
+        rows = {r["measure"]: r for r in g.to_dict("records")}
+        share = rows.pop(hl.SHARE, None)
+        carries = f"carries {_headline_value(share)} of token i−1's effect" if share else "has no smear term"
+        said = [f"{_short_label(m, threshold)} {_headline_value(r)}: **{r['verdict']}**" for m, r in rows.items()]
+        primary = [_short_label(m, threshold) for m, r in rows.items() if r["role"] == "primary"]
+        n = int(max((r["n"] for r in rows.values()), default=0))
+        how = (f"primary claims ({', '.join(primary)}) fixed before the runs, Holm; the rest exploratory" if primary
+               else "exploratory")
+        out.append(f"- **{arm}** {carries}. Against the baseline, paired by seed: {'; '.join(said)} ({n} pairs; {how}).")
+    return out
+
+
+def reference_markdown(reference: str | Path, where: Path, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """The verdicts of a reference study (its report's summary.csv), for a report whose own seeds are few."""
+    table = hl.read_headline(reference)
+    folder = Path(reference) if Path(reference).is_dir() else Path(reference).parent
+    link = (f"[its report]({_rel(folder / 'report.md', where)})" if (folder / "report.md").is_file()
+            else f"`{folder}`")
+    presets, steps = ", ".join(sorted(set(table["preset"].astype(str)))), ", ".join(sorted(set(table["step"].astype(str))))
+    n = int(table["n"].max()) if len(table) else 0
+    return ([f"The reference study, with the seeds to decide ({n} pairs at `{presets}`, step {steps}; {link}):", ""]
+            + headline_sentences(table, threshold))
+
+
+def summary_section(headline: pd.DataFrame, summary: Summary, drawn: dict, where: Path,
+                    reference: str | Path | None, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """The report's first screen: the answer per arm, the reference study's verdict, the summary figure."""
+    body = ["## Summary", "", summary.verdict, ""] + headline_sentences(headline, threshold) + [""]
+    if reference is not None:
+        body += reference_markdown(reference, where, threshold) + [""]
+    return body + _figures_markdown(plots.SUMMARY_FIGURES, drawn, where, level="")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,28 +144,6 @@ def planning_markdown(comparisons: pd.DataFrame) -> str:
     return ("Paired seeds for power 0.8 at the SESOI (two-sided α = "
             f"{stats.ALPHA:g}; at the observed σ / at its upper bound), for sizing the next study:\n\n"
             + "\n".join(lines))
-
-
-def arms_conclusion(summary: Summary) -> list[str]:
-    """One paragraph on every arm against the baseline (exploratory): previous-token mass, best head
-    and validation loss, each as the mean paired difference with its 95% CI and verdict."""
-    c = summary.comparisons
-    parts = []
-    for arm in [a for a in stats.arm_order(c["arm"]) if a != stats.BASELINE] if len(c) else []:
-        said = []
-        for claim in ("prev_mass", "best_prev", "val_loss"):
-            r = c[(c["arm"] == arm) & (c["claim"] == claim)]
-            if len(r) and math.isfinite(r["diff"].iloc[0]):
-                r = r.iloc[0]
-                fmt = stats.CLAIMS[claim][1]
-                ci = (f" [{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "")
-                said.append(f"{stats.CLAIMS[claim][0]} {_num(r['diff'], fmt)}{ci} ({r['verdict']})")
-        if said:
-            parts.append(f"*{arm}* − baseline: " + "; ".join(said) + ".")
-    if not parts:
-        return []
-    return ["Each arm against the baseline, paired by seed (mean difference, 95% t CI; the smear arm's previous-token rows are the "
-            "primary claims above, the others exploratory): " + " ".join(parts), ""]
 
 
 def statistics_markdown(summary: Summary) -> str:
@@ -369,14 +402,19 @@ def _rel(path: Path, start: Path) -> str:
 def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str | Path,
                  commands: list[str] | None = None, configs: dict | None = None, *,
                  preset: str | None = None, threshold: float = DEFAULT_THRESHOLD, notebooks: bool = False,
-                 runs_dir: str | Path | None = None, formats: Sequence[str] = ("png", "svg")) -> Path:
-    """Write the markdown report to `out_path` and return it.
+                 runs_dir: str | Path | None = None, formats: Sequence[str] = ("png", "svg"),
+                 reference: str | Path | None = None) -> Path:
+    """Write the markdown report to `out_path`, and its headline table (summary.csv) beside it; return the report.
 
-    `formats`: the files each figure is saved as (the first is embedded). Tables that cannot be
+    `formats`: the files each figure is saved as (the first is embedded). `reference`: an earlier report's
+    folder or summary.csv whose verdicts the summary states too (the demo's 3 seeds cannot decide the primary
+    claims; the powered study can). Tables that cannot be
     read raise AnalysisError. Tables that can be read but not analysed
     together (presets mixed, …) still give a report, which says why its statistics are absent.
     """
     tables_dir, figures_dir, out_path = Path(tables_dir), Path(figures_dir), Path(out_path)
+    if reference is not None:
+        hl.read_headline(reference)  # a wrong path fails before the work, not after it
     tables = stats.load_tables(tables_dir, runs_dir=runs_dir, preset=preset, validate=False)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = ["# Does the smear gate free up attention heads?", ""]
@@ -400,8 +438,9 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         fresh = lambda p: p.exists() and p.stat().st_mtime >= started  # an old PNG from another run is not ours
         drawn = {n: (figures_dir / f"{n}.png") if fresh(figures_dir / f"{n}.png") else
                  "not drawn by the notebook (see the executed notebook for why)" for n in plots.FIGURES}
-        # no notebook draws the study figures (dose-response, the gate arms): drawn here
-        drawn.update(plots.draw_all(tables, figures_dir, threshold, names=STUDY_FIGURES, formats=formats))
+        # no notebook draws the summary or the study figures (dose-response, the gate arms): drawn here
+        drawn.update(plots.draw_all(tables, figures_dir, threshold, names=plots.SUMMARY_FIGURES + STUDY_FIGURES,
+                                    formats=formats))
     else:
         drawn = plots.draw_all(tables, figures_dir, threshold, formats=formats)
     gate = gate_section(tables, summary)
@@ -409,10 +448,13 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
     arms = stats.arm_order(set(tables.arms) | set(stats.ARMS))
     seeds = "; ".join(f"{arm} {', '.join(map(str, tables.seeds(arm))) or 'none'}" for arm in arms)
     final_steps = sorted(set(stats.final_rows(tables.heads)["step"]))
+    headline = hl.headline(summary, tables.get("paths"))
     body = head + [
         f"*Preset `{tables.preset}` · seeds: {seeds} · final step {', '.join(map(str, final_steps))} · "
-        f"previous-token threshold {threshold:g} · written {now}*", "",
-        "## Conclusion", "", summary.verdict, "", *arms_conclusion(summary),
+        f"previous-token threshold {threshold:g} · written {now}*", ""]
+    body += summary_section(headline, summary, drawn, out_path.parent, reference, threshold)
+    body += [
+        "## Conclusion", "",
         "How the previous token travels (exploratory; see *Mechanism* below): " + mechanism_conclusion(mechanism), ""]
     if tables.notes:
         body += ["Limits of these data:", ""] + [f"- {n}" for n in tables.notes] + [""]
@@ -427,7 +469,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",
         "## Figures", ""]
     figure_md = lambda names: _figures_markdown(names, drawn, out_path.parent)
-    body += figure_md([n for n in plots.FIGURES if n not in plots.MECHANISM_FIGURES + STUDY_FIGURES])
+    body += figure_md([n for n in plots.FIGURES if n not in OWN_SECTIONS])
     body += ["## Mechanism: where the previous token travels", "",
              "At each run's final checkpoint: token i−1 is resampled and the change of the prediction at i is traced "
              "through the smear term, the rest of the model and each attention head's key and value (path "
@@ -452,16 +494,18 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
                                                         if isinstance(p, Path) else f"failed — {p}")
                                         for n, p in executed.items()] + [""]
     body += _provenance(commands, configs, tables, runs_dir)
+    atomic_write_text(out_path.parent / hl.FILE, headline.to_csv(index=False))
     atomic_write_text(out_path, "\n".join(body) + "\n")
     return out_path
 
 
-def _figures_markdown(names: Iterable[str], drawn: dict, where: Path) -> list[str]:
-    """Each figure embedded by relative path with its caption, or why it was not drawn."""
+def _figures_markdown(names: Iterable[str], drawn: dict, where: Path, level: str = "### ") -> list[str]:
+    """Each figure embedded by relative path with its caption (under a heading at `level`, or none), or why
+    it was not drawn."""
     body = []
     for name in names:
         spec, got = plots.FIGURES[name], drawn.get(name)
-        body += [f"### {spec.title}", ""]
+        body += [f"{level}{spec.title}", ""] if level else []
         if isinstance(got, Path):
             body += [f"![{spec.title}]({_rel(got, where)})", "", f"*{spec.caption}*", ""]
         else:

@@ -17,6 +17,8 @@ from analysis.writeup.plots.gate import coefficient_over_training, lambda_gradie
 from analysis.writeup.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.writeup.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.writeup.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
+from analysis.writeup.plots.summary import summary_figure
+from analysis.stats.headline import smear_shares
 from analysis.writeup.plots.style import arms_in, display_markdown, save, seed_text, show_figure
 from analysis.stats import DEFAULT_THRESHOLD, Tables
 from trainer.errors import AnalysisError, SmearlensError
@@ -30,6 +32,13 @@ class FigureSpec:
 
 
 FIGURES: dict[str, FigureSpec] = {
+    "summary": FigureSpec(
+        "Summary: previous-token attention against the smear's share",
+        "Per arm, the total previous-token mass (left) and the previous-token heads (right) at the final step, "
+        "against the share of token i−1's effect on the prediction at i that the arm's smear term carries (0 "
+        "without one). Small points: seeds (head counts spread by ±0.08 so none hides another), grey lines join "
+        "the arms of a seed; large: arm means with t 95% CIs.",
+        lambda t, th: summary_figure(stats.per_seed_claims(t.heads, th), smear_shares(t.get("paths")), th)),
     "prev_token_heatmaps": FigureSpec(
         "Previous-token score per head",
         "Seed-mean previous-token score of each head at the final step; outlined: previous-token heads; "
@@ -123,6 +132,7 @@ NOTEBOOK_FIGURES = {
     "03_freed_heads": ["freed_head_profiles", "ablation_by_head"],
     "05_mechanism": ["path_shares", "edge_shares", "offset_attention", "readout_by_layer", "knockout_effects"],
 }
+SUMMARY_FIGURES = ["summary"]  # the report's first screen, not its Figures section
 MECHANISM_FIGURES = NOTEBOOK_FIGURES["05_mechanism"]  # the report's mechanism section, not its Figures section
 DOSE_FIGURES = ["dose_response"]  # the report's dose-response section (only with ≥ 2 fixed doses)
 GATE_FIGURES = ["coefficient_over_training", "lambda_gradient"]  # the report's "why the gate stays low" section

@@ -52,7 +52,7 @@ ERROR_RECORDER = f"""<pre id="{ERRORS_ID}" hidden style="color:#b00;white-space:
 # The coefficient highlight runs from white to these colours. CircuitsVis writes a token in black when its
 # background's brightness is >= 0.6, else in white; both colours are light enough that every shade between
 # them and white gets black text at a contrast ratio of at least 4.5 (WCAG AA; tests/test_views.py checks
-# the drawn page), where CircuitsVis's default blue gave mid shades too little contrast for either.
+# the drawn page); with CircuitsVis's default blue, mid shades got white text at a contrast near 3.
 POSITIVE_COLOR = "#f59e0b"  # amber, near the smear arm's orange
 NEGATIVE_COLOR = "#38bdf8"  # sky blue: a learned λ below 0 would give negative coefficients
 
@@ -123,7 +123,7 @@ class AttentionView:
 
     def scale(self) -> tuple[float, float]:
         """The coefficient colour scale, shared by every arm so that equal shades mean equal coefficients:
-        from min(0, smallest) to max(0, largest) (at least 1e-6 wide)."""
+        from min(0, smallest) to max(1e-6, largest)."""
         values = [np.asarray(a.coefficients, dtype=float) for a in self.arms if a.coefficients is not None]
         lo = min([0.0] + [float(v.min()) for v in values])
         hi = max([1e-6] + [float(v.max()) for v in values])

@@ -124,25 +124,29 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def inspect_checkpoints_for(args: argparse.Namespace) -> dict[str, Path]:
-    """Each arm's checkpoint: --smear/--baseline, else one seed's pair in --checkpoints, else the demo's."""
-    from commands.demo import DEMO_PRESET
+    """Each arm's checkpoint, in the study's arm order: every arm of one seed in --checkpoints (default: the
+    demo's folder), --baseline/--smear in place of theirs; --arms picks and orders the arms shown."""
+    from analysis.writeup.plots import pick_runs
+    from commands.study import parse_names
 
-    if args.checkpoints:
-        from analysis.writeup.plots import pick_runs
-
-        runs = pick_runs(args.checkpoints, args.preset, args.seed)
-    else:
-        runs = {arm: Path(args.checkpoints_default) / f"{args.preset or DEMO_PRESET}-s{args.seed or 0}-{arm}"
-                for arm in ("baseline", "smear")}
-    chosen = {arm: Path(given) for arm, given in (("baseline", args.baseline), ("smear", args.smear)) if given}
-    for arm, path in runs.items():
-        chosen.setdefault(arm, path)
-    for arm, path in chosen.items():
+    # any name: one not in the folder is reported with the arms that are there
+    wanted = parse_names(args.arms, "--arms", lambda name: None) if args.arms else None
+    given = {arm: Path(path) for arm, path in (("baseline", args.baseline), ("smear", args.smear)) if path}
+    for arm, path in given.items():
         if not path.exists():
-            flag = "--smear" if arm == "smear" else "--baseline"
-            raise AnalysisError(f"{path}: no {arm} checkpoint or run folder there (pass {flag} RUN_OR_CHECKPOINT, "
-                                f"or train the demo's runs with `smearlens demo`)")
-    return chosen
+            raise AnalysisError(f"{path}: no {arm} checkpoint or run folder there (pass --{arm} RUN_OR_CHECKPOINT)")
+    from_folder = [a for a in wanted if a not in given] if wanted else None
+    runs: dict[str, Path] = {}
+    # the folder fills in the arms not given (every arm of the seed), unless --baseline and --smear, or --arms,
+    # leave none to fill
+    if args.checkpoints or (from_folder if wanted else len(given) < 2):
+        folder = Path(args.checkpoints or args.checkpoints_default)
+        if not args.checkpoints and not any(folder.glob("*/run.json")):
+            raise AnalysisError(f"{folder}: no demo runs there (train them with `smearlens demo`, or pass "
+                                "--checkpoints FOLDER or --baseline/--smear RUN_OR_CHECKPOINT)")
+        runs = pick_runs(folder, args.preset, args.seed, from_folder)
+    runs.update(given)
+    return {arm: runs[arm] for arm in wanted} if wanted else runs
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -316,20 +320,23 @@ def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a command that produced the tables, listed in the report (repeatable)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("inspect", help="one HTML page: both arms' attention per head and each token's smear coefficient",
-                       description="Run both arms on TEXT and write one self-contained interactive page "
+    p = sub.add_parser("inspect", help="one HTML page: every arm's attention per head and each token's smear "
+                                       "coefficient, side by side",
+                       description="Run every arm of one seed on TEXT and write one self-contained interactive page "
                                    "(CircuitsVis, its script inlined: it works offline): every head's attention "
-                                   "pattern per layer, and the smear coefficient of each token.")
+                                   "pattern per layer, and the smear coefficient of each token on one colour "
+                                   "scale, the arms side by side in the study's order.")
     p.add_argument("text", help="the text to inspect")
     p.add_argument("--html", default="figures/inspect.html", help="page to write (default figures/inspect.html)")
-    p.add_argument("--smear", metavar="RUN_OR_CHECKPOINT", help="the smear arm: a run folder (its newest "
-                   "checkpoint) or a checkpoint (default: the demo's checkpoints/cpu-small-s0-smear)")
-    p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT", help="the baseline arm (default: the demo's "
-                   "checkpoints/cpu-small-s0-baseline)")
-    p.add_argument("--checkpoints", help="instead: a folder of run folders; both arms of one seed are taken from it")
-    p.add_argument("--seed", type=int, help="with --checkpoints: this seed (default: the lowest with both arms); "
-                   "otherwise the demo run's seed (default 0)")
-    p.add_argument("--preset", help="with --checkpoints: this preset's runs; otherwise the demo run's preset")
+    p.add_argument("--checkpoints", help="folder of run folders (a study's or the demo's); every arm of one seed "
+                   "is taken from it (default: the demo's checkpoints/)")
+    p.add_argument("--arms", help="comma-separated arms to show, in this order (default: every arm of the seed)")
+    p.add_argument("--seed", type=int, help="this seed's runs (default: the lowest seed with every arm)")
+    p.add_argument("--preset", help="this preset's runs (default: the folder's only preset)")
+    p.add_argument("--smear", metavar="RUN_OR_CHECKPOINT", help="the smear arm from this run folder (its newest "
+                   "checkpoint) or checkpoint instead; with --baseline and no --checkpoints: only these two arms")
+    p.add_argument("--baseline", metavar="RUN_OR_CHECKPOINT", help="the baseline arm from this run folder or "
+                   "checkpoint instead")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.set_defaults(func=cmd_inspect, checkpoints_default=str(DEFAULT_OUT))
 

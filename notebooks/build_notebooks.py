@@ -200,11 +200,11 @@ NOTEBOOKS = {
         new_markdown_cell(
             "# Inspect a text\n\n"
             "Type any text into `text` below (or pass it with papermill `-p text \"…\"`). For one seed's final "
-            "checkpoints of both arms, this notebook draws one head's attention pattern side by side, every "
+            "checkpoints of every arm, this notebook draws one head's attention pattern side by side, every "
             "head's pattern, each token's smear coefficient over the text itself, and an interactive view of "
             "all of it.\n\n"
             "Parameters: `checkpoints` (the folder of run folders), `figures_dir`, `text`, `preset`, `seed` "
-            "(None: the lowest seed with both arms), `layer` and `head` (None: the baseline's strongest "
+            "(None: the lowest seed with every arm), `layer` and `head` (None: the baseline's strongest "
             "previous-token head on this text)."),
         params('''checkpoints = "../checkpoints"  # folder of run folders (each with run.json and step_* checkpoints)
 figures_dir = "../figures"
@@ -222,7 +222,7 @@ except ImportError as e:  # inspect needs the model code; say so instead of fail
     plots.display_markdown(f"**Inspect is unavailable here:** `analysis.measures.inspect` could not be imported ({e}).")'''),
         new_code_cell("results = plots.notebook_inspect(checkpoints, text, inspect_text, preset=preset, seed=seed)"),
         new_markdown_cell(
-            "## One head, both arms\n\n"
+            "## One head, every arm\n\n"
             "Rows are query tokens, columns the tokens they attend to; a previous-token head draws a bright "
             "line just below the diagonal."),
         new_code_cell('plots.show_inspect(results, figures_dir, "head", layer=layer, head=head);'),
@@ -233,7 +233,7 @@ except ImportError as e:  # inspect needs the model code; say so instead of fail
             "Each token is shaded by the share of the previous token's embedding it receives."),
         new_code_cell('plots.show_inspect(results, figures_dir, "coefficients");'),
         new_markdown_cell(
-            "## Interactive: every head of both arms, and the coefficients\n\n"
+            "## Interactive: every head of every arm, and the coefficients\n\n"
             "The page `smearlens inspect --html` writes, drawn by CircuitsVis with its script inlined (it "
             "works offline). Hover a head's thumbnail to enlarge it (click to keep it); hover a cell or a "
             "token to see where it attends, or a coloured token for its smear coefficient."),

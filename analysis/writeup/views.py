@@ -1,5 +1,6 @@
-"""Interactive attention views: both arms' attention pattern per head (hover a token to see where it
-attends) and each token's smear coefficient, drawn by CircuitsVis on one self-contained HTML page.
+"""Interactive attention views: every arm's attention pattern per head side by side (hover a token to see
+where it attends) and each token's smear coefficient on one colour scale with its legend, drawn by
+CircuitsVis on one self-contained HTML page.
 
 CircuitsVis's own `render` inlines its script bundle only when its connectivity check finds no network
 (online, the page imports the bundle from unpkg.com), so the same call gives different pages on different
@@ -23,7 +24,6 @@ import numpy as np
 from circuitsvis.utils.convert_props import convert_props
 
 from analysis.writeup.plots import ARM_LABELS, display_markdown, inspect_arrays
-from analysis.stats import ARMS
 from trainer.errors import AnalysisError
 from trainer.io import atomic_write_text
 
@@ -49,11 +49,21 @@ ERROR_RECORDER = f"""<pre id="{ERRORS_ID}" hidden style="color:#b00;white-space:
 }})();
 </script>"""
 
-STYLE = """body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+# The coefficient highlight runs from white to these colours. CircuitsVis writes a token in black when its
+# background's brightness is >= 0.6, else in white; both colours are light enough that every shade between
+# them and white gets black text at a contrast ratio of at least 4.5 (WCAG AA; tests/test_views.py checks
+# the drawn page); with CircuitsVis's default blue, mid shades got white text at a contrast near 3.
+POSITIVE_COLOR = "#f59e0b"  # amber, near the smear arm's orange
+NEGATIVE_COLOR = "#38bdf8"  # sky blue: a learned λ below 0 would give negative coefficients
+
+# Arms in columns side by side (three fit a 1400-pixel window); more wrap onto the next row.
+STYLE = """body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-.arms { display: flex; gap: 32px; flex-wrap: wrap; } .arm { flex: 1 1 560px; min-width: 0; }
-.arm h3 { font-size: 1em; margin: 0.4em 0; } .note { color: #666; font-size: 0.9em; }
-.text { background: #f6f6f6; padding: 8px 12px; white-space: pre-wrap; }"""
+.arms { display: grid; gap: 28px; grid-template-columns: repeat(auto-fit, minmax(400px, 1fr)); }
+.arm { min-width: 0; } .arm h3 { font-size: 1em; margin: 0.4em 0; } .note { color: #555; font-size: 0.9em; }
+.text { background: #f6f6f6; padding: 8px 12px; white-space: pre-wrap; }
+.legend { display: flex; align-items: center; gap: 8px; margin: 0.6em 0 1em; font-size: 0.9em; }
+.legend .bar { width: 260px; height: 14px; border: 1px solid #bbb; }"""
 
 
 def _js_props(props: Mapping[str, Any]) -> str:
@@ -88,7 +98,8 @@ class Component:
 
 
 class AttentionView:
-    """Both arms' attention heads, layer by layer, and the smear coefficient of each token.
+    """Every arm's attention heads, layer by layer, and the smear coefficient of each token; arms side by
+    side in the order given.
 
     `page()` is a whole HTML document; in a notebook the object shows itself (`_repr_html_`), always
     with the bundle inlined, whatever the network."""
@@ -110,21 +121,41 @@ class AttentionView:
 
     # -- the parts ---------------------------------------------------------------------------
 
-    def _sections(self) -> list[tuple[str, list[tuple[str, str | Component]]]]:
-        """(heading, [(sub-heading, element or note)]) in page order."""
+    def scale(self) -> tuple[float, float]:
+        """The coefficient colour scale, shared by every arm so that equal shades mean equal coefficients:
+        from min(0, smallest) to max(1e-6, largest)."""
+        values = [np.asarray(a.coefficients, dtype=float) for a in self.arms if a.coefficients is not None]
+        lo = min([0.0] + [float(v.min()) for v in values])
+        hi = max([1e-6] + [float(v.max()) for v in values])
+        return lo, hi
+
+    def legend(self) -> str:
+        """The colour bar of the coefficient scale, its ends labelled, as CircuitsVis shades the tokens
+        (white at 0, mixed linearly in RGB towards the colour at either end)."""
+        lo, hi = self.scale()
+        stops = f"{NEGATIVE_COLOR} 0%, #ffffff {100 * -lo / (hi - lo):.1f}%, " if lo < 0 else "#ffffff 0%, "
+        return (f"<div class=\"legend\"><span>{lo:.3g}</span><span class=\"bar\" style=\"background: "
+                f"linear-gradient(to right, {stops}{POSITIVE_COLOR} 100%)\"></span><span>{hi:.3g}</span>"
+                "<span class=\"note\">smear coefficient, one scale for every arm (hover a token for its value)"
+                "</span></div>")
+
+    def _sections(self) -> list[tuple[str, str, list[tuple[str, str | Component]]]]:
+        """(heading, HTML under it, [(sub-heading, element or note) per arm]) in page order."""
+        lo, hi = self.scale()
         sections = []
-        coef = []
+        coef: list[tuple[str, str | Component]] = []
         for a in self.arms:
             label = ARM_LABELS.get(a.arm, a.arm)
             if a.coefficients is None:
-                coef.append((label, "no smear gate: every token's coefficient is 0."))
+                coef.append((label, "no smear in this arm: nothing of the previous token is added (coefficient 0)."))
             else:
                 c = np.asarray(a.coefficients, dtype=float)
-                coef.append((f"{label} (max {c.max():.3f}; hover a token for its value)", Component(
-                    "ColoredTokens", _js_props(dict(tokens=a.tokens, values=c, minValue=0.0,
-                                                    maxValue=max(float(c.max()), 1e-6))))))
+                coef.append((f"{label}: mean {c.mean():.3f}, max {c.max():.3f}", Component(
+                    "ColoredTokens", _js_props(dict(tokens=a.tokens, values=c, minValue=lo, maxValue=hi,
+                                                    positiveColor=POSITIVE_COLOR, negativeColor=NEGATIVE_COLOR)))))
+        legend = self.legend() if any(a.coefficients is not None for a in self.arms) else ""
         sections.append(("Smear coefficient of each token (the share of the previous token's embedding added "
-                         "to it)", coef))
+                         "to it)", legend, coef))
         for layer in range(self.n_layers):
             parts: list[tuple[str, str | Component]] = []
             for a in self.arms:
@@ -137,7 +168,7 @@ class AttentionView:
                 parts.append((label, Component("AttentionHeads", _js_props(dict(
                     attention=np.round(p, 4), tokens=a.tokens, attentionHeadNames=names, maskUpperTri=True,
                     maxValue=1.0, minValue=0.0)))))
-            sections.append((f"Layer {layer}", parts))
+            sections.append((f"Layer {layer}", "", parts))
         return sections
 
     def fragment(self, prefix: str | None = None) -> str:
@@ -146,12 +177,12 @@ class AttentionView:
         Element ids derive from `prefix` (default: a digest of the content, so a page is reproducible)."""
         sections = self._sections()
         if prefix is None:
-            digest = hashlib.sha256(json.dumps([[s, [(h, getattr(e, "props", e)) for h, e in parts]]
-                                                for s, parts in sections]).encode()).hexdigest()
+            digest = hashlib.sha256(json.dumps([[s, intro, [(h, getattr(e, "props", e)) for h, e in parts]]
+                                                for s, intro, parts in sections]).encode()).hexdigest()
             prefix = f"smearlens-{digest[:12]}"
         body, calls = [], []
-        for s, (heading, parts) in enumerate(sections):
-            body.append(f"<h2>{html.escape(heading)}</h2>\n<div class=\"arms\">")
+        for s, (heading, intro, parts) in enumerate(sections):
+            body.append(f"<h2>{html.escape(heading)}</h2>\n{intro}<div class=\"arms\">")
             for i, (sub, element) in enumerate(parts):
                 body.append(f"<div class=\"arm\"><h3>{html.escape(sub)}</h3>")
                 if isinstance(element, Component):
@@ -195,17 +226,17 @@ class AttentionView:
 
 def attention_view(results: Mapping[str, Any], text: str, sources: Mapping[str, str] | None = None) -> AttentionView:
     """The view of `inspect_text` results per arm (its dict, or the notebook's (patterns, tokens,
-    coefficients) tuples), baseline first."""
+    coefficients) tuples), the arms in the order given (`pick_runs` gives the study's)."""
     arms = []
-    for arm in sorted(results, key=lambda a: (ARMS.index(a) if a in ARMS else len(ARMS), a)):
-        r = results[arm]
+    for arm, r in results.items():
         patterns, tokens, coef = r if isinstance(r, tuple) else inspect_arrays(r)
         arms.append(ArmResult(arm, patterns, tokens, coef, (sources or {}).get(arm, "")))
     return AttentionView(arms, text)
 
 
 def inspect_checkpoints(checkpoints: Mapping[str, str | Path], text: str, device: str = "cpu") -> AttentionView:
-    """Load each arm's checkpoint (or run folder: its newest checkpoint) and inspect `text` with it."""
+    """Load each arm's checkpoint (or run folder: its newest checkpoint) and inspect `text` with it; the arms
+    are shown in the order given."""
     from analysis.measures.inspect import inspect_text
     from analysis.loading import load_checkpoint_model
 

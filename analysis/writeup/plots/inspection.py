@@ -15,9 +15,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from analysis.writeup.plots.style import (ABSENT_COLOR, ABSENT_EDGE, ARM_LABELS, arm_label, display_markdown, display_token,
+from analysis.writeup.plots.style import (ABSENT_COLOR, ABSENT_EDGE, arm_label, display_markdown, display_token,
                                   figure, show_figure)
-from analysis.stats import ARMS
+from analysis.stats import ARMS, arm_order
 from trainer.errors import AnalysisError, SmearlensError
 
 PATTERN_CMAP = "viridis"  # attention weights, 0–1 like the scores
@@ -187,8 +187,19 @@ def inspect_arrays(result: Any) -> tuple[list[np.ndarray | None], list[str], np.
 # Notebook cell bodies (04_inspect)
 
 
-def pick_runs(checkpoints: str | Path, preset: str | None = None, seed: int | None = None) -> dict[str, Path]:
-    """One run folder per arm to inspect: `seed`'s, else the lowest seed that has both arms."""
+def _study_arms(root: Path) -> list[str]:
+    """The arms a study folder's study.json plans, in its order ([] without one): the order pages show them."""
+    try:
+        arms = json.loads((root / "study.json").read_text()).get("arms", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []  # no plan (a folder of train-pair runs) or an unreadable one: the default order
+    return [str(a) for a in arms] if isinstance(arms, list) else []
+
+
+def pick_runs(checkpoints: str | Path, preset: str | None = None, seed: int | None = None,
+              arms: Sequence[str] | None = None) -> dict[str, Path]:
+    """One run folder per arm of one seed, in the study's arm order (study.json's, else baseline, smear, the
+    rest by name). `arms`: only these, in this order; `seed` None: the lowest seed with every arm wanted."""
     root = Path(checkpoints)
     if not root.is_dir():
         raise AnalysisError(f"{root}: no such checkpoints folder")
@@ -199,43 +210,51 @@ def pick_runs(checkpoints: str | Path, preset: str | None = None, seed: int | No
         except (OSError, json.JSONDecodeError):
             continue  # a half-written run folder is not a candidate
         if preset is None or m.get("preset") == preset:
-            found.append((m.get("preset"), m.get("arm"), m.get("seed"), manifest.parent))
+            found.append((m.get("preset"), str(m.get("arm")), m.get("seed"), manifest.parent))
     if not found:
         raise AnalysisError(f"{root}: no run folders with a run.json" + (f" of preset {preset!r}" if preset else ""))
     presets = sorted({str(p) for p, *_ in found})
     if len(presets) > 1:
-        raise AnalysisError(f"{root} holds runs of several presets ({', '.join(presets)}): choose one with preset=…")
+        raise AnalysisError(f"{root} holds runs of several presets ({', '.join(presets)}): choose one (preset)")
     by_seed: dict[int, dict[str, Path]] = {}
     for _, arm, s, path in found:
         by_seed.setdefault(s, {})[arm] = path
-    if seed is not None:
-        if seed not in by_seed:
-            raise AnalysisError(f"no run of seed {seed} in {root} (seeds: {', '.join(map(str, sorted(by_seed)))})")
-        return by_seed[seed]
-    both = [s for s in sorted(by_seed) if all(a in by_seed[s] for a in ARMS)]
-    return by_seed[both[0] if both else min(by_seed)]
+    if seed is None:
+        every = set(arms) if arms else {a for runs in by_seed.values() for a in runs}
+        complete = [s for s in sorted(by_seed) if every <= set(by_seed[s])]
+        seed = complete[0] if complete else min(by_seed)
+    if seed not in by_seed:
+        raise AnalysisError(f"no run of seed {seed} in {root} (seeds: {', '.join(map(str, sorted(by_seed)))})")
+    runs = by_seed[seed]
+    planned = _study_arms(root)
+    order = [a for a in planned if a in runs] + [a for a in arm_order(runs) if a not in planned]
+    missing = [a for a in arms or () if a not in runs]
+    if missing:
+        raise AnalysisError(f"no {missing[0]} run of seed {seed} in {root} (arms there: {', '.join(order)})")
+    return {a: runs[a] for a in (arms or order)}
 
 
 def notebook_inspect(checkpoints: str | Path, text: str, inspect_text: Callable | None, preset: str | None = None,
                      seed: int | None = None, load_model: Callable | None = None) -> dict[str, tuple] | None:
-    """Notebook cell body: run `inspect_text` on each arm's last checkpoint; (patterns, tokens, coefficients) per arm."""
+    """Notebook cell body: run `inspect_text` on the last checkpoint of every arm of one seed, in the study's
+    arm order; (patterns, tokens, coefficients) per arm."""
     if inspect_text is None:
         return None  # the import cell said why
     try:
         runs = pick_runs(checkpoints, preset, seed)
         if load_model is None:  # torch: imported only when there is a model to load
             from analysis.loading import load_checkpoint_model as load_model  # attaches the run's tokenizer
-        out = {}
         for arm in ARMS:
             if arm not in runs:
-                display_markdown(f"*No {arm} run for this seed: only the other arm is shown.*")
-                continue
-            model, _ = load_model(runs[arm])
+                display_markdown(f"*No {arm} run for this seed: the other arms are shown.*")
+        out = {}
+        for arm, run in runs.items():
+            model, _ = load_model(run)
             out[arm] = inspect_arrays(inspect_text(model, text))
     except SmearlensError as e:
         display_markdown(f"**Inspect not possible:** {e}.")
         return None
-    display_markdown("Inspecting " + "; ".join(f"{ARM_LABELS[a]}: `{runs[a]}`" for a in out) + ".")
+    display_markdown("Inspecting " + "; ".join(f"{arm_label(a)}: `{runs[a]}`" for a in out) + ".")
     return out
 
 
@@ -252,7 +271,7 @@ def _best_head(patterns: Sequence[np.ndarray | None]) -> tuple[int, int]:
 
 def show_inspect(results: Mapping[str, tuple] | None, figures_dir: str | Path, what: str = "head",
                  layer: int | None = None, head: int | None = None) -> Path | None:
-    """Notebook cell body for the inspect results: what = "head" (both arms), "grid", or "coefficients".
+    """Notebook cell body for the inspect results: what = "head" (every arm), "grid", or "coefficients".
 
     With no layer/head given, "head" shows the baseline's strongest previous-token head on this text.
     """

@@ -119,7 +119,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else figures / "report.md"
     commands = list(args.commands) + [args.command_line]
     path = write_report(args.tables, figures, out, commands=commands, preset=args.preset, threshold=args.threshold,
-                        notebooks=args.notebooks, runs_dir=args.checkpoints)
+                        notebooks=args.notebooks, runs_dir=args.checkpoints, reference=args.reference)
     print(f"wrote {path}")
 
 
@@ -316,6 +316,9 @@ def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
     p.add_argument("--checkpoints", help="folder of run folders, for record_*.parquet and run.json "
                                          "(default: the parent of --tables)")
+    p.add_argument("--reference", metavar="REPORT_DIR",
+                   help="an earlier report's folder (or its summary.csv) whose verdicts the summary states beside these, "
+                        "e.g. figures/study/powered when these tables have too few seeds to decide")
     p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
                    help="a command that produced the tables, listed in the report (repeatable)")
     p.set_defaults(func=cmd_report)

@@ -32,6 +32,9 @@ DEMO_PRESET = "cpu-small"
 DEMO_ARMS = ("baseline", "smear", "dose-0.8")  # the baseline, the record's smear and a fixed dose (no gate)
 DEMO_SEEDS = 3
 DEMO_STEPS = 800
+# The powered study (32 pairs, figures/study/PLAN.md): its verdicts stand beside the demo's 3 seeds, which cannot
+# decide the primary claims. In the repository, not the package: a demo run outside a checkout goes without it.
+REFERENCE_STUDY = Path(__file__).resolve().parents[1] / "figures" / "study" / "powered"
 
 
 def demo_overrides() -> tuple[str, ...]:
@@ -56,5 +59,6 @@ def run_demo(preset: str = DEMO_PRESET, seeds: int = DEMO_SEEDS, steps: int | No
     command = shlex.join(["smearlens", "demo", "--preset", preset, "--seeds", str(seeds), "--steps", str(plan.steps),
                           "--arms", ",".join(plan.arms), *(x for o in plan.overrides for x in ("--set", o))])
     figures = Path(figures)
+    reference = REFERENCE_STUDY if preset == DEMO_PRESET and (REFERENCE_STUDY / "summary.csv").is_file() else None
     return run_study(plan, out, tables=Path(out) / "analysis", figures=figures, report=figures / "report.md",
-                     jobs=jobs, notebooks=notebooks, command=command)
+                     jobs=jobs, notebooks=notebooks, command=command, reference=reference)

@@ -336,11 +336,12 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
 def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | None = None,
               figures: str | Path | None = None, report: str | Path | None = None, jobs: int = 2,
               notebooks: bool = False, command: str | None = None, progress: bool = True,
-              drop: bool = False) -> Path:
+              drop: bool = False, reference: str | Path | None = None) -> Path:
     """Train, analyse and report the plan; skip whatever is done. Returns the report.
 
     Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md.
-    `drop`: delete each run's checkpoints once it is analysed (`--drop-checkpoints`)."""
+    `drop`: delete each run's checkpoints once it is analysed (`--drop-checkpoints`). `reference`: an earlier
+    report's folder whose verdicts the report's summary states too (analysis.writeup.report.write_report)."""
     from analysis.writeup.report import write_report
 
     start = time.perf_counter()
@@ -373,7 +374,7 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
         print(f"[3/3] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)
         command = command or study_command(plan, runs_dir)
         path = write_report(tables, figures, report, commands=[command], preset=plan.preset, notebooks=notebooks,
-                            runs_dir=runs_dir)
+                            runs_dir=runs_dir, reference=reference)
     finally:
         lock.release()
     print(f"study finished in {(time.perf_counter() - start) / 60:.1f} min; report: {path}", flush=True)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from analysis.stats import headline as headline_table
 from analysis.writeup import plots, report
 from commands.cli import main as cli_main, parse_args
 from fixtures.synthetic_tables import make_tables, write_tables
@@ -38,10 +39,57 @@ def test_report_embeds_every_figure_by_relative_path(good_report):
             assert im.size[0] > 100
 
 
+def test_report_opens_with_its_answer_and_the_summary_figure(good_report):
+    out, text = good_report
+    first_screen = text.split("## Conclusion", 1)[0]
+    assert re.findall(r"^## .*", first_screen, re.M) == ["## Summary"]  # the answer comes before anything else
+    assert len(first_screen.splitlines()) <= 20
+    # one sentence per arm, each number with its CI and verdict; the synthetic smear carries 0.30 by construction
+    assert ("- **smear** carries 0.30 [0.28, 0.32] of token i−1's effect. Against the baseline, paired by seed: "
+            "previous-token mass -0.858 [-0.966, -0.750]: **lower**; heads ≥ 0.4 -2.00 [-2.00, -2.00]: **lower**; "
+            "best head -0.260 [-0.273, -0.248]: **lower** (3 pairs; primary claims (previous-token mass, heads ≥ 0.4, "
+            "best head) fixed before the runs, Holm).") in first_screen
+    assert "](../figures/summary.png)" in first_screen and "Small points: seeds" in first_screen
+    assert "summary.png" not in text.split("## Figures", 1)[1]  # drawn once, at the top
+    # the headline table beside the report says the same numbers as the statistics table
+    headline = headline_table.read_headline(out.parent)
+    mass = headline[(headline["arm"] == "smear") & (headline["measure"] == "prev_mass")].iloc[0]
+    assert mass["role"] == "primary" and mass["verdict"] == "lower" and mass["n"] == 3
+    assert round(mass["estimate"], 3) == -0.858 and round(mass["ci_low"], 3) == -0.966
+    assert set(headline["measure"]) == {"smear_share", "prev_mass", "n_prev_heads", "best_prev"}
+
+
+def test_a_report_states_its_reference_study(good_report, tmp_path):
+    """A report with few seeds states the verdicts of the study that can decide (the demo: the powered one)."""
+    reference, _ = good_report
+    tables = write_tables(tmp_path / "analysis", seeds=(0, 1))
+    out = report.write_report(tables, tmp_path / "figures", tmp_path / "report.md", reference=reference.parent)
+    summary = out.read_text().split("## Conclusion", 1)[0]
+    said = summary.split("The reference study", 1)[1]
+    assert said.startswith(", with the seeds to decide (3 pairs at `tiny`, step 40; [its report](")
+    link = re.search(r"\[its report\]\(([^)]+)\)", said).group(1)
+    assert (out.parent / link).resolve() == reference.resolve()
+    assert "- **smear** carries 0.30 [0.28, 0.32]" in said and "**lower**" in said
+    # its own sentence says how few pairs it has
+    assert "(2 pairs;" in summary.split("The reference study", 1)[0]
+
+
+def test_a_missing_reference_is_one_line_before_any_work(tmp_path, capsys):
+    tables = write_tables(tmp_path / "analysis")
+    with pytest.raises(AnalysisError, match=r"nowhere: no headline table there"):
+        report.write_report(tables, tmp_path / "figures", tmp_path / "report.md", reference=tmp_path / "nowhere")
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "figures").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arm,verdict\nsmear,lower\n")
+    code = cli_main(["report", "--tables", str(tables), "--figures", str(tmp_path / "f"), "--reference", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "bad.csv: not a headline table (no column preset" in err[0]
+
+
 def test_report_states_the_verdict_and_the_statistics(good_report):
     _, text = good_report
-    conclusion = text.split("## Conclusion", 1)[1].split("##", 1)[0]
-    assert "Heads are freed up" in conclusion
+    summary = text.split("## Summary", 1)[1].split("##", 1)[0]
+    assert "Heads are freed up" in summary
     stats_part = text.split("## Statistics", 1)[1].split("## Per-seed values", 1)[0]
     primary = stats_part.split("### Primary claims (fixed before the runs)", 1)[1].split("###", 1)[0]
     assert ("| previous-token heads (score ≥ 0.4) | smear − baseline | 0.5 | 3 | -2.00 | [-2.00, -2.00] | 0 | "

@@ -66,8 +66,8 @@ def headline_sentences(headline: pd.DataFrame, threshold: float = DEFAULT_THRESH
         said = [f"{_short_label(m, threshold)} {_headline_value(r)}: **{r['verdict']}**" for m, r in rows.items()]
         primary = [_short_label(m, threshold) for m, r in rows.items() if r["role"] == "primary"]
         n = int(max((r["n"] for r in rows.values()), default=0))
-        how = (f"primary claims ({', '.join(primary)}) fixed before the runs, Holm; the rest exploratory" if primary
-               else "exploratory")
+        how = (f"primary claims ({', '.join(primary)}) fixed before the runs, Holm" if primary else "exploratory")
+        how += "; the rest exploratory" if primary and len(primary) < len(rows) else ""
         out.append(f"- **{arm}** {carries}. Against the baseline, paired by seed: {'; '.join(said)} ({n} pairs; {how}).")
     return out
 

@@ -197,12 +197,13 @@ def copy_present(src: Path, dst: Path, files: Sequence[str], folders: Sequence[s
 
 
 def copy_study(src: str | Path, dst: str | Path) -> list[str]:
-    """Copy the study in `src` to `dst` without checkpoints: study.json, the tables, report and figures,
+    """Copy the study in `src` to `dst` without checkpoints: study.json, the tables, report, its headline table and figures,
     and the folder of each analysed run (its run.json, loss.csv, records and analysed.json). The copy
     resumes with the same command: its analysed runs are done, the rest train from the start. An existing
     `dst` is updated in place; its tables are written again in the row order this version writes (compact
     in git, whichever version wrote `src`). Returns the runs copied."""
     from analysis.analyze import Tables
+    from analysis.stats.headline import FILE as HEADLINE
 
     src, dst = Path(src), Path(dst)
     plan = load_plan(src)
@@ -210,7 +211,7 @@ def copy_study(src: str | Path, dst: str | Path) -> list[str]:
         raise ConfigError(f"{src}: no {MANIFEST} here: not a study folder")
     runs = [src / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
     done = sorted(analysed_runs(plan, runs, src / "analysis"))
-    copy_present(src, dst, [MANIFEST, "report.md"], ["analysis", "figures", *(run.name for run in done)])
+    copy_present(src, dst, [MANIFEST, "report.md", HEADLINE], ["analysis", "figures", *(run.name for run in done)])
     if (dst / "analysis").is_dir():
         Tables(dst / "analysis", csv=any((dst / "analysis").glob("*.csv"))).rewrite()
     return [run.name for run in done]

@@ -45,7 +45,7 @@ def test_report_opens_with_its_answer_and_the_summary_figure(good_report):
     assert re.findall(r"^## .*", first_screen, re.M) == ["## Summary"]  # the answer comes before anything else
     assert len(first_screen.splitlines()) <= 20
     # one sentence per arm, each number with its CI and verdict; the synthetic smear carries 0.30 by construction
-    assert ("- **smear** carries 0.30 [0.28, 0.32] of token i−1's effect. Against the baseline, paired by seed: "
+    assert ("- **smear** carries 30.0% [27.5%, 32.5%] of token i−1's effect. Against the baseline, paired by seed: "
             "previous-token mass -0.858 [-0.966, -0.750]: **lower**; heads ≥ 0.4 -2.00 [-2.00, -2.00]: **lower**; "
             "best head -0.260 [-0.273, -0.248]: **lower** (3 pairs; primary claims (previous-token mass, heads ≥ 0.4, "
             "best head) fixed before the runs, Holm).") in first_screen
@@ -69,7 +69,7 @@ def test_a_report_states_its_reference_study(good_report, tmp_path):
     assert said.startswith(", with the seeds to decide (3 pairs at `tiny`, step 40; [its report](")
     link = re.search(r"\[its report\]\(([^)]+)\)", said).group(1)
     assert (out.parent / link).resolve() == reference.resolve()
-    assert "- **smear** carries 0.30 [0.28, 0.32]" in said and "**lower**" in said
+    assert "- **smear** carries 30.0% [27.5%, 32.5%]" in said and "**lower**" in said
     # its own sentence says how few pairs it has
     assert "(2 pairs;" in summary.split("The reference study", 1)[0]
 
@@ -215,7 +215,8 @@ def test_a_notebook_workers_terminal_output_goes_to_its_log(tmp_path):
 def test_report_with_a_third_arm(tmp_path, no_drawing):
     folder = write_tables(tmp_path / "ck" / "analysis", arms=("baseline", "smear", "dose-0.8"))
     text = report.write_report(folder, tmp_path / "figs", tmp_path / "r.md", formats=("png",)).read_text()
-    assert "seeds: baseline 0, 1, 2; smear 0, 1, 2; dose-0.8 0, 1, 2" in text
+    assert "seeds: 0–2 in every arm ·" in text
+    assert report.seed_ranges([5, 0, 1, 2, 3, 7, 9, 10]) == "0–3, 5, 7, 9, 10" and report.seed_ranges([]) == "none"
     primary = text.split("### Primary claims", 1)[1].split("###", 1)[0]
     assert "dose-0.8" not in primary
     explo = text.split("### Exploratory comparisons", 1)[1].split("##", 1)[0]

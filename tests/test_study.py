@@ -222,6 +222,7 @@ def test_a_study_without_checkpoints_goes_on_elsewhere(tiny_data, tmp_path):
     moved = tmp_path / "moved"
     assert cli_main(["study-copy", str(first), str(moved)]) == 0
     assert not list(moved.glob("*/*.log")) and not list(moved.glob("*/tokenizer.json"))
+    assert (moved / "summary.csv").read_text() == (first / "summary.csv").read_text()  # the headline travels too
     (moved / "report.md").unlink()
     assert cli_main([*args, "--out", str(moved)]) == 0
     assert not list(moved.glob("*/train.log"))  # nothing trained

@@ -35,6 +35,18 @@ def _ci(r: dict, fmt: str) -> str:
     return f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
 
 
+def seed_ranges(seeds) -> str:
+    """Seeds as runs of consecutive numbers: 0–31 rather than 32 numbers; 0, 2, 5–7; "none"."""
+    seeds = sorted(set(int(s) for s in seeds))
+    runs: list[list[int]] = []
+    for s in seeds:
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs) or "none"
+
+
 def _seeds(r: dict) -> str:
     return str(r["n_pairs"]) if r["paired"] else f"unpaired ({r['n_baseline']} / {r['n_arm']})"
 

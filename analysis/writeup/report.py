@@ -27,7 +27,7 @@ from analysis.stats import mechanism_stats as mech
 from analysis.writeup import plots
 from analysis import stats
 from analysis.writeup.notebook_runner import run_notebooks
-from analysis.writeup.markdown import _ci, _md_table, _num, _p, _seeds, _signflip
+from analysis.writeup.markdown import _ci, _md_table, _num, _p, _seeds, _signflip, seed_ranges
 from analysis.writeup.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
 from analysis.writeup.report_mechanism import mechanism_conclusion, mechanism_markdown
 from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
@@ -45,7 +45,7 @@ OWN_SECTIONS = plots.SUMMARY_FIGURES + plots.MECHANISM_FIGURES + STUDY_FIGURES  
 
 
 def _headline_value(r: dict) -> str:
-    fmt = "{:.2f}" if r["measure"] == hl.SHARE else _fmt(r["measure"])
+    fmt = "{:.1%}" if r["measure"] == hl.SHARE else _fmt(r["measure"])
     ci = f" [{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else ""
     return f"{_num(r['estimate'], fmt)}{ci}"
 
@@ -446,7 +446,9 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
     gate = gate_section(tables, summary)
 
     arms = stats.arm_order(set(tables.arms) | set(stats.ARMS))
-    seeds = "; ".join(f"{arm} {', '.join(map(str, tables.seeds(arm))) or 'none'}" for arm in arms)
+    per_arm = {arm: seed_ranges(tables.seeds(arm)) for arm in arms}
+    seeds = (f"{next(iter(per_arm.values()))} in every arm" if len(set(per_arm.values())) == 1
+             else "; ".join(f"{arm} {s}" for arm, s in per_arm.items()))
     final_steps = sorted(set(stats.final_rows(tables.heads)["step"]))
     headline = hl.headline(summary, tables.get("paths"))
     body = head + [

@@ -36,8 +36,8 @@ FIGURES: dict[str, FigureSpec] = {
         "Summary: previous-token attention against the smear's share",
         "Per arm, the total previous-token mass (left) and the previous-token heads (right) at the final step, "
         "against the share of token i−1's effect on the prediction at i that the arm's smear term carries (0 "
-        "without one). Small points: seeds (head counts spread by ±0.08 so none hides another), grey lines join "
-        "the arms of a seed; large: arm means with t 95% CIs.",
+        "without one). Small points: seeds (head counts spread by ±0.08 so none hides another); up to 8 seeds, grey "
+        "lines join each seed to its baseline; large: arm means with t 95% CIs.",
         lambda t, th: summary_figure(stats.per_seed_claims(t.heads, th), smear_shares(t.get("paths")), th)),
     "prev_token_heatmaps": FigureSpec(
         "Previous-token score per head",

@@ -1,6 +1,6 @@
 """The summary figure at the top of a report: per arm, previous-token mass and previous-token heads against how
-much of the previous token the arm's smear term carries. Seeds are points; each seed's arms are joined, since
-they are pairs."""
+much of the previous token the arm's smear term carries. Seeds are points; up to 8 seeds, a line joins each arm's
+seed to the baseline of the same seed, its pair."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from analysis import stats
 from analysis.stats.headline import SHARE
-from analysis.writeup.plots.style import ARM_COLORS, ARM_LABELS, figure, need, seed_text
+from analysis.writeup.plots.style import ARM_COLORS, ARM_LABELS, MAX_SEED_LEGEND, figure, need, seed_text
 from trainer.errors import AnalysisError
 
 HEADS_JITTER = 0.08  # head counts are integers: seeds are spread this far up and down so none hides another
@@ -32,8 +32,12 @@ def summary_figure(per_seed: pd.DataFrame, shares: pd.DataFrame, threshold: floa
     jitter = {s: HEADS_JITTER * np.sin(2.4 * s) for s in sorted(df["seed"].unique())}
     for ax, (column, label) in zip(axes, measures):
         y_of = (lambda g: g[column] + g["seed"].map(jitter)) if column == "n_prev_heads" else (lambda g: g[column])
-        for _, pair in df.sort_values(SHARE).groupby("seed"):
-            ax.plot(pair[SHARE], y_of(pair), color="#bbbbbb", lw=0.6, alpha=0.6, zorder=1)
+        if df["seed"].nunique() <= MAX_SEED_LEGEND:  # past that the lines hide the points
+            for _, pair in df.groupby("seed"):
+                base = pair[pair["arm"] == stats.BASELINE]
+                for _, arm_row in pair[pair["arm"] != stats.BASELINE].iterrows() if len(base) else ():
+                    ends = pd.concat([base, arm_row.to_frame().T])
+                    ax.plot(ends[SHARE].astype(float), y_of(ends).astype(float), color="#bbbbbb", lw=0.6, zorder=1)
         for arm in arms:
             g = df[df["arm"] == arm]
             ax.scatter(g[SHARE], y_of(g), s=14, color=ARM_COLORS[arm], alpha=0.55, lw=0, zorder=2)

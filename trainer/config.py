@@ -67,6 +67,15 @@ class ModelConfig:
         sizes[-1] = final_blocks * self.block_size
         return sizes
 
+    def key_mix_layers(self) -> tuple[int, ...]:
+        """The attention layers whose keys the arm mixes (trainer/arms.py): `keyshift` the long-window ones
+        (the long window and the last layer, which trains with it), `smeared-key` every one."""
+        kind = self.arm_spec.key_mix
+        if kind is None:
+            return ()
+        long = set(self.long_window_layers) | {self.n_layers - 1}
+        return tuple(l for l in self.attn_layers() if kind == "smear" or l in long)
+
     def value_embed_index(self, layer: int) -> int | None:
         """Which value embedding layer `layer` uses: 0,1,2 at the start, 0,1,2 at the end, none between."""
         k = self.n_value_embeds

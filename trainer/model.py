@@ -3,7 +3,8 @@
 `ModelConfig.arm` picks the variant (registry and table: trainer/arms.py): the baseline, the record's
 smear, a fixed dose, the smear variants its author tried, Smear-MTP or a canon layer. Each arm's
 mixing term passes through `hook_smear_out` (the term added) and, where it is c_i·h[i−1],
-`hook_smear_gate` (c_i = λ · gate_i).
+`hook_smear_gate` (c_i = λ · gate_i). The key arms (`keyshift`, `smeared-key`) mix the previous
+position's key into the key instead, through `attn.hook_key_shift` / `attn.hook_key_smear`.
 
 One definition serves training, hooks and analysis. It is a TransformerLens `HookedRootModule`:
 every `HookPoint` is an identity until a hook is attached, and the T×T attention pattern is only

@@ -1,6 +1,6 @@
 """Repeated random spans in the training rows: the `copy_share` data option (`TrainConfig.copy_share`).
 
-Why: on the embedded corpus alone no induction head forms within a CPU preset's budget (issue 26). In-context
+Why: on the embedded corpus alone no induction head forms within a CPU preset's budget (cpu-small). In-context
 repeats make the induction circuit pay off early: Olsson et al. 2022 see induction heads form after ~10⁹
 tokens of natural text, Bietti et al. 2023 within hundreds of steps on data with in-context repeats. This
 is the in-context task of the `cpu-induction` preset (trainer/config.py); it is synthetic data, and is

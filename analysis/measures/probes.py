@@ -237,8 +237,11 @@ def repeat_probe(model: GPT, lengths: Sequence[int] = INDUCTION_LENGTHS, batch: 
                                fwd_hooks, logits=True)
         logits = out.pop("logits").float()
         losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-        a, b = M.repeat_losses(losses.view(batch, -1).cpu(), L)
-        ind.append(out["induction"]), dup.append(out["duplicate_token"]), first.append(a), second.append(b)
+        loss_first, loss_second = M.repeat_losses(losses.view(batch, -1).cpu(), L)
+        ind.append(out["induction"])
+        dup.append(out["duplicate_token"])
+        first.append(loss_first)
+        second.append(loss_second)
     return RepeatResult(tuple(lengths), torch.stack(ind), torch.stack(dup), torch.stack(first), torch.stack(second))
 
 

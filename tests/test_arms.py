@@ -300,7 +300,7 @@ def test_arms_of_one_seed_share_every_common_initial_weight():
 
 def test_arms_of_one_seed_see_the_same_batches(tiny_data, tmp_path):
     seen = {}
-    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp"):
+    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp", "keyshift", "smeared-key"):
         batches = []
         run = make_run("tiny", get_preset("tiny"), arm, 0, tiny_data,
                        train_overrides=dict(steps=3, n_checkpoints=1, val_tokens=512))

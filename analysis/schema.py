@@ -32,4 +32,7 @@ MECHANISM_COLUMNS: dict[str, list[str]] = {
 # its parts at every step of an arm with a coefficient (by total/doc/gate/sign; n −1 where not decomposed).
 RECORD_COLUMNS: dict[str, list[str]] = {
     "lambda": RUN_COLUMNS + ["lambda", "grad", "pressure", "coef_mean", "by", "part", "n", "value"],
+    # the recorder's per-run induction measures (analysis.measures.recorder): icl_score, loss_early, loss_late,
+    # copy_loss_first, copy_loss_second
+    "context": RUN_COLUMNS + ["metric", "value"],
 }

@@ -27,7 +27,8 @@ BASELINE = "baseline"
 RECORD_ARM = "smear"  # the record's arm: the primary claims are about it
 ARMS = (BASELINE, RECORD_ARM)  # the two arms every study has; tables may hold more (e.g. "dose-0.8")
 
-RECORD_TABLES = {"record_heads": "heads", "record_smear": "smear", "record_lambda": "lambda"}  # per run folder, in training
+RECORD_TABLES = {"record_heads": "heads", "record_smear": "smear", "record_lambda": "lambda",
+                 "record_context": "context"}  # per run folder, in training
 ALL_COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}  # every table `load_tables` reads from the tables folder
 
 
@@ -54,6 +55,7 @@ class Tables:
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
     record_lambda: pd.DataFrame | None = None  # λ and dL/dλ every step (analysis/measures/lambda_grad.py)
+    record_context: pd.DataFrame | None = None  # in-context score and copy losses (analysis/measures/recorder.py)
     losses: pd.DataFrame | None = None  # run, val_loss: each run's final validation loss (its loss.csv)
     folder: Path | None = None
     notes: list[str] = field(default_factory=list)  # what validation found that limits the analysis

@@ -19,9 +19,11 @@ from trainer.optim import adam_step, build_optimizers
 from trainer.train import make_run, train
 
 TINY = get_preset("tiny").model
-ZERO_INIT = [a for a in ARMS if a != "baseline"]  # every registered arm starts as the baseline; doses do not
+ZERO_INIT = [a for a in ARMS if a != "baseline" and ARMS[a].starts_as_baseline]  # all but keyshift; doses do not
 ALL = list(ARMS) + ["dose-0.8"]
-ARM_PARAMS = {"baseline": set(), "smear-mtp": set(), "dose-0.8": set(), "canon4": {"canon_w"}, "smear-nogate": set()}
+KEY_SMEAR = {f"blocks.{l}.attn.key_smear" for l in TINY.attn_layers()}
+ARM_PARAMS = {"baseline": set(), "smear-mtp": set(), "dose-0.8": set(), "canon4": {"canon_w"}, "smear-nogate": set(),
+              "keyshift": set(), "smeared-key": KEY_SMEAR}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,13 +51,13 @@ def hooked(model: GPT, t: torch.Tensor, names=("hook_embed", "hook_smear_gate", 
 
 
 def randomize_shared(model: GPT, seed: int = 0) -> GPT:
-    """Give every weight a value drawn from (seed, name), the same in every arm; then put λ and the
-    canon weights back at their initial zeros, so the arm still starts as the baseline."""
+    """Give every weight a value drawn from (seed, name), the same in every arm; then put λ, the
+    canon weights and the key smears back at their initial zeros, so the arm still starts as the baseline."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             gen = torch.Generator().manual_seed(seed + len(name) * 7919 + sum(map(ord, name)))
             p.add_(0.3 * torch.randn(p.shape, generator=gen))
-            if name == "canon_w":
+            if name == "canon_w" or name.endswith(".key_smear"):
                 p.zero_()
         model.scalars[5 * model.config.n_layers] = 0.0
     return model
@@ -116,19 +118,26 @@ def test_zero_initialised_arm_equals_baseline_at_step_0(arm):
 
 
 def test_step_0_equality_is_not_vacuous():
-    """A dose changes the step-0 residual stream, and a zero-init arm moved off zero changes the logits."""
+    """A dose changes the step-0 residual stream, the key shift the function (at init every output projection
+    is zero, so its step-0 forward is the baseline's, but not its attention), and a zero-init arm moved
+    off zero changes the logits."""
     t = tokens()
     _, base = hooked(GPT(cfg("baseline"), seed=3), t)
     _, dose = hooked(GPT(cfg("dose-0.8"), seed=3), t)
     last = f"blocks.{TINY.n_layers - 1}.hook_resid_post"
     assert (dose[last] - base[last]).abs().max() > 0.1
     base_model = randomize_shared(GPT(cfg("baseline")))
+    with torch.no_grad():
+        assert not torch.allclose(randomize_shared(GPT(cfg("keyshift")))(t), base_model(t))
     for arm in ZERO_INIT:
         model = randomize_shared(GPT(cfg(arm)))
         with torch.no_grad():
             model.scalars[5 * TINY.n_layers] = 0.5
             if arm == "canon4":
                 model.canon_w.fill_(0.1)
+            for name, p in model.named_parameters():
+                if name.endswith(".key_smear"):
+                    p.fill_(0.3)
             assert not torch.allclose(model(t), base_model(t)), arm
 
 
@@ -196,6 +205,85 @@ def test_canon4_is_a_causal_depthwise_convolution_within_each_document():
         assert torch.equal(model.embed_tokens(t), F.rms_norm(e + cache["hook_smear_out"], (e.size(-1),)))
 
 
+# ---- key arms: what each mixes into the key, read (and changed) through its hooks ---------------------------------
+
+
+def keys(model: GPT, t: torch.Tensor, hooks: list = ()) -> dict:
+    names = lambda n: n.endswith(("attn.hook_rot_k", "attn.hook_rot_q", "attn.hook_key_shift", "attn.hook_key_smear"))  # noqa: E731
+    seen = {}
+
+    def keep(x, hook):
+        seen[hook.name] = x.detach().clone()
+
+    with torch.no_grad():
+        model.run_with_hooks(t, fwd_hooks=[*hooks, (names, keep)])
+    return seen
+
+
+def test_keyshift_moves_the_zero_frequency_dims_of_the_previous_key():
+    """Record #169: on the long-window layers, key dims D/4…D/2 and 3D/4…D (never rotated) of position j
+    are exactly those of j − 1; everything else is the baseline's."""
+    t = tokens()
+    base, shifted = randomize_shared(GPT(cfg("baseline"))), randomize_shared(GPT(cfg("keyshift")))
+    D = TINY.d_head
+    assert not shifted.yarn.angular_freq[D // 4:].any() and shifted.yarn.angular_freq[:D // 4].all()  # the still dims
+    layers = cfg("keyshift").key_mix_layers()
+    assert layers == (0, 3)  # tiny: long window layer 0, and the last layer; layer 2 has no attention
+    b, k = keys(base, t), keys(shifted, t)
+    still = torch.zeros(D, dtype=torch.bool)
+    still[D // 4:D // 2] = still[3 * D // 4:] = True
+    assert set(n for n in k if "key_shift" in n) == {f"blocks.{l}.attn.hook_key_shift" for l in layers}
+    # layer 0 reads the embedding only, so its pre-shift key is the baseline's: compare exactly
+    kb, ks = b["blocks.0.attn.hook_rot_k"], k["blocks.0.attn.hook_rot_k"]
+    assert torch.equal(ks[..., ~still], kb[..., ~still]) and torch.equal(ks[:, 0], kb[:, 0])
+    assert torch.equal(ks[:, 1:][..., still], kb[:, :-1][..., still])  # crosses a BOS, as the record's flat stream
+    assert torch.equal(k["blocks.0.attn.hook_key_shift"], kb[:, :-1][..., still])
+    assert torch.equal(k["blocks.0.attn.hook_rot_q"], b["blocks.0.attn.hook_rot_q"])
+    # what the hook returns is what the key gets
+    patched = keys(shifted, t, [("blocks.3.attn.hook_key_shift", lambda x, hook: torch.zeros_like(x))])
+    k3 = patched["blocks.3.attn.hook_rot_k"]
+    assert not k3[:, 1:][..., still].any() and torch.equal(k3[..., ~still], k["blocks.3.attn.hook_rot_k"][..., ~still])
+
+
+def test_smeared_key_adds_s_times_the_previous_key_difference():
+    """Olsson's smeared key, k[j] + s_h · (k[j−1] − k[j]) on every attention layer, the term through its hook."""
+    t = tokens()
+    base, smeared = randomize_shared(GPT(cfg("baseline"))), randomize_shared(GPT(cfg("smeared-key")))
+    s = torch.tensor([0.3, -0.2])
+    with torch.no_grad():
+        for l in TINY.attn_layers():
+            smeared.blocks[l].attn.key_smear.copy_(s * (l + 1))
+    b, k = keys(base, t), keys(smeared, t)
+    assert {n for n in k if "key_smear" in n} == {f"blocks.{l}.attn.hook_key_smear" for l in TINY.attn_layers()}
+    kb, term = b["blocks.0.attn.hook_rot_k"], k["blocks.0.attn.hook_key_smear"]
+    assert torch.equal(term[:, 0], torch.zeros_like(term[:, 0]))
+    torch.testing.assert_close(term[:, 1:], s[:, None] * (kb[:, :-1] - kb[:, 1:]), rtol=0, atol=0)
+    assert torch.equal(k["blocks.0.attn.hook_rot_k"], kb + term)
+    # the term the hook returns is the one added
+    patched = keys(smeared, t, [("blocks.1.attn.hook_key_smear", lambda x, hook: torch.zeros_like(x))])
+    with torch.no_grad():  # with no smear in layer 1 its key is its own rotated key: compare with a hook that reads it
+        pre = {}
+        smeared.run_with_hooks(t, fwd_hooks=[("blocks.1.attn.hook_key_smear", lambda x, hook: pre.update(term=x))])
+    torch.testing.assert_close(patched["blocks.1.attn.hook_rot_k"], k["blocks.1.attn.hook_rot_k"] - pre["term"])
+
+
+def test_key_arm_parameters_go_to_adam_with_the_scalars_and_learn():
+    for arm in ("keyshift", "smeared-key"):
+        model = randomize_shared(GPT(cfg(arm)))
+        adam, muon = build_optimizers(model, get_preset("tiny").train)
+        groups = {id(p): i for i, g in enumerate(adam.param_groups) for p in g["params"]}
+        muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+        named = dict(model.named_parameters())
+        assert set(groups) | muon_ids == {id(p) for p in named.values()} and not set(groups) & muon_ids
+        for name in ARM_PARAMS[arm]:
+            assert groups[id(named[name])] == groups[id(named["scalars"])], name  # the scalars' learning rate
+    t = tokens()
+    model.train()
+    model(t[:, :-1], t[:, 1:], return_type="loss").backward()
+    adam.step()
+    assert all(named[n].abs().sum() > 0 for n in KEY_SMEAR)  # s moves off zero: the smear is learned
+
+
 # ---- one seed: common weights and data order shared ------------------------------------------------------------
 
 
@@ -212,7 +300,7 @@ def test_arms_of_one_seed_share_every_common_initial_weight():
 
 def test_arms_of_one_seed_see_the_same_batches(tiny_data, tmp_path):
     seen = {}
-    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp"):
+    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp", "keyshift", "smeared-key"):
         batches = []
         run = make_run("tiny", get_preset("tiny"), arm, 0, tiny_data,
                        train_overrides=dict(steps=3, n_checkpoints=1, val_tokens=512))

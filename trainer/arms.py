@@ -20,6 +20,8 @@ term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with
 | `canon4`         | e, before the norm                      | Σ_{k=0..3} w_k ⊙ e[i−k], same document only    | canon_w (4, d_model)  |
 | `smear-nogate`   | e, before the norm                      | λ · e[i−1], and 0 where token i is BOS         | λ                     |
 | `smear-normgate` | e, before the norm                      | λ · σ(w · norm(e)[i, :12]) · e[i−1]            | smear_gate (1, 12), λ |
+| `keyshift`       | the key, long-window layers (record #169) | k[j] on its zero-frequency dims ← k[j−1]'s (a replacement) | none (fixed) |
+| `smeared-key`    | the key, every attention layer (Olsson) | k[j] += s_h · (k[j−1] − k[j]), one s per head      | key_smear (n_heads,) per layer |
 | `smear-init-<λ0>`| e, before the norm                      | as `smear`, λ initialised at λ0                | smear_gate (1, 12), λ |
 | `smear-hold-<c>-<k>` | e, before the norm                  | c · e[i−1] for steps < k, then as `smear`      | smear_gate (1, 12), λ |
 | `dose-<c>-anneal-<k>` | e, before the norm                 | c · (1 − step/k) · e[i−1] for step < k, then 0; 0 at a BOS | none      |
@@ -45,8 +47,30 @@ Notes, and what was decided where the sources leave room:
   Arms have the same scalars vector (but that λ entry), so every parameter two arms have in common is
   bit-for-bit equal at step 0 for one seed. `smear_gate` goes to Muon (the record's choice); `canon_w`, one vector per
   offset, to Adam with the scalars' learning rate. Every arm but `dose-<c>`, `dose-<c>-anneal-<k>`,
-  `smear-init-<λ0>` and `smear-hold-<c>-<k>` starts as the baseline (λ = 0, canon_w = 0), so its step-0
-  forward equals the baseline's.
+  `smear-init-<λ0>`, `smear-hold-<c>-<k>` and `keyshift` starts as the baseline (λ = 0, canon_w = 0,
+  key_smear = 0), so its step-0 forward equals the baseline's (`ArmSpec.starts_as_baseline`).
+
+Key arms: the previous position reaches the *key* of an attention layer, not the embedding (no
+`hook_smear_*`, no λ: `coefficient` is False). They act on the rotated key k (after QK-norm and rotary,
+before `attn.hook_rot_k`, which holds the key the scores use), per head, crossing a BOS as the record's
+flat stream does; position 0 keeps its own key. Their hooks exist only on the layers they change.
+- `keyshift` (modded-nanogpt record #169, 2025-12-14, "partial key offset ... to enable one-layer
+  induction"), as we took it from that record's code: after rotary, on the layers with the long window,
+  `k[:, 1:, :, D/4:D/2] = k[:, :-1, :, D/4:D/2]` and the same for `3D/4:D`, D = d_head. Those are the
+  head dimensions whose rotary frequency is zero in the record's layout then (and ours): pairs
+  (j, j + D/2) rotate for j < D/4, so D/4…D/2 and 3D/4…D never rotate. The long-window layers are, in
+  the record, the two with `ws_long` (its layers 3 and 10 of 11, after #131 removed layer 0's attention;
+  the last layer is one of them); here `ModelConfig.long_window_layers` and the last layer, among the
+  layers with attention: cpu-small/cpu-induction 0, 3, 5; speedrun-124m 0, 4, 11 (our layer 0 still
+  attends, so it is shifted too). A replacement, not a learned mix: the arm does not start as the
+  baseline. `attn.hook_key_shift` (B, T−1, H, D/2) holds the moved values, the zero-frequency dims of
+  keys 0…T−2 (first D/4…D/2, then 3D/4…D), which become those dims of keys 1…T−1.
+- `smeared-key` (Olsson et al. 2022, the "smeared key" models): Olsson's k_j ← σ(α)·k_j + (1−σ(α))·k_{j−1}
+  per head, on every attention layer, with s_h = 1 − σ(α_h) learned directly
+  (`blocks.{l}.attn.key_smear`, zero-initialised): k_j ← k_j + s_h·(k_{j−1} − k_j). At s = 0 the arm is
+  the baseline bit for bit (σ(α) = 1 needs α = +∞, and a saturated sigmoid has no gradient); s is not
+  clipped to [0, 1]. `attn.hook_key_smear` (B, T, H, D) holds the term added (0 at position 0). s goes to
+  Adam with the scalars' learning rate, as canon_w does.
 
 Arms for why the learned gate stays low. Step-dependent arms read the model's step
 (`GPT.train_step`, a buffer the training loop sets with `GPT.set_step` after each optimiser step, so
@@ -92,6 +116,7 @@ class ArmSpec:
     lambda_init: float = 0.0  # λ's initial value (learned-λ arms)
     hold_steps: int = 0  # > 0: coefficient held at λ_init · 0.5, nothing learned in it, for this many steps
     anneal_steps: int = 0  # > 0 (dose): c · max(0, 1 − step/anneal_steps)
+    key_mix: str | None = None  # None, "shift" (record #169's key offset), "smear" (Olsson's smeared key)
 
     @property
     def coefficient(self) -> bool:
@@ -123,6 +148,16 @@ class ArmSpec:
         return self.mix == "dose" or self.skip_bos
 
     @property
+    def starts_as_baseline(self) -> bool:
+        """At its own parameters' initial values the arm is the baseline's function, whatever the shared
+        weights: so its step-0 forward is the baseline's for the same seed (every learned term starts at 0).
+        (`keyshift` changes attention, which at init writes nothing (W_O = 0): its step-0 forward is the
+        baseline's too, but not its gradients.)"""
+        if self.mix == "dose" or self.key_mix == "shift":
+            return False
+        return not self.lambda_init
+
+    @property
     def scheduled(self) -> bool:
         """The forward depends on the training step (`GPT.train_step`)."""
         return bool(self.hold_steps or self.anneal_steps)
@@ -139,6 +174,8 @@ ARMS: dict[str, ArmSpec] = {a.name: a for a in (
     ArmSpec("canon4", mix="canon"),
     ArmSpec("smear-nogate", mix="lambda", skip_bos=True),
     ArmSpec("smear-normgate", mix="gate", gate_norm=True),
+    ArmSpec("keyshift", key_mix="shift"),
+    ArmSpec("smeared-key", key_mix="smear"),
 )}
 # parametrised names, parsed by `arm_spec` (rows of the table above, after the registered arms but `dose-<c>`)
 INIT_PREFIX, HOLD_PREFIX, ANNEAL_INFIX = "smear-init-", "smear-hold-", "-anneal-"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from trainer.arms import ArmSpec, arm_spec
 from trainer.errors import ConfigError
+from trainer.repeats import HELD_OUT_LENGTHS, check_copy_data
 
 GATE_DIM = 12  # both sparse gates read the first 12 channels of their input (record)
 
@@ -66,6 +67,15 @@ class ModelConfig:
                  for i in range(self.n_layers)]
         sizes[-1] = final_blocks * self.block_size
         return sizes
+
+    def key_mix_layers(self) -> tuple[int, ...]:
+        """The attention layers whose keys the arm mixes (trainer/arms.py): `keyshift` the long-window ones
+        (the long window and the last layer, which trains with it), `smeared-key` every one."""
+        kind = self.arm_spec.key_mix
+        if kind is None:
+            return ()
+        long = set(self.long_window_layers) | {self.n_layers - 1}
+        return tuple(l for l in self.attn_layers() if kind == "smear" or l in long)
 
     def value_embed_index(self, layer: int) -> int | None:
         """Which value embedding layer `layer` uses: 0,1,2 at the start, 0,1,2 at the end, none between."""
@@ -135,6 +145,11 @@ class TrainConfig:
     autocast: str = "auto"  # "bf16", "fp32" or "auto" (bf16 on CUDA, fp32 on CPU)
     smear_lr_mult: float = 1.0  # multiplies the learning rate of λ alone (arms with a learned λ)
     compile: bool = False
+    # Repeated random spans in the training rows (trainer/repeats.py): about this share of each row's
+    # tokens are spans R R, |R| drawn per span from copy_lengths (inclusive) but copy_holdout. 0: text only.
+    copy_share: float = 0.0
+    copy_lengths: tuple[int, int] = (5, 30)
+    copy_holdout: tuple[int, ...] = ()
 
     def validate(self) -> "TrainConfig":
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2 or (self.max_doc_len or 2) < 2:
@@ -151,6 +166,7 @@ class TrainConfig:
             raise ConfigError("ws_schedule is empty")
         if not (isinstance(self.smear_lr_mult, (int, float)) and 0 < self.smear_lr_mult < math.inf):
             raise ConfigError(f"smear_lr_mult = {self.smear_lr_mult!r} must be a positive number")
+        check_copy_data(self.copy_share, self.copy_lengths, self.copy_holdout, self.seq_len)
         return self
 
 
@@ -177,9 +193,9 @@ def _small(n_layers: int, d_model: int, n_heads: int, seq_len: int, **model_kw) 
 
 
 
-def _cpu_small_model(d_model: int) -> ModelConfig:
+def _cpu_small_model(d_model: int, seq_len: int = 128) -> ModelConfig:
     """cpu-small's model at width `d_model` (6 layers, 2 heads: the head size grows with the width)."""
-    return _small(6, d_model, 2, 128, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
+    return _small(6, d_model, 2, seq_len, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
                   n_value_embeds=3, vocab_size=4096, bos_id=0)
 
 
@@ -218,6 +234,16 @@ PRESETS: dict[str, Preset] = {
         _cpu_small_model(192),
         _CPU_SMALL_TRAIN,
         "size sweep: cpu-small at d=192, 2 heads of 96 (6.1M parameters, 0.27 tokens each)",
+    ),
+    # Induction heads on a CPU (the pilot: INDUCTION_NOTES.md): cpu-small's model with rows of 256
+    # tokens (window blocks of 16: long windows 48/112/176 tokens over training, short 16/48/80), half of
+    # every row's tokens in repeated random spans R R, |R| 5–30 but the induction test's 11, 19, 27
+    # (trainer/repeats.py). The text is the embedded corpus, as in cpu-small.
+    "cpu-induction": Preset(
+        _cpu_small_model(128, seq_len=256),
+        dataclasses.replace(_CPU_SMALL_TRAIN, steps=3000, batch_size=4, seq_len=256, val_every=500, val_seq_len=256, val_batch_size=32,
+                copy_share=0.5, copy_lengths=(5, 30), copy_holdout=HELD_OUT_LENGTHS),
+        "induction heads on a CPU: cpu-small's model, rows of 256 tokens, half of them repeated random spans",
     ),
     "tiny": Preset(
         _small(4, 64, 2, 64, long_window_layers=(0,), no_attn_layers=(2,), no_mlp_layers=(0,),

@@ -3,7 +3,8 @@
 `ModelConfig.arm` picks the variant (registry and table: trainer/arms.py): the baseline, the record's
 smear, a fixed dose, the smear variants its author tried, Smear-MTP or a canon layer. Each arm's
 mixing term passes through `hook_smear_out` (the term added) and, where it is c_i·h[i−1],
-`hook_smear_gate` (c_i = λ · gate_i).
+`hook_smear_gate` (c_i = λ · gate_i). The key arms (`keyshift`, `smeared-key`) mix the previous
+position's key into the key instead, through `attn.hook_key_shift` / `attn.hook_key_smear`.
 
 One definition serves training, hooks and analysis. It is a TransformerLens `HookedRootModule`:
 every `HookPoint` is an identity until a hook is attached, and the T×T attention pattern is only
@@ -102,16 +103,35 @@ class Yarn(nn.Module):
         return theta.cos(), theta.sin()
 
 
+def shift_key(k: Tensor, hook: HookPoint) -> Tensor:
+    """`keyshift` (record #169): the zero-frequency dims of each key (D/4…D/2 and 3D/4…D of k (B, T, H, D),
+    the ones rotary never turns) replaced by those of the key before it; position 0 keeps its own. `hook`
+    sees the moved values, (B, T−1, H, D/2), and what it returns is written. A copy, no arithmetic: the
+    shifted dims are the earlier key's exactly."""
+    B, T, H, D = k.shape
+    parts = k.view(B, T, H, 2, 2, D // 4)  # (half, [turning, still], D/4): rotary pairs dim j with j + D/2
+    moved = hook(parts[:, :-1, :, :, 1].reshape(B, T - 1, H, D // 2))
+    still = torch.cat([parts[:, :1, :, :, 1], moved.view(B, T - 1, H, 2, D // 4)], dim=1)
+    return torch.stack([parts[:, :, :, :, 0], still], dim=-2).view(B, T, H, D)
+
+
 class CausalSelfAttention(nn.Module):
     present = True
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, key_mix: str | None = None):
         super().__init__()
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
         self.qkvo_w = nn.Parameter(torch.empty(4, cfg.d_model, cfg.d_model))  # q, k, v, o as in the record
         self.attn_gate = nn.Linear(GATE_DIM, cfg.n_heads, bias=False)  # sparse per-head output gate
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # q, k after QK-norm
-        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()  # rot_k: the key the scores use (after a key arm)
+        # key arms (trainer/arms.py), only on the layers they change: what is mixed into the rotated key
+        self.key_mix = key_mix
+        if key_mix == "shift":
+            self.hook_key_shift = HookPoint()  # (B, T−1, H, D/2) zero-frequency dims moved one position on
+        elif key_mix == "smear":
+            self.key_smear = nn.Parameter(torch.empty(cfg.n_heads))  # s per head; zero-initialised
+            self.hook_key_smear = HookPoint()  # (B, T, H, D) s_h · (k[j−1] − k[j]), 0 at j = 0
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_gate = HookPoint()  # (B, T, H) sigmoid gate on each head's output
         self.hook_z = HookPoint()  # (B, T, H, D) gated head outputs, the input of W_O
@@ -119,12 +139,22 @@ class CausalSelfAttention(nn.Module):
     def wants_pattern(self) -> bool:
         return hooked(self.hook_attn_scores, self.hook_pattern)
 
+    def mix_key(self, k: Tensor) -> Tensor:
+        """The key arm's change to the rotated key k (B, T, H, D), through its hook (trainer/arms.py)."""
+        if self.key_mix == "shift":
+            return shift_key(k, self.hook_key_shift)
+        term = self.key_smear.to(k.dtype)[:, None] * (k[:, :-1] - k[:, 1:])  # s_h · (k[j−1] − k[j]), j ≥ 1
+        return k + self.hook_key_smear(torch.cat([torch.zeros_like(k[:, :1]), term], dim=1))
+
     def forward(self, x: Tensor, ve: Tensor | None, sa_lambdas: Tensor, window: int, ctx: AttnContext) -> Tensor:
         B, T, _ = x.shape
         H, D = self.n_heads, self.d_head
         q, k, v = F.linear(x, self.qkvo_w[:3].flatten(0, 1)).view(B, T, 3 * H, D).chunk(3, dim=-2)
         q, k = self.hook_q(norm(q)), self.hook_k(norm(k))
-        q, k = self.hook_rot_q(rotary(q, ctx.cos, ctx.sin)), self.hook_rot_k(rotary(k, ctx.cos, ctx.sin))
+        q, k = rotary(q, ctx.cos, ctx.sin), rotary(k, ctx.cos, ctx.sin)
+        if self.key_mix is not None and T > 1:
+            k = self.mix_key(k)
+        q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         v = sa_lambdas[0] * v + (sa_lambdas[1] * ve.view_as(v) if ve is not None else 0)
         v = self.hook_v(v)
 
@@ -226,7 +256,8 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg) if layer not in cfg.no_attn_layers else NoAttention(cfg)
+        key_mix = cfg.arm_spec.key_mix if layer in cfg.key_mix_layers() else None
+        self.attn = CausalSelfAttention(cfg, key_mix) if layer not in cfg.no_attn_layers else NoAttention(cfg)
         self.mlp = MLP(cfg) if layer not in cfg.no_mlp_layers else NoMLP(cfg)
         self.hook_resid_pre = HookPoint()  # after the x0 mix: attention reads norm(resid_pre)
         self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint()
@@ -310,7 +341,7 @@ class GPT(HookedRootModule):
                 p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
             elif name == "scalars":
                 p.copy_(self.initial_scalars())
-            else:  # c_proj, lm_head, attention gates, smear gate: zero, as in the record; canon_w: zero
+            else:  # c_proj, lm_head, attention gates, smear gate: zero, as in the record; canon_w, key_smear: zero
                 p.zero_()
         self.yarn.reset()
         self.window_blocks.fill_(cfg.initial_window)

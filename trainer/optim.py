@@ -2,8 +2,8 @@
 
 Muon (lr 0.05, momentum warmed 0.85→0.95) takes the block matrices and the smear gate; Adam
 (lr 0.008, betas 0.8/0.95) takes embeddings (lr ×75), the head (×1) and the scalars (×5), and with
-the scalars the `canon4` arm's per-offset vectors (vectors go to Adam). Both share one learning-rate
-multiplier: flat, then a linear cooldown to 0.1 over the last half. `TrainConfig.smear_lr_mult`
+the scalars the `canon4` arm's per-offset vectors and `smeared-key`'s per-head s (vectors go to Adam).
+Both share one learning-rate multiplier: flat, then a linear cooldown to 0.1 over the last half. `TrainConfig.smear_lr_mult`
 scales the step of λ alone, one entry of the scalars (see `adam_step`).
 """
 
@@ -103,7 +103,8 @@ def build_optimizers(model: GPT, cfg: TrainConfig) -> tuple[torch.optim.Adam, Mu
     named = dict(model.named_parameters())
     embeds = [p for n, p in named.items() if n.startswith(("embed.", "value_embeds."))]
     head = [named["lm_head.weight"]]
-    scalars = [named["scalars"]] + ([named["canon_w"]] if "canon_w" in named else [])
+    # vectors of the arms go with the scalars: canon_w, and smeared-key's per-head s (blocks.{l}.attn.key_smear)
+    scalars = [named["scalars"]] + [p for n, p in named.items() if n == "canon_w" or n.endswith(".key_smear")]
     muon = [p for n, p in named.items() if (n.startswith("blocks.") and p.ndim >= 2) or n.startswith("smear_gate.")]
     assert len(embeds) + len(head) + len(scalars) + len(muon) == len(named), "a parameter has no optimiser"
     groups = [

@@ -31,6 +31,7 @@ from trainer.errors import ConfigError, DataError, DiskFullError, SmearlensError
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import cpu_name, keep_freed_memory
+from trainer.repeats import with_repeats
 from trainer.optim import adam_step, apply_schedules, build_optimizers, native_bf16_matmul, window_blocks
 from trainer.tokenizer import Tokenizer, gpt2_tokenizer
 
@@ -196,6 +197,7 @@ def train(
     adam, muon = build_optimizers(model, cfg)
     loader = BatchLoader(train_tokens, mcfg.bos_id, cfg.batch_size, cfg.seq_len, cfg.seed, rank=rank,
                          world_size=world, max_doc_len=cfg.max_doc_len)
+    loader = with_repeats(loader, cfg, mcfg.vocab_size, mcfg.bos_id)  # the copy_share option (trainer/repeats.py)
     log: list[dict] = []
     start = 0
     if resume and ckpt.complete_checkpoints(run_dir):

@@ -117,6 +117,42 @@ def duplicate_token_score(pattern: Tensor, period: int) -> Tensor:
     return stripe[..., -period:].mean(dim=(0, 2))
 
 
+def repeat_losses(losses: Tensor, period: int) -> tuple[Tensor, Tensor]:
+    """(first, second) mean next-token loss on BOS + R + R rows: `losses` (B, 2·period) holds the loss of
+    each target (position p predicting token p + 1). Both copies count the targets R[1:], the tokens an
+    induction head can predict in the second copy (R[0] follows nothing it could match): first copy
+    tokens 2 … period, second copy period + 2 … 2·period. A model that copies has second ≪ first."""
+    if losses.ndim == 1:
+        losses = losses[None]
+    if losses.size(-1) != 2 * period or period < 2:
+        raise AnalysisError(f"losses of {losses.size(-1)} targets are not those of BOS + 2 × {period} repeated tokens")
+    # target of position p is token p + 1: token t of the row is losses[:, t − 1]
+    return losses[:, 1:period].double().mean(), losses[:, period + 1:].double().mean()
+
+
+def document_positions(docs: Tensor) -> Tensor:
+    """(B, T) each position's index in its own document (its BOS is 0)."""
+    pos = torch.arange(docs.size(-1), device=docs.device).expand_as(docs)
+    return pos - document_starts(docs)
+
+
+def in_context_score(losses: Tensor, positions: Tensor, early: tuple[int, int], late: tuple[int, int]) -> dict[str, float]:
+    """Olsson et al.'s in-context learning score: the mean loss of targets late in their document minus
+    that of targets early in it (they take token 500 minus token 50; negative when later tokens are
+    predicted better from the context before them). `losses` and `positions` are (B, T): each target's loss
+    and its index in its document; `early` and `late` are half-open ranges of that index.
+    Returns loss_early, loss_late and icl_score (late − early)."""
+    out = {}
+    for name, (lo, hi) in (("early", early), ("late", late)):
+        chosen = (positions >= lo) & (positions < hi)
+        if not bool(chosen.any()):
+            raise AnalysisError(f"in-context score: no target at document positions {lo}…{hi - 1} "
+                                f"(documents here reach {int(positions.max())})")
+        out[f"loss_{name}"] = float(losses[chosen].double().mean())
+    out["icl_score"] = out["loss_late"] - out["loss_early"]
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _band_bias(rows: int, cols: int, diagonal: int, window: int, device: torch.device) -> Tensor:
     """`window_band` as an additive float mask (0 or −inf), so masking rides on the score matmul."""

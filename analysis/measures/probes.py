@@ -15,11 +15,13 @@ from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.measures import metrics as M
 from trainer.errors import AnalysisError
 from trainer.model import GPT
+from trainer.repeats import HELD_OUT_LENGTHS
 
 PATTERN_METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "prev_token": M.previous_token_score,
@@ -34,6 +36,9 @@ REPEAT_METRICS: dict[str, Callable[[Tensor, int], Tensor]] = {
 ABLATIONS = {"ablation_zero": "zero", "ablation_mean": "mean"}
 HEAD_METRICS = (*PATTERN_METRICS, *REPEAT_METRICS, *ABLATIONS)
 INDUCTION_PERIOD = 50  # length of the repeated random sequence (capped by the model's shortest window)
+# The repeat lengths of the induction measures over training (`repeat_probe`, the recorder): the lengths the
+# cpu-induction data holds out of training, and one longer than any of its spans (5–30).
+INDUCTION_LENGTHS = (*HELD_OUT_LENGTHS, 40)
 
 
 def check_metrics(names: Iterable[str], known: Iterable[str] = HEAD_METRICS, kind: str = "") -> tuple[str, ...]:
@@ -89,19 +94,24 @@ def long_attn_impl(tokens: Tensor) -> str:
 # ---- attention on data ----------------------------------------------------------------------------
 
 
-def _reduce_patterns(model: GPT, tokens: Tensor, metrics: Sequence[str],
-                     score: Callable[[str, Tensor], Tensor]) -> dict[str, Tensor]:
+def _reduce_patterns(model: GPT, tokens: Tensor, metrics: Sequence[str], score: Callable[[str, Tensor], Tensor],
+                     fwd_hooks: Sequence = (), logits: bool = False) -> dict[str, Tensor]:
     """score(metric, pattern) for each attention layer's pattern on `tokens`, inside its hook (one
-    layer's (B, H, T, T) in memory at a time): metric → (n_layers, n_heads), NaN rows where no attention."""
+    layer's (B, H, T, T) in memory at a time): metric → (n_layers, n_heads), NaN rows where no attention.
+    `fwd_hooks` run too (e.g. `ablation_hooks`); with `logits` the forward runs to the end and its
+    logits come back under "logits"."""
     out = {m: absent(model) for m in metrics}
 
     def reduce(pattern: Tensor, hook, layer: int) -> None:
         for m in metrics:
             out[m][layer] = score(m, pattern).cpu()
 
+    hooks = [*fwd_hooks, *((f"blocks.{l}.attn.hook_pattern", partial(reduce, layer=l)) for l in model.config.attn_layers())]
     with evaluating(model):
-        run_attention(model, tokens, [(f"blocks.{l}.attn.hook_pattern", partial(reduce, layer=l))
-                                      for l in model.config.attn_layers()])
+        if logits:
+            out["logits"] = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        else:
+            run_attention(model, tokens, hooks)
     return out
 
 
@@ -189,12 +199,64 @@ def repeated_tokens(vocab_size: int, bos_id: int, period: int, batch: int = 8, s
 
 
 def repeat_metrics(model: GPT, metrics: Sequence[str] = tuple(REPEAT_METRICS), period: int | None = None,
-                   batch: int = 8, seed: int = 0) -> dict[str, Tensor]:
-    """Induction and duplicate-token scores on repeated random tokens: name → (n_layers, n_heads)."""
+                   batch: int = 8, seed: int = 0, tokens: Tensor | None = None,
+                   fwd_hooks: Sequence = ()) -> dict[str, Tensor]:
+    """Induction and duplicate-token scores on repeated random tokens: name → (n_layers, n_heads).
+    `tokens`: BOS + R + R rows to use instead of `repeated_tokens`; `fwd_hooks` run too (e.g. an ablation)."""
     metrics = check_metrics(metrics, REPEAT_METRICS, "repeat")
-    period = period or induction_period(model)
-    tokens = _as_batch(model, repeated_tokens(model.config.vocab_size, model.config.bos_id, period, batch, seed))
-    return _reduce_patterns(model, tokens, metrics, lambda m, pattern: REPEAT_METRICS[m](pattern, period))
+    if tokens is None:
+        period = period or induction_period(model)
+        tokens = repeated_tokens(model.config.vocab_size, model.config.bos_id, period, batch, seed)
+    else:
+        period = (torch.as_tensor(tokens).shape[-1] - 1) // 2
+    tokens = _as_batch(model, tokens)
+    return _reduce_patterns(model, tokens, metrics, lambda m, pattern: REPEAT_METRICS[m](pattern, period), fwd_hooks)
+
+
+@dataclass
+class RepeatResult:
+    """Induction measures on repeated random tokens, one entry per repeat length."""
+
+    lengths: tuple[int, ...]
+    induction: Tensor  # (n_lengths, n_layers, n_heads), NaN rows for layers without attention
+    duplicate_token: Tensor  # (n_lengths, n_layers, n_heads)
+    loss_first: Tensor  # (n_lengths,) mean loss on R[1:] of the first copy (`metrics.repeat_losses`)
+    loss_second: Tensor  # (n_lengths,) the same on the second copy: low when the model copies
+
+
+def repeat_probe(model: GPT, lengths: Sequence[int] = INDUCTION_LENGTHS, batch: int = 8, seed: int = 0,
+                 fwd_hooks: Sequence = ()) -> RepeatResult:
+    """Per repeat length L: every head's induction and duplicate-token scores (TransformerLens's definition,
+    `metrics.induction_score`) and the loss on each copy, on `batch` rows of BOS + R + R (|R| = L, uniform
+    random non-BOS tokens), one forward per length. The scores are what the model does at its current
+    windows: a head whose window is shorter than L cannot reach the earlier copy and scores ~0."""
+    ind, dup, first, second = [], [], [], []
+    for L in lengths:
+        tokens = _as_batch(model, repeated_tokens(model.config.vocab_size, model.config.bos_id, L, batch, seed))
+        out = _reduce_patterns(model, tokens, list(REPEAT_METRICS), lambda m, pattern: REPEAT_METRICS[m](pattern, L),
+                               fwd_hooks, logits=True)
+        logits = out.pop("logits").float()
+        losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        loss_first, loss_second = M.repeat_losses(losses.view(batch, -1).cpu(), L)
+        ind.append(out["induction"])
+        dup.append(out["duplicate_token"])
+        first.append(loss_first)
+        second.append(loss_second)
+    return RepeatResult(tuple(lengths), torch.stack(ind), torch.stack(dup), torch.stack(first), torch.stack(second))
+
+
+def in_context_losses(model: GPT, inputs: Tensor, targets: Tensor, early: tuple[int, int],
+                      late: tuple[int, int]) -> dict[str, float]:
+    """Olsson's in-context learning score on (inputs, targets) rows (`metrics.in_context_score`): the loss of
+    targets at document positions in `late` minus that of targets in `early` (half-open ranges)."""
+    inputs, targets = _as_batch(model, inputs), _as_batch(model, targets)
+    with evaluating(model):
+        logits = model(inputs).float()
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    # the target of input p is token p + 1: its document position is one more than p's, unless it opens a document
+    docs = M.document_ids(torch.cat([inputs, targets[:, -1:]], dim=1), model.config.bos_id)
+    positions = M.document_positions(docs)[:, 1:]
+    return M.in_context_score(losses.cpu(), positions.cpu(), early, late)
 
 
 # ---- ablation -------------------------------------------------------------------------------------
@@ -333,5 +395,6 @@ def mean_loss(model: GPT, batches: Sequence[tuple[Tensor, Tensor]]) -> float:
 
 __all__ = ["HEAD_METRICS", "PATTERN_METRICS", "REPEAT_METRICS", "ABLATIONS", "check_metrics", "absent",
            "pattern_metrics", "data_pattern_metrics", "streaming_probe", "StreamResult", "previous_token_scores",
-           "induction_period", "repeated_tokens", "repeat_metrics", "ablation_losses", "smear_lambda",
+           "induction_period", "repeated_tokens", "repeat_metrics", "INDUCTION_LENGTHS", "RepeatResult", "repeat_probe",
+           "in_context_losses", "ablation_losses", "smear_lambda",
            "smear_gates", "smear_vocab", "mean_loss", "run_attention", "evaluating", "head_means", "ablation_hooks"]

@@ -183,42 +183,62 @@ def composition_table(model: GPT, prev_scores: Tensor, induction: Tensor | None 
 
 # ---- when heads form, from tables over steps -------------------------------------------------------------
 
-FORMATION_KINDS = {"prev_token": ("prev_token", PREV_THRESHOLD), "induction": ("induction", INDUCTION_THRESHOLD)}
+# kind → (metric, threshold). `induction_heldout` is the recorder's induction score over training (the mean over
+# probes.INDUCTION_LENGTHS); `induction` is analyze's, on saved checkpoints (one length): each is read on its own.
+FORMATION_KINDS = {"prev_token": ("prev_token", PREV_THRESHOLD), "induction": ("induction", INDUCTION_THRESHOLD),
+                   "induction_heldout": ("induction_heldout", INDUCTION_THRESHOLD)}
+RUN_KEYS = ["run", "preset", "arm", "seed"]
+HEAD_FORMATION_COLUMNS = [*RUN_KEYS, "layer", "head", "metric", "threshold", "first_step", "stable_step", "n_steps"]
+
+
+def head_formation_steps(heads: pd.DataFrame, metric: str = "induction_heldout",
+                         threshold: float = INDUCTION_THRESHOLD) -> pd.DataFrame:
+    """When each head becomes a head of a kind: per run and (layer, head), the first recorded step at which
+    its `metric` is ≥ `threshold` (`first_step`), and the first recorded step from which it stays ≥ the
+    threshold at every later recorded step (`stable_step`); NaN when it never does (a head that crosses
+    and falls back below by the last step has a first_step and no stable_step). A step where the head has
+    no value counts as below. `heads` is a tidy heads table over steps (the recorder's `record_heads`,
+    analyze's `heads`; duplicates allowed). Columns: HEAD_FORMATION_COLUMNS; n_steps is the run's
+    recorded steps of the metric. A pure function of the table."""
+    need = set(RUN_KEYS) | {"step", "layer", "head", "metric", "value"}
+    missing = need - set(heads.columns)
+    if missing:
+        raise AnalysisError(f"formation steps: the heads table lacks column(s) {', '.join(sorted(missing))}")
+    rows = []
+    df = heads[heads["metric"] == metric].drop_duplicates(["run", "step", "layer", "head"])
+    for keys, g in df.groupby(RUN_KEYS, sort=True):
+        wide = g.pivot_table(index="step", columns=["layer", "head"], values="value").sort_index()
+        above = wide >= threshold
+        stays = above.iloc[::-1].cummin().iloc[::-1]  # above at this step and every later one
+        for (layer, head) in wide.columns:
+            first, stable = above[(layer, head)], stays[(layer, head)]
+            rows.append(dict(zip(RUN_KEYS, keys), layer=int(layer), head=int(head), metric=metric, threshold=threshold,
+                             first_step=float(first.idxmax()) if first.any() else math.nan,
+                             stable_step=float(stable.idxmax()) if stable.any() else math.nan, n_steps=len(wide)))
+    return pd.DataFrame(rows, columns=HEAD_FORMATION_COLUMNS)
 
 
 def formation_steps(heads: pd.DataFrame, kinds: dict[str, tuple[str, float]] = FORMATION_KINDS) -> pd.DataFrame:
     """For each run and kind of head: the first recorded step at which any head's metric reaches the
     threshold (`first_step`), and the first step from which some head stays at or above it at every
-    later recorded step (`stable_step`); NaN when it never does. `heads` is a tidy heads table over
-    steps (analyze's `heads` and/or the recorder's `record_heads`, duplicates allowed).
+    later recorded step (`stable_step`); NaN when it never does: the earliest of `head_formation_steps`
+    over the run's heads. `heads` is a tidy heads table over steps (analyze's `heads` and/or the
+    recorder's `record_heads`, duplicates allowed).
     Columns: run, preset, arm, seed, kind, metric, threshold, first_step, stable_step, layer, head
-    (the head that formed first; −1 when none), n_steps (recorded steps of that metric)."""
-    need = {"run", "preset", "arm", "seed", "step", "layer", "head", "metric", "value"}
-    missing = need - set(heads.columns)
-    if missing:
-        raise AnalysisError(f"formation_steps: the heads table lacks column(s) {', '.join(sorted(missing))}")
+    (the head that formed first, the lowest (layer, head) on a tie; −1 when none), n_steps (recorded steps
+    of that metric)."""
     rows = []
     for kind, (metric, threshold) in kinds.items():
-        df = heads[heads["metric"] == metric].drop_duplicates(["run", "step", "layer", "head"])
-        for (run, preset, arm, seed), g in df.groupby(["run", "preset", "arm", "seed"], sort=True):
-            wide = g.pivot_table(index="step", columns=["layer", "head"], values="value").sort_index()
-            above = wide >= threshold
-            # a head is stable from step s when it is above at s and every later step
-            stays = above.iloc[::-1].cummin().iloc[::-1]
-            first = above.any(axis=1)
-            stable = stays.any(axis=1)
-            first_step = float(first.idxmax()) if first.any() else math.nan
-            stable_step = float(stable.idxmax()) if stable.any() else math.nan
-            layer, head = (-1, -1)
-            if first.any():
-                col = above.loc[first.idxmax()]
-                layer, head = (int(x) for x in col[col].index[0])
-            rows.append(dict(run=run, preset=preset, arm=arm, seed=seed, kind=kind, metric=metric, threshold=threshold,
-                             first_step=first_step, stable_step=stable_step, layer=layer, head=head,
-                             n_steps=len(wide)))
-    return pd.DataFrame(rows, columns=["run", "preset", "arm", "seed", "kind", "metric", "threshold", "first_step",
+        per_head = head_formation_steps(heads, metric, threshold)
+        for keys, g in per_head.groupby(RUN_KEYS, sort=True):
+            formed = g.dropna(subset=["first_step"]).sort_values(["first_step", "layer", "head"])
+            layer, head = (int(formed["layer"].iloc[0]), int(formed["head"].iloc[0])) if len(formed) else (-1, -1)
+            rows.append(dict(zip(RUN_KEYS, keys), kind=kind, metric=metric, threshold=threshold,
+                             first_step=float(g["first_step"].min()), stable_step=float(g["stable_step"].min()),
+                             layer=layer, head=head, n_steps=int(g["n_steps"].iloc[0])))
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "kind", "metric", "threshold", "first_step",
                                        "stable_step", "layer", "head", "n_steps"])
 
 
 __all__ = ["PREV_THRESHOLD", "INDUCTION_THRESHOLD", "ROUTES", "resampled_pairs", "key_routes",
-           "attention_with_key", "composition_table", "formation_steps"]
+           "attention_with_key", "composition_table", "formation_steps", "head_formation_steps", "FORMATION_KINDS"]

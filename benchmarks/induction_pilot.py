@@ -1,4 +1,4 @@
-"""The induction pilot's measurements (INDUCTION_NOTES.md): on every saved checkpoint of the given runs,
+"""The induction pilot's measurements (docs/induction.md): on every saved checkpoint of the given runs,
 the detection measures fixed before the study.
 
 - the induction score of every head (TransformerLens's definition: BOS + R + R, |R| = L random non-BOS

@@ -235,7 +235,7 @@ PRESETS: dict[str, Preset] = {
         _CPU_SMALL_TRAIN,
         "size sweep: cpu-small at d=192, 2 heads of 96 (6.1M parameters, 0.27 tokens each)",
     ),
-    # Induction heads on a CPU (the pilot: INDUCTION_NOTES.md): cpu-small's model with rows of 256
+    # Induction heads on a CPU (the pilot: docs/induction.md): cpu-small's model with rows of 256
     # tokens (window blocks of 16: long windows 48/112/176 tokens over training, short 16/48/80), half of
     # every row's tokens in repeated random spans R R, |R| 5–30 but the induction test's 11, 19, 27
     # (trainer/repeats.py). The text is the embedded corpus, as in cpu-small.

@@ -260,10 +260,12 @@ def test_every_byte_of_the_metadata_is_covered():
             ckpt.read_meta(dst)
 
 
-def test_unhashed_checkpoint_loads_with_one_warning(capsys):
-    dst = _ckpt_copy(UNHASHED, "warned")
-    ckpt.load_model(dst)
-    ckpt.load_train_state(dst)
+def test_unhashed_checkpoint_loads_with_one_warning(capsys, monkeypatch):
+    monkeypatch.setattr(ckpt, "_warned_unhashed", False)  # as in a fresh process
+    for copy_name in ("warned", "warned_again"):
+        dst = _ckpt_copy(UNHASHED, copy_name)
+        ckpt.load_model(dst)
+        ckpt.load_train_state(dst)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "smearlens: warning:" in err and "before smearlens recorded hashes" in err
 

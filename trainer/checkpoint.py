@@ -6,7 +6,7 @@ atomically and `meta.json` last: a folder without it is an unfinished write and 
 
 `meta.json` records the sha256 of each other file (`sha256`) and of itself (`meta_sha256`, over its
 text with that digest zeroed), so a byte damaged anywhere is refused on loading, never trained on or
-analysed. Checkpoints written before the hashes load unchecked, with a warning.
+analysed. Checkpoints written before the hashes load unchecked, with one warning a process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ RESUME_KEYS = {"step": int, "adam": dict, "muon": dict, "loader": dict, "rng": d
 META_KEYS = {"model_config": dict, "step": int, "arm": str, "seed": int}
 HASHES, META_HASH = "sha256", "meta_sha256"  # meta.json's keys: {file: digest} of the others, and its own
 _ZEROS = "0" * 64
-_unchecked_runs: set[Path] = set()  # run folders already warned about (one warning a run)
+_warned_unhashed = False  # one warning a process: a study's analysis may read hundreds of such checkpoints
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -191,9 +191,12 @@ def read_meta(ckpt: Path) -> dict:
     meta = parse_json(path, raw, "checkpoint metadata")
     if is_hashed(meta):
         check_meta_hash(path, raw, meta)
-    elif path.parent.parent not in _unchecked_runs:
-        _unchecked_runs.add(path.parent.parent)
-        warn(f"{path.parent.parent}: checkpoints written before smearlens recorded hashes; loaded without a damage check")
+    else:
+        global _warned_unhashed
+        if not _warned_unhashed:
+            _warned_unhashed = True
+            warn(f"{path.parent}: written before smearlens recorded hashes (so may others be); "
+                 f"such checkpoints load without a damage check")
     require(path, meta, META_KEYS, "metadata")
     return meta
 

@@ -29,9 +29,11 @@ test: $(STAMP)
 # deeper search than `make test` and CI, which draw the same 1,000 a property on every run. Pin what it finds
 # with @example in that file. About 5 hours on 2 cores at 20,000 (see FUZZ_NOTES / README); FUZZ_EXAMPLES=2000 for
 # a half-hour search.
+# Each process is held to 8 GB of address space: an input that makes a loader allocate without bound fails
+# as a MemoryError finding instead of swapping the machine (the first deep run found one).
 FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=deep FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_hostile_inputs.py \
+	ulimit -v 8000000 && HYPOTHESIS_PROFILE=deep FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_hostile_inputs.py \
 		-p no:cacheprovider -n auto --dist worksteal --hypothesis-show-statistics
 
 $(NOTEBOOKS_STAMP): $(STAMP)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from trainer.config import ModelConfig, from_dict
 from trainer.errors import CheckpointError, ConfigError, SmearlensError, one_line, warn
 from trainer.io import atomic_path, atomic_write_text
-from trainer.model import GPT
+from trainer.model import GPT, min_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -234,9 +234,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         config = from_dict(ModelConfig, meta["model_config"])
     except ConfigError as e:
         raise CheckpointError(f"{ckpt / META_FILE}: {e}") from None
+    check_model_size(ckpt, config)
     model = GPT(config)
     load_weights(model, ckpt, meta)
     return model.to(device).eval(), dict(meta, path=str(ckpt))
+
+
+def check_model_size(ckpt: Path, config: ModelConfig) -> None:
+    """Refuse metadata whose model could not fit in its weights file (≥ 1 byte a parameter) before building
+    it: a damaged n_layers or d_model would otherwise ask for many gigabytes first."""
+    file = Path(ckpt) / MODEL_FILE
+    try:
+        size = file.stat().st_size
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: weights file is missing") from None
+    if min_parameters(config) > size:
+        raise CheckpointError(f"{ckpt / META_FILE}: its model config needs at least {min_parameters(config):,} "
+                              f"parameters, more than {MODEL_FILE} ({size:,} bytes) holds")
 
 
 def load_weights(model: GPT, ckpt: Path, meta: dict | None = None) -> None:

@@ -234,29 +234,33 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         config = from_dict(ModelConfig, meta["model_config"])
     except ConfigError as e:
         raise CheckpointError(f"{ckpt / META_FILE}: {e}") from None
-    check_model_size(ckpt, config)
+    file = verified_file(ckpt, MODEL_FILE, meta, "weights file")  # first: a damaged file is named as such
+    check_model_size(file, config)
     model = GPT(config)
-    load_weights(model, ckpt, meta)
+    load_tensors(model, file)
     return model.to(device).eval(), dict(meta, path=str(ckpt))
 
 
-def check_model_size(ckpt: Path, config: ModelConfig) -> None:
+def check_model_size(file: Path, config: ModelConfig) -> None:
     """Refuse metadata whose model could not fit in its weights file (≥ 1 byte a parameter) before building
     it: a damaged n_layers or d_model would otherwise ask for many gigabytes first."""
-    file = Path(ckpt) / MODEL_FILE
     try:
         size = file.stat().st_size
     except FileNotFoundError:
         raise CheckpointError(f"{file}: weights file is missing") from None
     if min_parameters(config) > size:
-        raise CheckpointError(f"{ckpt / META_FILE}: its model config needs at least {min_parameters(config):,} "
-                              f"parameters, more than {MODEL_FILE} ({size:,} bytes) holds")
+        raise CheckpointError(f"{file.parent / META_FILE}: its model config needs at least {min_parameters(config):,} "
+                              f"parameters, more than {file.name} ({size:,} bytes) holds")
 
 
 def load_weights(model: GPT, ckpt: Path, meta: dict | None = None) -> None:
     """Load a checkpoint's weights into `model`, after checking the file's hash (`meta`: its read metadata)."""
     meta = read_meta(ckpt) if meta is None else meta
-    file = verified_file(ckpt, MODEL_FILE, meta, "weights file")
+    load_tensors(model, verified_file(ckpt, MODEL_FILE, meta, "weights file"))
+
+
+def load_tensors(model: GPT, file: Path) -> None:
+    """Load a (checked) safetensors file into `model`; tensors that do not fit are named."""
     try:
         tensors = load_file(str(file))
     except FileNotFoundError:

@@ -416,11 +416,12 @@ def _typed_value(name: str):
 
 
 @settings(CASES, max_examples=max(10, settings().max_examples // 20))  # each case trains: 50 in CI
-@given(data=st.data())
-def test_set_option_trains_or_refuses(tiny_data, one_thread, data):
+@given(setting=st.sampled_from(TRAINABLE).flatmap(lambda name: st.tuples(st.just(name), _typed_value(name))))
+@example(setting=("initial_window", "4"))  # deep run: a first window above ws_schedule's 3 (windows only grow)
+@example(setting=("ws_schedule", "[7, 3]"))
+def test_set_option_trains_or_refuses(tiny_data, one_thread, setting):
     """The CLI trains one step with any well-typed value of any setting, or ends in a one-line error."""
-    name = data.draw(st.sampled_from(TRAINABLE), label="name")
-    raw = data.draw(_typed_value(name), label="value")
+    name, raw = setting
     out = WORK / "set_runs"
     shutil.rmtree(out, ignore_errors=True)
     err = io.StringIO()

@@ -170,6 +170,9 @@ class TrainConfig:
             raise ConfigError("momentum_warmup_steps and val_every must be ≥ 0")
         if min(*self.ws_schedule, self.ws_validate, self.ws_validate_final) < 1:
             raise ConfigError("ws_schedule, ws_validate and ws_validate_final must be windows of ≥ 1 block")
+        if list(self.ws_schedule) != sorted(self.ws_schedule) or self.ws_validate < self.ws_schedule[-1]:
+            raise ConfigError(f"ws_schedule {list(self.ws_schedule)} then ws_validate {self.ws_validate}: "
+                              f"windows only grow (YaRN stretches as they do)")
         if self.val_tokens < 1 or self.val_batch_size < 1 or self.val_seq_len < 2:
             raise ConfigError("val_tokens, val_batch_size and val_seq_len must be positive (val_seq_len ≥ 2)")
         if not (isinstance(self.smear_lr_mult, (int, float)) and 0 < self.smear_lr_mult < math.inf):

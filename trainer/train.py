@@ -362,6 +362,9 @@ def make_run(preset_name: str, preset: Preset, arm: str, seed: int, data_dir: st
     train_cfg = replace(preset.train, seed=seed, **(train_overrides or {}))
     if train_cfg.smear_lr_mult != 1 and not spec.learned_lambda:
         raise ConfigError(f"--set smear_lr_mult={train_cfg.smear_lr_mult}: arm {arm!r} has no learned λ")
+    if model.initial_window > train_cfg.ws_schedule[0]:  # windows only grow (YaRN stretches as they do)
+        raise ConfigError(f"initial_window = {model.initial_window} is larger than the first window of "
+                          f"ws_schedule {list(train_cfg.ws_schedule)}; windows only grow")
     name = name or f"{preset_name}-s{seed}-{arm}"
     return Run(name=name, preset=preset_name, arm=arm, seed=seed, data=str(data_dir), model=model, train=train_cfg,
                tokenizer=dict(kind=tok.kind, vocab_size=tok.vocab_size, bos_id=tok.bos_id))

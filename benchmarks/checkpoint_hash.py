@@ -65,8 +65,8 @@ def main() -> None:
           f"median of {args.repeats}")
     print(f"  save_checkpoint, all of it           {ms(saves):8.1f} ms")
     print(f"    of which writing (save - hashing)  {ms(saves) - ms(hashes):8.1f} ms")
-    print(f"    of which hashing both files        {ms(hashes):8.1f} ms  = {100 * ms(hashes) / ms(saves):.0f}% of the save, "
-          f"{size / 2**20 / ms(hashes) * 1e3:.0f} MiB/s")
+    share, rate = 100 * ms(hashes) / ms(saves), size / 2**20 / ms(hashes) * 1e3
+    print(f"    of which hashing both files        {ms(hashes):8.1f} ms  = {share:.0f}% of the save, {rate:.0f} MiB/s")
     print(f"  checking both hashes on a load       {ms(checks):8.1f} ms")
 
 

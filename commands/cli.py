@@ -58,7 +58,8 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
         elif name in model_fields:
             cls, into = ModelConfig, model
         else:
-            raise ConfigError(f"--set {name if name.isidentifier() else shown(name)}: no such training or model setting")
+            shown_name = name if name.isidentifier() else shown(name)  # a stray newline stays off the line
+            raise ConfigError(f"--set {shown_name}: no such training or model setting")
         into[name] = parse_setting(cls, name, raw)
     return train, model
 
@@ -75,7 +76,8 @@ def parse_setting(cls: type, name: str, raw: str) -> object:
     problem = expects(hint, value)
     if problem:
         got = f"the text {shown(raw)}" if isinstance(value, str) else shown(value)
-        raise ConfigError(f"--set {name}: takes {problem}, not {got}; e.g. --set {name}={setting_example(cls, name, raw)}")
+        example = setting_example(cls, name, raw)
+        raise ConfigError(f"--set {name}: takes {problem}, not {got}; e.g. --set {name}={example}")
     return check_fields(cls, {name: value}, f"--set {name}")[name]
 
 

@@ -40,15 +40,24 @@ atexit.register(shutil.rmtree, WORK, True)
 
 
 def mutations(valid: bytes):
-    """Random bytes, or the valid file truncated, extended, or with bytes overwritten."""
+    """Random bytes, or the valid file truncated, extended, or with bytes overwritten: as a small description
+    (`damaged` applies it), since hypothesis keeps thousands of drawn values and whole files of a megabyte
+    each filled the memory of a 20,000-case run."""
     n = len(valid)
     flips = st.lists(st.tuples(st.integers(0, max(n - 1, 0)), st.integers(0, 255)), min_size=1, max_size=8)
     return st.one_of(
-        st.binary(max_size=2048),
-        st.integers(0, n).map(lambda k: valid[:k]),
-        st.binary(min_size=1, max_size=64).map(lambda extra: valid + extra),
-        flips.map(lambda fs: _flip(valid, fs)),
+        st.tuples(st.just("replace"), st.binary(max_size=2048)),
+        st.tuples(st.just("truncate"), st.integers(0, n)),
+        st.tuples(st.just("extend"), st.binary(min_size=1, max_size=64)),
+        st.tuples(st.just("flip"), flips),
     )
+
+
+def damaged(valid: bytes, how: tuple) -> bytes:
+    kind, arg = how
+    if kind == "replace":
+        return arg
+    return valid[:arg] if kind == "truncate" else valid + arg if kind == "extend" else _flip(valid, arg)
 
 
 def _flip(data: bytes, flips) -> bytes:
@@ -73,7 +82,7 @@ def _paths(obj, path=()):
 
 
 @st.composite
-def json_mutations(draw, valid: dict) -> bytes:
+def json_mutations(draw, valid: dict) -> tuple:
     """The valid JSON with one to three values anywhere in it replaced by any JSON value, or removed:
     well-formed files holding the wrong types, which byte damage rarely makes."""
     obj = copy.deepcopy(valid)
@@ -89,7 +98,7 @@ def json_mutations(draw, valid: dict) -> bytes:
             del parent[path[-1]]
         else:
             parent[path[-1]] = draw(JSON_VALUES)
-    return json.dumps(obj).encode()
+    return "replace", json.dumps(obj).encode()
 
 
 def file_mutations(valid: bytes):
@@ -118,8 +127,8 @@ def test_ci_profile_draws_the_same_cases_every_run():
     assert draws() == draws()
 
 
-def accepts_or_refuses(load, path: Path, data: bytes) -> None:
-    path.write_bytes(data)
+def accepts_or_refuses(load, path: Path, valid: bytes, how: tuple) -> None:
+    path.write_bytes(damaged(valid, how))
     try:
         load(path)
     except SmearlensError as e:
@@ -131,10 +140,13 @@ def _valid_shard() -> bytes:
     return (WORK / "valid.bin").read_bytes()
 
 
+VALID_SHARD = _valid_shard()
+
+
 @CASES
-@given(data=mutations(_valid_shard()))
-def test_shard_loader(data):
-    accepts_or_refuses(lambda p: np.asarray(read_shard(p, vocab_size=512)).sum(), WORK / "shard.bin", data)
+@given(how=mutations(VALID_SHARD))
+def test_shard_loader(how):
+    accepts_or_refuses(lambda p: np.asarray(read_shard(p, vocab_size=512)).sum(), WORK / "shard.bin", VALID_SHARD, how)
 
 
 def _valid_tokenizer() -> bytes:
@@ -147,11 +159,14 @@ def _load_tokenizer(path: Path) -> None:
     tok.decode(tok.encode("the cat"))
 
 
+VALID_TOKENIZER = _valid_tokenizer()
+
+
 @CASES
-@given(data=file_mutations(_valid_tokenizer()))
-def test_tokenizer_loader(data):
+@given(how=file_mutations(VALID_TOKENIZER))
+def test_tokenizer_loader(how):
     (WORK / "tokdir").mkdir(exist_ok=True)
-    accepts_or_refuses(_load_tokenizer, WORK / "tokdir" / "tokenizer.json", data)
+    accepts_or_refuses(_load_tokenizer, WORK / "tokdir" / "tokenizer.json", VALID_TOKENIZER, how)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -174,7 +189,7 @@ def _saved_checkpoint(hashed: bool) -> Path:
 HASHED, UNHASHED = _saved_checkpoint(True), _saved_checkpoint(False)
 # The issue's falsifying case: byte 147 (right after the pickled step) set to "." (STOP) makes the
 # resume state unpickle to the int 1; it used to fail with a TypeError instead of the one-line error.
-INT_STATE = _flip((UNHASHED / ckpt.STATE_FILE).read_bytes(), [(147, 46)])
+INT_STATE = ("flip", [(147, 46)])
 
 
 def _absurd_model_meta() -> bytes:
@@ -182,7 +197,7 @@ def _absurd_model_meta() -> bytes:
     loader build it, and the run swapped at 13 GB; now refused against the weights file's size."""
     meta = json.loads((UNHASHED / ckpt.META_FILE).read_text())
     meta["model_config"]["n_layers"] = 10**9
-    return json.dumps(meta).encode()
+    return "replace", json.dumps(meta).encode()
 
 
 def _ckpt_copy(src: Path, name: str) -> Path:
@@ -212,10 +227,11 @@ def damage_property(part: str):
     # the refusal is one hash comparison wherever the damage lies: a fifth of the cases (200 in CI) covers it,
     # and test_every_byte_of_the_metadata_is_covered tries every byte of the file that hashes itself
     @settings(CASES, max_examples=max(20, settings().max_examples // 5))
-    @given(data=mutations(valid))
-    @example(data=INT_STATE if part == ckpt.STATE_FILE else _flip(valid, [(len(valid) // 2, 46)]))
-    def test(data):
+    @given(how=mutations(valid))
+    @example(how=INT_STATE if part == ckpt.STATE_FILE else ("flip", [(len(valid) // 2, 46)]))
+    def test(how):
         path = _ckpt_copy(HASHED, f"hashed_{part}") / part
+        data = damaged(valid, how)
         path.write_bytes(data)
         if data == valid:
             LOADERS[part](path)
@@ -236,10 +252,10 @@ def unhashed_property(part: str):
     valid = (UNHASHED / part).read_bytes()
 
     @CASES
-    @given(data=file_mutations(valid))
-    @example(data={ckpt.STATE_FILE: INT_STATE, ckpt.META_FILE: _absurd_model_meta()}.get(part, valid[:-1]))
-    def test(data):
-        accepts_or_refuses(LOADERS[part], _ckpt_copy(UNHASHED, f"unhashed_{part}") / part, data)
+    @given(how=file_mutations(valid))
+    @example(how={ckpt.STATE_FILE: INT_STATE, ckpt.META_FILE: _absurd_model_meta()}.get(part, ("truncate", 9)))
+    def test(how):
+        accepts_or_refuses(LOADERS[part], _ckpt_copy(UNHASHED, f"unhashed_{part}") / part, valid, how)
     return test
 
 
@@ -250,9 +266,10 @@ test_unhashed_resume_state_loader = unhashed_property(ckpt.STATE_FILE)
 
 def test_pinned_example_is_the_issues_case():
     """The @example above still means what it says: the damaged state unpickles to a plain int."""
-    assert torch.load(io.BytesIO(INT_STATE), weights_only=True) == 1
+    state = damaged((UNHASHED / ckpt.STATE_FILE).read_bytes(), INT_STATE)
+    assert torch.load(io.BytesIO(state), weights_only=True) == 1
     dst = _ckpt_copy(UNHASHED, "int_state")
-    (dst / ckpt.STATE_FILE).write_bytes(INT_STATE)
+    (dst / ckpt.STATE_FILE).write_bytes(state)
     with pytest.raises(CheckpointError, match=r"train_state\.pt: not a resume state: it holds a int"):
         ckpt.load_train_state(dst)
 
@@ -304,10 +321,13 @@ def _import_record(path: Path) -> None:
     import_state_dict(sd, get_preset("tiny").model)
 
 
+VALID_RECORD = _valid_record_file()
+
+
 @CASES
-@given(data=mutations(_valid_record_file()))
-def test_record_checkpoint_loader(data):
-    accepts_or_refuses(_import_record, WORK / "mutated_record.pt", data)
+@given(how=mutations(VALID_RECORD))
+def test_record_checkpoint_loader(how):
+    accepts_or_refuses(_import_record, WORK / "mutated_record.pt", VALID_RECORD, how)
 
 
 def _valid_table() -> bytes:
@@ -325,11 +345,14 @@ def _load_tables(path: Path) -> None:
     load_tables(path.parent, runs_dir=path.parent)
 
 
+VALID_TABLE = _valid_table()
+
+
 @CASES
-@given(data=mutations(_valid_table()))
-def test_table_loader(data):
+@given(how=mutations(VALID_TABLE))
+def test_table_loader(how):
     (WORK / "tables").mkdir(exist_ok=True)
-    accepts_or_refuses(_load_tables, WORK / "tables" / "heads.parquet", data)
+    accepts_or_refuses(_load_tables, WORK / "tables" / "heads.parquet", VALID_TABLE, how)
 
 
 def _valid_manifest() -> bytes:
@@ -339,22 +362,28 @@ def _valid_manifest() -> bytes:
     return json.dumps(run.manifest(), indent=1).encode()
 
 
+VALID_MANIFEST = _valid_manifest()
+
+
 @CASES
-@given(data=file_mutations(_valid_manifest()))
-def test_run_manifest_loader(data):
+@given(how=file_mutations(VALID_MANIFEST))
+def test_run_manifest_loader(how):
     (WORK / "manifest").mkdir(exist_ok=True)
-    accepts_or_refuses(lambda p: load_run(p.parent), WORK / "manifest" / ckpt.RUN_FILE, data)
+    accepts_or_refuses(lambda p: load_run(p.parent), WORK / "manifest" / ckpt.RUN_FILE, VALID_MANIFEST, how)
 
 
 def _valid_plan() -> bytes:
     return json.dumps(StudyPlan("tiny", ("smear", "baseline"), (0, 1), 40, ("val_every=10",)).to_json()).encode()
 
 
+VALID_PLAN = _valid_plan()
+
+
 @CASES
-@given(data=file_mutations(_valid_plan()))
-def test_study_plan_loader(data):
+@given(how=file_mutations(VALID_PLAN))
+def test_study_plan_loader(how):
     (WORK / "plan").mkdir(exist_ok=True)
-    accepts_or_refuses(lambda p: load_plan(p.parent), WORK / "plan" / PLAN_FILE, data)
+    accepts_or_refuses(lambda p: load_plan(p.parent), WORK / "plan" / PLAN_FILE, VALID_PLAN, how)
 
 
 def test_every_torch_load_is_weights_only():

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
 TABLES := checkpoints/analysis
 
-.PHONY: install demo test notebooks bench clean
+.PHONY: install demo test fuzz notebooks bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ demo: $(STAMP)
 # one pytest worker a CPU (pytest-xdist): the tests are one-thread, many of them waiting on subprocesses
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist worksteal
+
+# The fuzz properties (tests/test_hostile_inputs.py) with fresh randomness and FUZZ_EXAMPLES cases each, for a
+# deeper search than `make test` and CI, which draw the same 1,000 a property on every run. Pin what it finds
+# with @example in that file. About 5 hours on 2 cores at 20,000 (see FUZZ_NOTES / README); FUZZ_EXAMPLES=2000 for
+# a half-hour search.
+# Each process is held to 8 GB of address space: an input that makes a loader allocate without bound fails
+# as a MemoryError finding instead of swapping the machine (the first deep run found one).
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	ulimit -v 8000000 && HYPOTHESIS_PROFILE=deep FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_hostile_inputs.py \
+		-p no:cacheprovider -n auto --dist worksteal --hypothesis-show-statistics
 
 $(NOTEBOOKS_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[notebooks]"

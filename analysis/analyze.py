@@ -239,7 +239,7 @@ class Settings:
             if not path.exists():
                 atomic_write_text(path, json.dumps(self.flags(), indent=1))
                 return
-            old = json.loads(path.read_text())
+            old = ckpt.read_json(path, "analysis settings", AnalysisError)
             if set(self.flags()) - set(old):  # a folder from before a setting existed holds no rows that used it
                 old |= {f: v for f, v in self.flags().items() if f not in old}
                 atomic_write_text(path, json.dumps(old, indent=1))

@@ -103,9 +103,11 @@ def read_manifests(runs: Iterable[str], runs_dir: Path) -> dict[str, dict]:
     out = {}
     for run in sorted(set(map(str, runs))):
         try:
-            out[run] = json.loads((runs_dir / run / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            manifest = json.loads((runs_dir / run / "run.json").read_text())
+        except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or bad UTF-8
             continue  # provenance is optional: the report says which runs lack it
+        if isinstance(manifest, dict):
+            out[run] = manifest
     return out
 
 

@@ -20,13 +20,14 @@ from analysis.measures.recorder import DEFAULT_EVERY
 from analysis.writeup.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
 from trainer.arms import ARMS, DOSE_PREFIX, arm_spec
-from trainer.config import PRESETS, ModelConfig, TrainConfig, get_preset
+from trainer.config import PRESETS, ModelConfig, TrainConfig, check_fields, expects, field_type, get_preset, shown
 from trainer.corpus import embedded_data
 from trainer.errors import AnalysisError, ConfigError, SmearlensError
 from trainer.record import RECORD_PRESET, RECORD_ROW_TOKENS, RECORD_VAL_TOKENS, RECORD_WORLD_SIZES, UNKNOWN_SEED
 
 DEFAULT_OUT = Path("checkpoints")
 PAIR_ARMS = ("smear", "baseline")  # train-pair's default
+SET_FORMS = "values are JSON: lists as --set long_window_layers=[0,3], true/false, null; text as it is"
 ARM_HELP = f"one of {', '.join(ARMS)}, or {DOSE_PREFIX}<c> (a fixed dose, e.g. {DOSE_PREFIX}0.8); see trainer/arms.py"
 
 
@@ -35,27 +36,63 @@ def ensure_data(args: argparse.Namespace) -> Path:
     return Path(args.data) if args.data else embedded_data(args.preset)
 
 
+# fields that come from elsewhere (a --set would contradict them)
+NOT_SET = dict(arm="choose it with --arm (or --arms)", seed="choose it with --seed (or --seeds)",
+               vocab_size="it is the tokenizer's", bos_id="it is the tokenizer's")
+
+
 def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
-    """`--set name=value` for any TrainConfig or ModelConfig field (values parsed as JSON when they can be)."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"arm", "vocab_size", "bos_id"}
+    """`--set name=value` for any TrainConfig or ModelConfig field: the value is JSON (lists too) or, for a
+    text setting, the text as it is; each is checked against its field's type here, before any training."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_SET)
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(NOT_SET)
     train, model = {}, {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep:
             raise ConfigError(f"--set {pair!r}: expected name=value")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        value = tuple(value) if isinstance(value, list) else value
+        if name in NOT_SET:
+            raise ConfigError(f"--set {name}: not a --set setting; {NOT_SET[name]}")
         if name in train_fields:
-            train[name] = value
+            cls, into = TrainConfig, train
         elif name in model_fields:
-            model[name] = value
+            cls, into = ModelConfig, model
         else:
-            raise ConfigError(f"--set {name}: no such training or model setting")
+            shown_name = name if name.isidentifier() else shown(name)  # a stray newline stays off the line
+            raise ConfigError(f"--set {shown_name}: no such training or model setting")
+        into[name] = parse_setting(cls, name, raw)
     return train, model
+
+
+def parse_setting(cls: type, name: str, raw: str) -> object:
+    """One `--set` value for field `name` of `cls`, or a one-line ConfigError with an example of the right form."""
+    hint = field_type(cls, name)
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        value = raw
+    if hint is str and not isinstance(value, str):
+        value = raw  # text settings take the text as written: --set autocast=fp32
+    problem = expects(hint, value)
+    if problem:
+        got = f"the text {shown(raw)}" if isinstance(value, str) else shown(value)
+        example = setting_example(cls, name, raw)
+        raise ConfigError(f"--set {name}: takes {problem}, not {got}; e.g. --set {name}={example}")
+    return check_fields(cls, {name: value}, f"--set {name}")[name]
+
+
+def setting_example(cls: type, name: str, raw: str) -> str:
+    """A value of the right form: the user's own text in brackets when that is one (0,1 → [0,1]), else the default."""
+    hint = field_type(cls, name)
+    try:
+        if expects(hint, json.loads(f"[{raw}]")) is None:
+            return f"[{raw.strip()}]"
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    if isinstance(default, str):
+        return default
+    return json.dumps(list(default) if isinstance(default, tuple) else default, separators=(",", ":"))
 
 
 def parse_arms(text: str, option: str) -> list[str]:
@@ -73,8 +110,8 @@ def run_train(args: argparse.Namespace, arms: list[str]) -> None:
     from analysis.measures.recorder import make_recorder
     from trainer.train import make_run, train
 
+    train_over, model_over = parse_overrides(args.set)  # before the data: a mistyped --set fails at once
     data = ensure_data(args)
-    train_over, model_over = parse_overrides(args.set)
     for key in ("steps", "batch_size", "seq_len"):
         if getattr(args, key) is not None:
             train_over[key] = getattr(args, key)
@@ -244,7 +281,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="rows per step over all ranks")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override any training or model setting, e.g. --set val_every=50")
+                   help=f"override any training or model setting, e.g. --set val_every=50; {SET_FORMS}")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this step, to resume later")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -385,7 +422,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                    "minutes; else the preset's)")
     p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
                    help="override a training or model setting for every run (repeatable; default autocast=bf16, "
-                        "which --set autocast=fp32 replaces)")
+                        f"which --set autocast=fp32 replaces); {SET_FORMS}")
     p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
     p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
@@ -400,7 +437,7 @@ def _add_run_options(p: argparse.ArgumentParser, every: str) -> None:
     p.add_argument("--seeds", help="a count (3: seeds 0, 1, 2; the default), a list (0,4,7) or a range (2-5)")
     p.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
     p.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
-                   help=f"override a training or model setting for {every} (repeatable)")
+                   help=f"override a training or model setting for {every} (repeatable); {SET_FORMS}")
     p.add_argument("--data", help="data folder (default: the embedded corpus, built on first use)")
     p.add_argument("--record-every", type=int, metavar="N",
                    help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")

@@ -42,7 +42,7 @@ from filelock import FileLock, Timeout
 from commands.jobs import Job, Progress, last_step, run_jobs
 from trainer import checkpoint as ckpt
 from trainer.arms import arm_spec
-from trainer.config import get_preset
+from trainer.config import check_fields, get_preset
 from trainer.corpus import default_data_dir, embedded_data
 from trainer.errors import ConfigError
 from trainer.io import atomic_write_text
@@ -102,7 +102,7 @@ class StudyPlan:
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(d, dict) or set(d) - names or {"preset", "arms", "seeds", "steps"} - set(d):
             raise ConfigError(f"{where}: not a study plan (expected the keys {', '.join(sorted(names))})")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**check_fields(cls, d, str(where)))  # a mistyped value would fail deep in the study
 
     def runs(self) -> list[tuple[int, str]]:
         """(seed, arm) in training order: the arms of a seed side by side, so pairs finish together."""
@@ -156,9 +156,11 @@ def analysed_runs(plan: StudyPlan, runs: Sequence[Path], tables: Path) -> set[Pa
     for run in runs:
         try:
             done = json.loads((run / DONE_FILE).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
-        if done.get("steps") == plan.steps and set(plan.metrics) <= set(done.get("metrics", ())):
+        if not isinstance(done, dict) or not isinstance(done.get("metrics"), list):
+            continue  # a damaged mark: the run is analysed again
+        if done.get("steps") == plan.steps and set(plan.metrics) <= set(map(str, done["metrics"])):
             marked.append(run)
     if not marked or not (tables / "heads.parquet").exists():
         return set()

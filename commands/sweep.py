@@ -38,7 +38,7 @@ def sweep_presets(out: Path, presets: Sequence[str] | None) -> tuple[str, ...]:
     old: tuple[str, ...] = ()
     if path.exists():
         d = ckpt.read_json(path, "sweep plan")
-        if not isinstance(d, dict) or not isinstance(d.get("presets"), list):
+        if not isinstance(d.get("presets"), list) or not all(isinstance(p, str) for p in d["presets"]):
             raise ConfigError(f"{path}: not a sweep plan (expected {{\"presets\": [...]}})")
         old = tuple(d["presets"])
     grown = tuple(dict.fromkeys(old + tuple(presets or ())))

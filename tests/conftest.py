@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# The fuzz properties (tests/test_hostile_inputs.py) take their case count and randomness from a profile.
+# "ci", the default (so CI=true and `make test` alike): derandomized, the same 1,000 cases a property on
+# every run, so a red run always means a change broke something. "deep" (`make fuzz`): fresh randomness
+# and FUZZ_EXAMPLES (default 20,000) cases a property, for a deeper search; pin what it finds with @example.
+settings.register_profile("ci", derandomize=True, database=None, max_examples=1000, deadline=None, print_blob=True)
+settings.register_profile("deep", derandomize=False, database=None, deadline=None, print_blob=True,
+                          max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 from trainer.corpus import build_dataset, embedded_corpus_path, split_gutenberg
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer.config import ModelConfig, get_preset, replace
+from trainer.config import PRESETS, ModelConfig, get_preset, replace
 from trainer.errors import ConfigError
 from trainer.model import GPT, count_parameters
 
@@ -198,3 +198,14 @@ def test_model_config_default_is_the_record():
     cfg = ModelConfig()
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.padded_vocab) == (12, 768, 6, 128, 50304)
     assert cfg.attn_scale * cfg.d_head == pytest.approx(12.8)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_min_parameters_is_a_tight_lower_bound(preset):
+    """What a checkpoint loader compares with the weights file before building a model (trainer/checkpoint.py)."""
+    from trainer.model import min_parameters
+
+    config = PRESETS[preset].model
+    with torch.device("meta"):
+        actual = count_parameters(GPT(config))
+    assert 0.99 * actual <= min_parameters(config) <= actual

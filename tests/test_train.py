@@ -97,6 +97,41 @@ def test_incomplete_checkpoint_is_ignored(tiny_data, tmp_path):
     assert summary["step"] == 4 and ckpt.resolve_checkpoint(tmp_path / "run").name == "step_000004"
 
 
+def damage(file: Path, at: int) -> None:
+    data = bytearray(file.read_bytes())
+    data[at % len(data)] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+def test_resume_passes_over_a_damaged_checkpoint_and_says_so(tiny_data, tmp_path, capsys):
+    """The issue's case: one byte of the newest train_state.pt damaged. --resume starts from the checkpoint
+    before it, says which and why, and ends where an uninterrupted run does."""
+    run = tiny_run(tiny_data, steps=4, n_checkpoints=2, val_every=0)  # checkpoints at 1 and 4
+    train(tmp_path / "whole", run, progress=False)
+    train(tmp_path / "split", run, stop_at=3, progress=False)
+    damage(tmp_path / "split" / "step_000003" / ckpt.STATE_FILE, at=1000)
+    capsys.readouterr()
+    assert train(tmp_path / "split", run, resume=True, progress=False)["step"] == 4
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and f"step_000003/{ckpt.STATE_FILE}: damaged" in err[0], err
+    assert err[1].endswith(f"resuming from {tmp_path / 'split' / 'step_000001'}, the newest checkpoint that verifies")
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("part", [ckpt.STATE_FILE, ckpt.MODEL_FILE, ckpt.META_FILE])
+def test_resume_with_no_checkpoint_that_verifies_is_refused(part, tiny_data, capsys, tmp_path):
+    argv = ["train", "--preset", "tiny", "--arm", "smear", "--data", str(tiny_data), "--out", str(tmp_path),
+            "--run", "r", "--steps", "4", "--record-every", "0", "--set", "n_checkpoints=1", "--stop-at", "2"]
+    assert cli_main(argv) == 0
+    damage(tmp_path / "r" / "step_000002" / part, at=150)
+    capsys.readouterr()
+    assert cli_main(argv[:-2] + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"smearlens: error: {tmp_path / 'r'}: no checkpoint verifies"), err
+    assert f"step_000002/{part}: " in err[-1]
+
+
 def test_run_folder_of_another_config_is_refused(tiny_data, tmp_path):
     train(tmp_path / "run", tiny_run(tiny_data, steps=2, n_checkpoints=1), progress=False)
     with pytest.raises(ConfigError, match="another arm"):

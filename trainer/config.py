@@ -9,8 +9,13 @@ QK-norm logit bound stays at the record's 12.8, see SPEC) and the window block w
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass
+from typing import Any
 
 from trainer.arms import ArmSpec, arm_spec
 from trainer.errors import ConfigError
@@ -90,6 +95,8 @@ class ModelConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"inconsistent model config: {msg}")
 
+        if self.n_heads < 1 or self.d_head < 4:
+            raise bad(f"n_heads = {self.n_heads} and d_head = {self.d_head} must be at least 1 and 4")
         if self.n_heads * self.d_head != self.d_model:
             raise bad(f"n_heads × d_head = {self.n_heads} × {self.d_head} ≠ d_model = {self.d_model}")
         if self.n_layers < 2 or self.n_layers % 2:
@@ -110,6 +117,8 @@ class ModelConfig:
             raise bad(f"bos_id = {self.bos_id} is outside the vocabulary of {self.vocab_size}")
         if self.block_size < 1 or self.attn_scale <= 0 or self.initial_window < 1:
             raise bad("block_size, initial_window and attn_scale must be positive")
+        if self.mlp_ratio < 1 or self.scalar_pad_to < 1 or self.softcap <= 0 or self.softcap_div <= 0:
+            raise bad("mlp_ratio, scalar_pad_to, softcap and softcap_div must be positive")
         self.arm_spec  # an unknown arm is a ConfigError naming the choices
         return self
 
@@ -164,6 +173,23 @@ class TrainConfig:
             raise ConfigError(f"autocast = {self.autocast!r}: choose auto, bf16 or fp32")
         if not self.ws_schedule:
             raise ConfigError("ws_schedule is empty")
+        # torch's optimisers refuse these deep inside training (a negative seed is checked by make_run:
+        # imported record runs, never trained, hold seed -1)
+        if min(self.adam_lr, self.muon_lr, self.embed_lr_mul, self.scalar_lr_mul, self.head_lr_mul,
+               self.final_lr_frac) < 0:
+            raise ConfigError("learning rates, their multipliers and final_lr_frac must be ≥ 0")
+        if self.adam_eps <= 0 or not all(0 <= b < 1 for b in (*self.adam_betas, *self.muon_momentum)):
+            raise ConfigError(f"adam_eps = {self.adam_eps} must be > 0, adam_betas {self.adam_betas} and "
+                              f"muon_momentum {self.muon_momentum} in [0, 1)")
+        if self.momentum_warmup_steps < 0 or self.val_every < 0:
+            raise ConfigError("momentum_warmup_steps and val_every must be ≥ 0")
+        if min(*self.ws_schedule, self.ws_validate, self.ws_validate_final) < 1:
+            raise ConfigError("ws_schedule, ws_validate and ws_validate_final must be windows of ≥ 1 block")
+        if list(self.ws_schedule) != sorted(self.ws_schedule) or self.ws_validate < self.ws_schedule[-1]:
+            raise ConfigError(f"ws_schedule {list(self.ws_schedule)} then ws_validate {self.ws_validate}: "
+                              f"windows only grow (YaRN stretches as they do)")
+        if self.val_tokens < 1 or self.val_batch_size < 1 or self.val_seq_len < 2:
+            raise ConfigError("val_tokens, val_batch_size and val_seq_len must be positive (val_seq_len ≥ 2)")
         if not (isinstance(self.smear_lr_mult, (int, float)) and 0 < self.smear_lr_mult < math.inf):
             raise ConfigError(f"smear_lr_mult = {self.smear_lr_mult!r} must be a positive number")
         check_copy_data(self.copy_share, self.copy_lengths, self.copy_holdout, self.seq_len)
@@ -273,13 +299,101 @@ def legacy_smear(cls, d: dict) -> dict:
     return d
 
 
+def field_type(cls, name: str) -> Any:
+    """The annotated type of a config field (`int`, `tuple[int, ...]`, `int | None`, …)."""
+    return typing.get_type_hints(cls)[name]
+
+
+def expects(hint: Any, value: Any) -> str | None:
+    """None when `value` fits the type `hint`, else what the field takes, in words ("a JSON list of integers")."""
+    if _fits(hint, value):
+        return None
+    return _words(hint)
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # bool is an int to Python, never to a config
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) < 2**63
+    if hint is float:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return False
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an integer too large for a float
+            return False
+    if hint is str:
+        return isinstance(value, str)
+    if hint is type(None):
+        return value is None
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_fits(a, value) for a in args)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(args[0], v) for v in value)
+        return len(value) == len(args) and all(_fits(a, v) for a, v in zip(args, value))
+    raise TypeError(f"config field type {hint} has no check")  # a new kind of field needs one here
+
+
+def _words(hint: Any) -> str:
+    simple = {bool: "true or false", int: "an integer", float: "a finite number", str: "text", type(None): "null"}
+    if hint in simple:
+        return simple[hint]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_words(a) for a in args)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return f"a JSON list of {_words(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return f"a JSON list of {len(args)} {'numbers' if set(args) == {float} else 'values'}"
+
+
+def _normalise(hint: Any, value: Any) -> Any:
+    """A value that fits `hint` in the config's own form: lists as tuples, floats as float, ints as int."""
+    if hint is float:
+        return float(value)
+    if hint is int or (typing.get_origin(hint) in (types.UnionType, typing.Union) and value is not None):
+        return int(value) if not isinstance(value, bool) and isinstance(value, numbers.Integral) else value
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return tuple(_normalise(a, v) for a, v in zip(items, value))
+    return value
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as a user wrote it, short and on one line (JSON for data, repr for text)."""
+    try:
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def check_fields(cls, changes: dict, where: str) -> dict:
+    """`changes` with each value checked against its field's type and normalised; a mismatch is a
+    ConfigError naming `where`, the field and what it takes (a bad type would fail deep in validate)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in changes.items():
+        problem = expects(hints[name], value) if name in hints else None
+        if problem:
+            raise ConfigError(f"{where}: {name} = {shown(value)} is not {problem}")
+        out[name] = _normalise(hints[name], value) if name in hints else value
+    return out
+
+
 def replace(cfg, **changes):
-    """dataclasses.replace with our error type for unknown fields, then validated."""
+    """dataclasses.replace with our error type for unknown fields and mistyped values, then validated."""
     changes = legacy_smear(type(cfg), changes)
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(changes) - names)
     if unknown:
         raise ConfigError(f"unknown {type(cfg).__name__} field(s): {', '.join(unknown)}")
+    changes = check_fields(type(cfg), changes, type(cfg).__name__)
     return dataclasses.replace(cfg, **changes).validate()
 
 
@@ -288,13 +402,15 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(cls, d: dict):
-    """Rebuild a config from JSON (tuples come back as lists); unknown keys are an error."""
+    """Rebuild a config from JSON (tuples come back as lists); unknown keys and mistyped values are an error."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"bad {cls.__name__} in metadata: {shown(d)} is not a JSON object")
     d = legacy_smear(cls, d)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(names))
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} field(s) in metadata: {', '.join(unknown)}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    fixed = check_fields(cls, d, f"bad {cls.__name__} in metadata")
     try:
         return cls(**fixed).validate()
     except TypeError as e:
@@ -302,4 +418,4 @@ def from_dict(cls, d: dict):
 
 
 __all__ = ["GATE_DIM", "ModelConfig", "TrainConfig", "Preset", "PRESETS", "get_preset", "replace",
-           "to_dict", "from_dict"]
+           "to_dict", "from_dict", "check_fields", "expects", "field_type", "shown"]

@@ -202,7 +202,7 @@ def _encode(tok: Tokenizer, docs: list[str], split: str) -> np.ndarray:
 def _existing_meta(out: Path) -> dict | None:
     try:
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return meta if isinstance(meta, dict) else None
 

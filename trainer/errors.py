@@ -1,5 +1,7 @@
 """One error type per job, all caught by the CLI and printed as a single line."""
 
+import sys
+
 
 class SmearlensError(Exception):
     """Base for every error smearlens raises on bad input; the CLI prints it on one line."""
@@ -30,3 +32,8 @@ class DiskFullError(SmearlensError):
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (the first), for errors that quote a library's."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr, in the CLI's form (`smearlens: warning: …`)."""
+    print(f"smearlens: warning: {message}", file=sys.stderr, flush=True)

@@ -558,3 +558,13 @@ class GPT(HookedRootModule):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def min_parameters(config: ModelConfig) -> int:
+    """A lower bound on the parameters of `GPT(config)` (its embeddings, head, attention and MLP matrices and
+    scalars), computed without building it: a loader compares it with a weights file's size, so metadata
+    that asks for an absurd model is refused before the model's memory is allocated."""
+    V, d, n = config.padded_vocab, config.d_model, config.n_layers
+    attn = n - len(set(config.no_attn_layers))  # validate() keeps the listed layers in 0..n-1
+    mlp = n - len(set(config.no_mlp_layers))
+    return V * d * (2 + config.n_value_embeds) + attn * 4 * d * d + mlp * 2 * config.mlp_ratio * d * d + config.n_scalars

@@ -290,7 +290,8 @@ def check_destination(run_dir: Path, source: dict) -> None:
     """A run folder may be re-imported from the same file, never overwritten by another."""
     manifest = run_dir / ckpt.RUN_FILE
     if manifest.exists():
-        old = ckpt.read_json(manifest, "run manifest").get("source") or {}
+        old = ckpt.read_json(manifest, "run manifest").get("source")
+        old = old if isinstance(old, dict) else {}
         if (old.get("path"), old.get("bytes")) != (source["path"], source["bytes"]):
             raise ConfigError(f"{run_dir}: already holds a run from {old.get('path') or 'training'}; choose another --out")
 

@@ -22,7 +22,7 @@ import tokenizers
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from trainer.errors import DataError
+from trainer.errors import DataError, one_line
 from trainer.io import atomic_write_text
 
 EOT = "<|endoftext|>"
@@ -106,8 +106,8 @@ class Tokenizer:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DataError(f"tokenizer file {path} not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"tokenizer file {path} is not valid JSON: {e}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"tokenizer file {path} is not valid JSON: {one_line(e)}") from None
         meta = doc.get("smearlens") if isinstance(doc, dict) else None
         if not isinstance(meta, dict) or meta.get("kind") not in ("gpt2", "bpe"):
             raise DataError(f"tokenizer file {path} lacks smearlens metadata with kind 'gpt2' or 'bpe'")

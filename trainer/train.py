@@ -27,7 +27,7 @@ from trainer import checkpoint as ckpt
 from trainer.arms import arm_spec
 from trainer.config import ModelConfig, Preset, TrainConfig, from_dict, replace, to_dict
 from trainer.data import BatchLoader, load_split, validation_batches
-from trainer.errors import ConfigError, DataError, DiskFullError, SmearlensError
+from trainer.errors import CheckpointError, ConfigError, DataError, DiskFullError, SmearlensError, one_line, warn
 from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import cpu_name, keep_freed_memory
@@ -166,6 +166,37 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def restore(run_dir: Path, model: GPT, adam, muon, loader: BatchLoader, say: bool = True) -> int:
+    """Load the newest checkpoint that verifies into the model, optimisers, loader and RNG; returns its step.
+
+    A damaged checkpoint (a hash mismatch, a resume state that does not fit) is passed over for the one
+    before it, with a one-line warning for each; none verifying is a CheckpointError naming the newest."""
+    refused: list[str] = []
+    for last in reversed(ckpt.complete_checkpoints(run_dir)):
+        try:
+            meta = ckpt.read_meta(last)
+            ckpt.load_weights(model, last, meta)
+            state = ckpt.load_train_state(last, meta)
+            try:  # a resume state of the right keys can still not fit these optimisers or this loader
+                adam.load_state_dict(state["adam"])
+                muon.load_state_dict(state["muon"])
+                loader.load_state_dict(state["loader"])
+                torch.set_rng_state(state["rng"]["torch"])
+                step = int(state["step"])
+            except (DataError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+                raise CheckpointError(f"{last / ckpt.STATE_FILE}: resume state does not fit this run "
+                                      f"({one_line(e)})") from None
+        except CheckpointError as e:
+            if say:
+                warn(f"{e}; trying the checkpoint before it")
+            refused.append(str(e))
+            continue
+        if refused and say:
+            warn(f"resuming from {last}, the newest checkpoint that verifies")
+        return step
+    raise CheckpointError(f"{run_dir}: no checkpoint verifies, none to resume from; the newest: {refused[0]}")
+
+
 def train(
     run_dir: str | Path,
     run: Run,
@@ -201,16 +232,9 @@ def train(
     log: list[dict] = []
     start = 0
     if resume and ckpt.complete_checkpoints(run_dir):
-        last = ckpt.complete_checkpoints(run_dir)[-1]
-        ckpt.load_weights(model, last / ckpt.MODEL_FILE)
-        state = ckpt.load_train_state(last)
-        adam.load_state_dict(state["adam"])
-        muon.load_state_dict(state["muon"])
-        loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start = int(state["step"])
+        start = restore(run_dir, model, adam, muon, loader, say=rank == 0)
         if (run_dir / LOG_FILE).exists():
-            log = [r for r in pd.read_csv(run_dir / LOG_FILE).to_dict("records") if r["step"] <= start]
+            log = [r for r in ckpt.read_run_table(run_dir / LOG_FILE).to_dict("records") if r["step"] <= start]
     if start >= cfg.steps:
         return dict(run=str(run_dir), step=start, resumed_finished=True)
 
@@ -333,24 +357,38 @@ def make_run(preset_name: str, preset: Preset, arm: str, seed: int, data_dir: st
         spec = arm_spec(arm)
     except ConfigError as e:
         raise ConfigError(f"--arm: {e}") from None
+    if not isinstance(seed, int) or seed < 0:  # numpy's generators take no negative seed
+        raise ConfigError(f"--seed {seed}: a training seed must be an integer ≥ 0")
     tok = data_tokenizer(data_dir)
     model = replace(preset.model, arm=arm, vocab_size=tok.vocab_size, bos_id=tok.bos_id, **(model_overrides or {}))
     train_cfg = replace(preset.train, seed=seed, **(train_overrides or {}))
     if train_cfg.smear_lr_mult != 1 and not spec.learned_lambda:
         raise ConfigError(f"--set smear_lr_mult={train_cfg.smear_lr_mult}: arm {arm!r} has no learned λ")
+    if model.initial_window > train_cfg.ws_schedule[0]:  # windows only grow (YaRN stretches as they do)
+        raise ConfigError(f"initial_window = {model.initial_window} is larger than the first window of "
+                          f"ws_schedule {list(train_cfg.ws_schedule)}; windows only grow")
     name = name or f"{preset_name}-s{seed}-{arm}"
     return Run(name=name, preset=preset_name, arm=arm, seed=seed, data=str(data_dir), model=model, train=train_cfg,
                tokenizer=dict(kind=tok.kind, vocab_size=tok.vocab_size, bos_id=tok.bos_id))
 
 
+MANIFEST_KEYS = dict(name=str, preset=str, arm=str, seed=int, data=(str, type(None)), model_config=dict,
+                     train_config=dict)
+
+
 def load_run(run_dir: str | Path) -> Run:
-    m = ckpt.read_json(Path(run_dir) / ckpt.RUN_FILE, "run manifest")
+    path = Path(run_dir) / ckpt.RUN_FILE
+    m = ckpt.read_json(path, "run manifest")
+    ckpt.require(path, m, MANIFEST_KEYS, "manifest")
+    tokenizer = m.get("tokenizer", {})
+    if not isinstance(tokenizer, dict):
+        raise ConfigError(f"{path}: manifest's 'tokenizer' is a {type(tokenizer).__name__}, not a dict")
     try:
-        return Run(name=m["name"], preset=m["preset"], arm=m["arm"], seed=m["seed"], data=m["data"],
-                   model=from_dict(ModelConfig, m["model_config"]), train=from_dict(TrainConfig, m["train_config"]),
-                   tokenizer=m.get("tokenizer", {}))
-    except KeyError as e:
-        raise ConfigError(f"{run_dir}/{ckpt.RUN_FILE}: manifest has no {e}") from None
+        model, train_cfg = from_dict(ModelConfig, m["model_config"]), from_dict(TrainConfig, m["train_config"])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return Run(name=m["name"], preset=m["preset"], arm=m["arm"], seed=m["seed"], data=m["data"], model=model,
+               train=train_cfg, tokenizer=tokenizer)
 
 
 __all__ = ["Run", "train", "make_run", "load_run", "evaluate", "checkpoint_steps", "NonFiniteLoss"]

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from trainer import checkpoint as ckpt
 from trainer.errors import ConfigError
 from trainer.io import atomic_path
 from trainer.model import GPT, norm
@@ -110,7 +111,7 @@ class LambdaGradRecorder:
             return
         self.run, self.run_dir, self.steps = run, Path(run_dir), []
         path = self.run_dir / LAMBDA_FILE
-        self.kept = pd.read_parquet(path).query("step < @step") if path.exists() else None
+        self.kept = ckpt.read_run_table(path).query("step < @step") if path.exists() else None
         self.site = model.arm_spec.site
 
         def keep(name: str):

@@ -35,6 +35,7 @@ import torch
 
 from analysis.measures import probes
 from analysis.measures.metrics import smear_coefficients, summary_stats
+from trainer import checkpoint as ckpt
 from trainer.data import load_split, validation_batches
 from trainer.errors import ConfigError
 from trainer.io import atomic_path
@@ -130,7 +131,7 @@ class Recorder:
         path = self.run_dir / name
         if not path.exists():
             return []
-        table = pd.read_parquet(path)
+        table = ckpt.read_run_table(path)
         return table[table["step"] < step].to_dict("records")  # steps ≥ this one are being trained again
 
     def __call__(self, *, model: GPT, step: int, run, run_dir: str | Path, **_) -> None:

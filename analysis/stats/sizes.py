@@ -273,7 +273,7 @@ def load_size_study(folder: str | Path, size: str | None = None) -> SizeStudy:
     if plan_path.exists():
         try:
             planned = json.loads(plan_path.read_text()).get("preset")
-        except (OSError, json.JSONDecodeError, AttributeError) as e:
+        except (OSError, ValueError, RecursionError, AttributeError) as e:
             raise AnalysisError(f"{plan_path}: not a study plan ({one_line(e)})") from None
         if planned != preset:
             raise AnalysisError(f"{folder}: study.json plans preset {planned!r} but the tables hold runs of {preset!r}")

@@ -207,8 +207,10 @@ def pick_runs(checkpoints: str | Path, preset: str | None = None, seed: int | No
     for manifest in sorted(root.glob("*/run.json")):
         try:
             m = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
             continue  # a half-written run folder is not a candidate
+        if not isinstance(m, dict) or not isinstance(m.get("seed"), int):
+            continue  # nor a damaged one
         if preset is None or m.get("preset") == preset:
             found.append((m.get("preset"), str(m.get("arm")), m.get("seed"), manifest.parent))
     if not found:

@@ -16,6 +16,7 @@ from analysis.tables import load_tables
 from commands.cli import build_parser
 from analysis.loading import load_checkpoint_model
 from analysis.measures.recorder import HEADS_FILE, SMEAR_FILE, Recorder, make_recorder, probe_batch
+from trainer import checkpoint
 from trainer.checkpoint import complete_checkpoints
 from trainer.config import get_preset
 from trainer.errors import AnalysisError, CheckpointError, ConfigError
@@ -258,8 +259,11 @@ def test_bad_input(pair, tables, tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("drop", r"model.safetensors: tensors do not match the model: missing \['blocks.0.attn.qkvo_w'\]"),
     ("reshape", r"tensor blocks.0.attn.qkvo_w has shape \(4, 64, 32\), the model expects \(4, 64, 64\)"),
+    ("unsealed", r"model.safetensors: damaged: its sha256 differs from the one meta.json records; refused"),
 ])
 def test_damaged_checkpoint_is_named(pair, tmp_path, damage, message):
+    """A weights file changed behind the checkpoint's back is refused by its hash; one rewritten with its hash
+    recorded again (a tool that edits checkpoints) is still checked against the model, tensor by tensor."""
     root, runs = pair
     ckpt = tmp_path / "run" / "step_000004"
     shutil.copytree(complete_checkpoints(runs["smear"])[-1], ckpt)
@@ -269,6 +273,10 @@ def test_damaged_checkpoint_is_named(pair, tmp_path, damage, message):
     else:
         tensors["blocks.0.attn.qkvo_w"] = tensors["blocks.0.attn.qkvo_w"][..., :32].contiguous()
     save_file(tensors, str(ckpt / "model.safetensors"))
+    if damage != "unsealed":
+        meta = json.loads((ckpt / checkpoint.META_FILE).read_text())
+        meta[checkpoint.HASHES]["model.safetensors"] = checkpoint.file_sha256(ckpt / "model.safetensors")
+        (ckpt / checkpoint.META_FILE).write_text(checkpoint.sealed_meta(meta))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint_model(ckpt)
     with pytest.raises(CheckpointError, match=message):

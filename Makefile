@@ -27,8 +27,7 @@ test: $(STAMP)
 
 # The fuzz properties (tests/test_hostile_inputs.py) with fresh randomness and FUZZ_EXAMPLES cases each, for a
 # deeper search than `make test` and CI, which draw the same 1,000 a property on every run. Pin what it finds
-# with @example in that file. About 5 hours on 2 cores at 20,000 (see FUZZ_NOTES / README); FUZZ_EXAMPLES=2000 for
-# a half-hour search.
+# with @example in that file. 20,000 a property took 36 minutes of one (shared) core here, so about 20 on two.
 # Each process is held to 8 GB of address space: an input that makes a loader allocate without bound fails
 # as a MemoryError finding instead of swapping the machine (the first deep run found one).
 FUZZ_EXAMPLES ?= 20000

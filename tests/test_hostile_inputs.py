@@ -448,6 +448,7 @@ def _typed_value(name: str):
 @given(setting=st.sampled_from(TRAINABLE).flatmap(lambda name: st.tuples(st.just(name), _typed_value(name))))
 @example(setting=("initial_window", "4"))  # deep run: a first window above ws_schedule's 3 (windows only grow)
 @example(setting=("ws_schedule", "[7, 3]"))
+@example(setting=("embed_lr_mul", "0.0"))  # deep run: the loss log divided by the embeddings' learning rate
 def test_set_option_trains_or_refuses(tiny_data, one_thread, setting):
     """The CLI trains one step with any well-typed value of any setting, or ends in a one-line error."""
     name, raw = setting

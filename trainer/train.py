@@ -32,7 +32,8 @@ from trainer.io import atomic_path, atomic_write_text
 from trainer.model import GPT
 from trainer.perf import cpu_name, keep_freed_memory
 from trainer.repeats import with_repeats
-from trainer.optim import adam_step, apply_schedules, build_optimizers, native_bf16_matmul, window_blocks
+from trainer.optim import (adam_step, apply_schedules, build_optimizers, lr_multiplier, native_bf16_matmul,
+                           window_blocks)
 from trainer.tokenizer import Tokenizer, gpt2_tokenizer
 
 LOG_FILE = "loss.csv"
@@ -316,7 +317,7 @@ def train(
         if final or (cfg.val_every and done % cfg.val_every == 0):
             val_loss = evaluate(model, val_tokens, cfg, dev)
         log.append(dict(step=done, tokens=done * tokens_per_step, train_loss=train_loss, val_loss=val_loss, skipped=not finite,
-                        lr_mult=adam.param_groups[0]["lr"] / adam.param_groups[0]["initial_lr"],
+                        lr_mult=lr_multiplier(step, cfg),  # not lr / initial_lr: 0 with --set embed_lr_mul=0
                         step_seconds=elapsed / max(1, done - start)))
         bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
         checkpoint = done in ckpt_steps or done == stop_at or bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)

@@ -62,6 +62,10 @@ def describe(arm: str) -> str:
         return "—"
     if arm == stats.BASELINE:
         return "no smear"
+    if s.key_mix == "shift":
+        return "keys: each takes token j−1's on its unrotated dims (record #169)"
+    if s.key_mix == "smear":
+        return "keys: learned smear s·(k[j−1] − k[j]) per head (Olsson)"
     if s.anneal_steps:
         return f"dose {s.dose:g} falling linearly to 0 at step {s.anneal_steps}"
     if s.mix == "dose":

@@ -85,7 +85,8 @@ def run_task(cmd: list[str], log: str, env: dict[str, str], folder: str, token: 
     cmd = [sys.executable, *(staging if publish and arg == publish else arg for arg in cmd[1:])]
     try:
         with open(log, "ab") as handle:
-            handle.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on node {node}: {shlex.join(cmd)}\n".encode())
+            # on a line of its own: a try cut short by a lost node may have ended mid-line
+            handle.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} on node {node}: {shlex.join(cmd)}\n".encode())
             handle.flush()
             code = subprocess.run(cmd, stdout=handle, stderr=handle, env=dict(os.environ, **env),
                                   preexec_fn=die_with_parent(os.getpid())).returncode

@@ -41,6 +41,7 @@ from typing import Callable, Iterable, Sequence
 
 from filelock import FileLock, Timeout
 
+from commands.cluster import PARTS, RayRunner
 from commands.jobs import Job, LocalRunner, Progress, last_step
 from commands.resources import Launch, local_slots, train_command
 from trainer import checkpoint as ckpt
@@ -270,10 +271,13 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
     ablations = [m for m in plan.metrics if m in ABLATIONS]
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
     flags += ["--final-only", *ablations] if ablations else []
-    return [Job([sys.executable, "-m", "commands.cli", "analyze", str(run), "--out", str(parts / run.name if parts else tables),
-                 "--metrics", *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=run,
-                after=training.get(run), publish=parts / run.name if parts else None)
-            for run in runs]
+    jobs = []
+    for run in runs:
+        out = parts / run.name if parts else tables
+        jobs.append(Job([sys.executable, "-m", "commands.cli", "analyze", str(run), "--out", str(out), "--metrics",
+                         *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=run,
+                        after=training.get(run), publish=out if parts else None))
+    return jobs
 
 
 def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, runner,
@@ -285,15 +289,7 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
     from analysis.analyze import merge_tables
 
     jobs = runner.width
-    if runner.parts is not None:  # parts a stopped study published but never merged: their rows count
-        import shutil
-
-        for part in sorted(runner.parts.glob("*")):
-            if part.name.startswith("."):  # half-published or half-deleted by a stopped study
-                shutil.rmtree(part, ignore_errors=True)
-            elif part.is_dir():
-                merge_tables(part, tables)
-                drop_part(part)
+    merge_parts(out / PARTS, tables)
     training, finished_steps = training_jobs(plan, data, out, analysed, runner.ranks)
     queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training,
                                                 runner.parts)]
@@ -321,6 +317,21 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
     runner.run(queue, on_done, on_poll, pick_job)
 
 
+def merge_parts(parts: Path, tables: Path) -> None:
+    """Merge into the tables the parts a stopped cluster study published but never merged (their rows count;
+    their runs are analysed again, which adds nothing), and clear what it left half written or deleted."""
+    import shutil
+
+    from analysis.analyze import merge_tables
+
+    for part in sorted(parts.glob("*")):
+        if part.name.startswith("."):
+            shutil.rmtree(part, ignore_errors=True)
+        elif part.is_dir():
+            merge_tables(part, tables)
+            drop_part(part)
+
+
 def drop_part(part: Path) -> None:
     """Delete a merged part: renamed aside first, so a stopped study never finds half of one."""
     import shutil
@@ -335,8 +346,6 @@ def make_runner(launch: Launch, runs_dir: Path, runs: int):
     """Where the study's jobs run: this machine's slots for `runs` runs left to start, or a Ray cluster
     (connected, every node checked to see `runs_dir`)."""
     if launch.cluster == "ray":
-        from commands.cluster import RayRunner
-
         return RayRunner(launch, runs_dir)
     return LocalRunner(local_slots(launch, runs))
 

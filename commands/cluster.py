@@ -152,6 +152,34 @@ class RayRunner:
         fits = sum(int(n["Resources"].get(key, 0) // need) for n in nodes)
         return max(1, min(fits, self.launch.jobs or fits))
 
+    def submit(self, task, job: Job):
+        """Start `job` as a Ray task (retried on another node when its node dies); its object ref."""
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        res = self.resources(job)
+        env = {"OMP_NUM_THREADS": "1"}  # a CPU per process: one run per core, as locally
+        if not res["num_gpus"]:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run on a GPU node: the GPUs are other tasks'
+        return task.options(**res, max_retries=NODE_RETRIES, retry_exceptions=False,
+                            name=f"{job.what} {job.log.parent.name}").remote(
+            job.cmd, str(job.log), env, str(self.folder), self.token, str(job.publish) if job.publish else None)
+
+    def check_outcome(self, ref, job: Job) -> None:
+        """Raise the one-line error of a job whose task failed, or whose node cannot see the study folder."""
+        ray = self.ray
+        try:
+            code, node, why = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # raised in run_task itself, e.g. no smearlens there
+            raise SmearlensError(f"{job.what} of {job.log.parent.name}: its Ray task failed ({type(e.cause).__name__}: "
+                                 f"{one_line(e.cause or e)}); is smearlens installed on every node?") from None
+        except ray.exceptions.RayError as e:
+            raise SmearlensError(f"{job.what} of {job.log.parent.name} was lost with its node {NODE_RETRIES + 1} "
+                                 f"times ({one_line(e)}); see {job.log}") from None
+        if code is None:
+            raise ConfigError(f"node {node} cannot see the study folder {self.folder}: {why}; put it on storage "
+                              f"every node mounts at the same path")
+        if code:
+            raise SmearlensError(f"{job.what} failed (exit {code}) on node {node}; see {job.log}")
+
     def run(self, todo: list[Job], on_done, on_poll, pick) -> None:
         """As commands.jobs.run_jobs, with Ray tasks for processes: the first failure stops every task and
         raises; a lost node is announced, and its tasks start again on another."""
@@ -167,31 +195,13 @@ class RayRunner:
                         break
                     job = pick(ready, todo)
                     todo.remove(job)
-                    job.log.parent.mkdir(parents=True, exist_ok=True)
-                    res = self.resources(job)
-                    env = {"OMP_NUM_THREADS": "1"}  # a CPU per process: one run per core, as locally
-                    if not res["num_gpus"]:
-                        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run on a GPU node: the GPUs are other tasks'
-                    ref = task.options(**res, max_retries=NODE_RETRIES, retry_exceptions=False,
-                                       name=f"{job.what} {job.log.parent.name}").remote(
-                        job.cmd, str(job.log), env, str(self.folder), self.token,
-                        str(job.publish) if job.publish else None)
-                    running[ref] = (job, time.perf_counter())
+                    running[self.submit(task, job)] = (job, time.perf_counter())
                 if not running:
                     raise SmearlensError(f"{todo[0].what}: the job it waits for is not in the queue")
                 done, _ = ray.wait(list(running), num_returns=len(running), timeout=POLL)
                 for ref in done:
                     job, t0 = running.pop(ref)
-                    try:
-                        code, node, why = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        raise SmearlensError(f"{job.what} of {job.log.parent.name} was lost with its node "
-                                             f"{NODE_RETRIES + 1} times ({one_line(e)}); see {job.log}") from None
-                    if code is None:
-                        raise ConfigError(f"node {node} cannot see the study folder {self.folder}: {why}; put it "
-                                          f"on storage every node mounts at the same path")
-                    if code:
-                        raise SmearlensError(f"{job.what} failed (exit {code}) on node {node}; see {job.log}")
+                    self.check_outcome(ref, job)
                     succeeded.add(job)
                     on_done(job, time.perf_counter() - t0)
                 if time.monotonic() - looked > NODES_EVERY:
@@ -252,7 +262,7 @@ def check_folder(folder: Path, nodes: list[dict]) -> str:
         try:
             why = ray.get(ref)
         except ray.exceptions.RayError as e:
-            why = f"its check failed ({one_line(e)})"
+            why = f"its check failed ({one_line(getattr(e, 'cause', None) or e)})"
         if why:
             problems.append((node, why))
     if problems:

@@ -1,7 +1,7 @@
 """`--cluster ray` on a real Ray cluster of several nodes in this machine: a lost node, a node blind to the folder.
 
 The clusters are Ray's own test clusters (`ray.cluster_utils.Cluster`: a head and worker nodes, each its own
-raylet), with node-death detection shortened to about two seconds. Skipped where Ray is not installed.
+raylet), with node-death detection shortened to about five seconds. Skipped where Ray is not installed.
 """
 
 import os
@@ -26,8 +26,10 @@ from trainer import checkpoint as ckpt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 STORE = 80 * 2**20  # object store bytes a node: the tasks pass a few strings
-# a node is declared dead after ~4 missed health checks of 0.5 s (Ray's default: 5 of 3 s)
-FAST_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 4}
+# a node is declared dead after 5 missed health checks a second apart (Ray's default: 5, 3 s apart, each
+# waiting up to 10 s): ~5 s, long enough that a node starved by a busy machine is not taken for dead
+FAST_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+              "health_check_failure_threshold": 5}
 RUNS = [f"tiny-s{seed}-{arm}" for seed in (0, 1) for arm in ("baseline", "smear")]
 STEPS = 30
 

@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
+TEST_STAMP := $(VENV)/.test-installed
 TABLES := checkpoints/analysis
 
 .PHONY: install demo test fuzz notebooks bench clean
@@ -21,8 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/smearlens demo
 
+# The tests also run studies on a Ray cluster of several nodes in this machine: the cluster extra (the demo
+# needs no Ray).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,cluster]"
+	touch $(TEST_STAMP)
+
 # one pytest worker a CPU (pytest-xdist): the tests are one-thread, many of them waiting on subprocesses
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # The fuzz properties (tests/test_hostile_inputs.py) with fresh randomness and FUZZ_EXAMPLES cases each, for a

@@ -205,6 +205,25 @@ class Tables:
                     self.write_csv(name)
 
 
+def merge_tables(part: str | Path, out: str | Path, csv: bool = False) -> dict[str, int]:
+    """Add the tables an `analyze` wrote into `part` (a folder of their own: one run's, analysed on a cluster
+    node without any lock across machines) to those in `out`, as if that `analyze` had written into `out`:
+    its settings checked against out's, the groups out holds left out. Returns the rows added to each table."""
+    part, out = Path(part), Path(out)
+    try:
+        flags = json.loads((part / SETTINGS_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise AnalysisError(f"{part / SETTINGS_FILE}: not an analysis folder's settings ({e})") from None
+    out.mkdir(parents=True, exist_ok=True)
+    Settings(**{flag[2:].replace("-", "_"): value for flag, value in flags.items()}).check(out)
+    source, tables = Tables(part, csv=False), Tables(out, csv)
+    for name in COLUMNS:
+        if source.stamps[name] is not None:
+            tables.add(name, source.frames[name])
+    tables.finish()
+    return tables.added
+
+
 def folder_lock(out: Path) -> FileLock:
     return FileLock(out / LOCK_FILE, timeout=LOCK_TIMEOUT)
 
@@ -444,5 +463,5 @@ def mechanism_tables(model: GPT, batches, names: Sequence[str], tables: Tables, 
     return {name: frame.assign(**ids)[COLUMNS[name]] for name, frame in out.items()}
 
 
-__all__ = ["analyze", "Settings", "mechanism_tables", "MECHANISM", "DEFAULT_OUT", "DEFAULT_TOKENS",
+__all__ = ["analyze", "merge_tables", "Settings", "mechanism_tables", "MECHANISM", "DEFAULT_OUT", "DEFAULT_TOKENS",
            "DEFAULT_ABLATION_TOKENS", "METRICS", "COLUMNS"]

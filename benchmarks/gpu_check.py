@@ -11,10 +11,13 @@ reserve for packing the results):
    the compiled training step vs eager).
 3. `step`: benchmarks/gpu_step.py for both arms of speedrun-124m (ms/step, tokens/s, smear/baseline
    on the same GPU; the record's 8×H100 step time is context only).
-4. `pairs`: cpu-small pairs (baseline and smear of one seed, same initial weights and data order)
+4. `study`: `smearlens study` of 2 tiny runs (baseline and smear of seed 0) with --gpus-per-run 1: each
+   run on a GPU of its own (CUDA_VISIBLE_DEVICES; one after the other on a one-GPU machine), analysed and
+   reported; each run's run.json must say it trained on CUDA.
+5. `pairs`: cpu-small pairs (baseline and smear of one seed, same initial weights and data order)
    for as many seeds as fit in half the time then left, several processes sharing the GPU, then
    `smearlens analyze` (previous-token metrics) and the paired statistics.
-5. `full`: if time remains, a speedrun-124m pair at one GPU's share of the record's batch, capped at
+6. `full`: if time remains, a speedrun-124m pair at one GPU's share of the record's batch, capped at
    one epoch of the embedded corpus (GPT-2 tokens), recorded: previous-token heads at full width
    (small data for 124M parameters: a reading of head formation, not of the record's model).
 
@@ -117,6 +120,24 @@ def train_cmd(check: Check, preset: str, arm: str, seed: int, runs: Path, extra:
             "--out", str(runs), *check.device_args(), *extra]
 
 
+def stage_study(check: Check) -> None:
+    """A 2-run study with one GPU a run (the dry run: on the CPU, --gpus-per-run 0)."""
+    out = check.out / "study"
+    proc = check.run("study", [PY, "-m", "commands.cli", "study", "--out", str(out), "--preset", "tiny", "--arms",
+                               "baseline,smear", "--seeds", "1", "--steps", "20", "--metrics", "prev_token",
+                               "--gpus-per-run", "0" if check.dry else "1", "--no-progress"],
+                     min(180.0, check.budget.left() * 0.3))
+    if proc is None or proc.returncode:
+        return
+    log = (check.out / "study.log").read_text(errors="replace")
+    slots = next((line.split("; ", 1)[-1] for line in log.splitlines() if line.startswith("[2/3]")), "?")
+    devices = [json.loads((out / f"tiny-s0-{arm}" / "run.json").read_text())["machine"]["device"]
+               for arm in ("baseline", "smear")]
+    want = "cpu" if check.dry else "cuda"
+    check.note(f"  - 2 runs, {slots}; trained on {', '.join(devices)}: "
+               f"{'as asked' if set(devices) == {want} else 'NOT on ' + want}; report: {(out / 'report.md').exists()}")
+
+
 def stage_pairs(check: Check, jobs: int, max_seeds: int) -> list[Path]:
     """Paired seeds of cpu-small, `jobs` processes at a time, until half the time left is spent."""
     preset, runs = ("tiny", check.out / "runs") if check.dry else ("cpu-small", check.out / "runs")
@@ -213,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=300, help="seconds for the whole check (default 300)")
     parser.add_argument("--jobs", type=int, default=8, help="training processes sharing the GPU in `pairs`")
     parser.add_argument("--dry", action="store_true", help="every stage at tiny size on the CPU (for CI)")
-    parser.add_argument("--stages", nargs="+", default=["env", "tests", "step", "pairs", "full"],
-                        choices=["env", "tests", "step", "pairs", "full"])
+    parser.add_argument("--stages", nargs="+", default=["env", "tests", "step", "study", "pairs", "full"],
+                        choices=["env", "tests", "step", "study", "pairs", "full"])
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_tests(check)
     if "step" in args.stages:
         stage_step(check)
+    if "study" in args.stages:
+        stage_study(check)
     if "pairs" in args.stages:
         stage_analysis(check, stage_pairs(check, 2 if args.dry else args.jobs, 1 if args.dry else 10_000))
     if "full" in args.stages:

@@ -216,7 +216,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from commands.demo import run_demo
 
     parse_overrides(args.set or [])  # a bad name fails here, before any training
-    run_demo(args.preset, args.seeds, args.steps, args.out, args.figures, args.jobs, not args.no_notebooks,
+    run_demo(args.preset, args.seeds, args.steps, args.out, args.figures, launch_from(args), not args.no_notebooks,
              overrides=args.set or (), arms=parse_arms(args.arms, "--arms"))
 
 
@@ -230,7 +230,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                         overrides=args.set, data=args.data, record_every=args.record_every, metrics=metrics,
                         tokens=args.tokens, ablation_tokens=args.ablation_tokens,
                         path_positions=args.path_positions, path_draws=args.path_draws)
-    run_study(plan, args.out, jobs=args.jobs, notebooks=args.notebooks, progress=not args.no_progress,
+    run_study(plan, args.out, launch=launch_from(args), notebooks=args.notebooks, progress=not args.no_progress,
               drop=args.drop_checkpoints)
 
 
@@ -240,7 +240,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     parse_overrides(args.set or [])  # a bad name fails here, before any training
     metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
-    run_sweep(args.out, parse_presets(args.presets) if args.presets else None, jobs=args.jobs,
+    run_sweep(args.out, parse_presets(args.presets) if args.presets else None, launch=launch_from(args),
               progress=not args.no_progress, command=args.command_line,
               arms=parse_arms(args.arms, "--arms") if args.arms else None,
               seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps, overrides=args.set,
@@ -425,7 +425,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                         f"which --set autocast=fp32 replaces); {SET_FORMS}")
     p.add_argument("--out", default="checkpoints", help="folder for the run folders and tables")
     p.add_argument("--figures", default="figures", help="folder for figures, executed notebooks and report.md")
-    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    _add_launch_options(p)
     p.add_argument("--no-notebooks", action="store_true", help="draw the figures without executing the notebooks")
     p.set_defaults(func=cmd_demo)
 
@@ -443,6 +443,31 @@ def _add_run_options(p: argparse.ArgumentParser, every: str) -> None:
                    help=f"record heads and smear every N training steps (default {study.RECORD_EVERY}; 0: off)")
     p.add_argument("--metrics", nargs="+", metavar="METRIC", help=f"analysis metrics: any of {', '.join(METRICS)} "
                    f"(default: all)")
+
+
+def _add_launch_options(p: argparse.ArgumentParser) -> None:
+    """Where a study's runs go (demo, study, sweep): this machine's cores or GPUs, or a Ray cluster."""
+    from commands.resources import CLUSTERS
+
+    p.add_argument("--jobs", type=int, help="runs at a time, at most (default: one single-thread run per usable "
+                   "core, no more than the runs left; on GPUs one per --gpus-per-run GPUs)")
+    p.add_argument("--gpus-per-run", type=int, metavar="N", help="GPUs each run trains on, its own "
+                   "(CUDA_VISIBLE_DEVICES; N > 1: under torchrun, a rank a GPU); default 1 where there are GPUs, "
+                   "else 0: the CPU")
+    p.add_argument("--cluster", choices=CLUSTERS, default="local", help="local: processes on this machine "
+                   "(default); ray: Ray tasks on a cluster's nodes, retried when a node dies (pip install -e "
+                   "'.[cluster]'; the study folder on storage every node sees; docs/cluster.md)")
+    p.add_argument("--address", help="--cluster ray: the cluster's address as Ray takes it (default auto: the "
+                   "cluster this machine joined with `ray start`; local: a cluster in this process)")
+
+
+def launch_from(args: argparse.Namespace):
+    """The Launch the options ask for."""
+    from commands.resources import Launch
+
+    if args.address and args.cluster != "ray":
+        raise ConfigError(f"--address {args.address}: only with --cluster ray")
+    return Launch(jobs=args.jobs, gpus_per_run=args.gpus_per_run, cluster=args.cluster, address=args.address or "auto")
 
 
 def add_study_parser(sub: argparse._SubParsersAction) -> None:
@@ -463,7 +488,7 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path-positions", type=int,
                    help=f"path attribution query positions (default {DEFAULT_PATH_POSITIONS})")
     p.add_argument("--path-draws", type=int, help=f"path attribution draws per position (default {DEFAULT_PATH_DRAWS})")
-    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    _add_launch_options(p)
     p.add_argument("--notebooks", action="store_true", help="draw the figures by executing the notebooks")
     p.add_argument("--drop-checkpoints", action="store_true",
                    help="delete each run's checkpoints once it is analysed (the study stays resumable and reportable "
@@ -486,7 +511,7 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
                    f"{','.join(sweep.SIZE_PRESETS)}; required for a new sweep)")
     p.add_argument("--arms", metavar="A,B,...", help=f"arms of every size (new study: {','.join(study.DEFAULT_ARMS)})")
     _add_run_options(p, every="every run of every size (e.g. --set val_every=100 for validation points to match losses at)")
-    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (default 2: one per core)")
+    _add_launch_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

@@ -26,6 +26,7 @@ import torch
 from trainer.config import get_preset
 from trainer.optim import native_bf16_matmul
 
+from commands.resources import Launch
 from commands.study import RECORD_EVERY, StudyPlan, override_name, run_study
 
 DEMO_PRESET = "cpu-small"
@@ -53,12 +54,12 @@ def demo_plan(preset: str = DEMO_PRESET, seeds: int = DEMO_SEEDS, steps: int | N
 
 
 def run_demo(preset: str = DEMO_PRESET, seeds: int = DEMO_SEEDS, steps: int | None = None,
-             out: str | Path = "checkpoints", figures: str | Path = "figures", jobs: int = 2, notebooks: bool = True,
-             overrides: Sequence[str] = (), arms: Sequence[str] = DEMO_ARMS) -> Path:
+             out: str | Path = "checkpoints", figures: str | Path = "figures", launch: Launch = Launch(),
+             notebooks: bool = True, overrides: Sequence[str] = (), arms: Sequence[str] = DEMO_ARMS) -> Path:
     plan = demo_plan(preset, seeds, steps, arms, overrides)
     command = shlex.join(["smearlens", "demo", "--preset", preset, "--seeds", str(seeds), "--steps", str(plan.steps),
                           "--arms", ",".join(plan.arms), *(x for o in plan.overrides for x in ("--set", o))])
     figures = Path(figures)
     reference = REFERENCE_STUDY if preset == DEMO_PRESET and (REFERENCE_STUDY / "summary.csv").is_file() else None
     return run_study(plan, out, tables=Path(out) / "analysis", figures=figures, report=figures / "report.md",
-                     jobs=jobs, notebooks=notebooks, command=command, reference=reference)
+                     launch=launch, notebooks=notebooks, command=command, reference=reference)

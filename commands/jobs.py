@@ -1,5 +1,6 @@
-"""The study's process queue: child processes a few at a time, each into its log, dying with the study,
-and one progress bar over the study's training steps and analyses with the time left."""
+"""The study's process queue: child processes a few at a time, each in a slot of this machine (its threads
+and GPUs) and into its log, dying with the study; and one progress bar over the study's training steps and
+analyses with the time left. `commands/cluster.py` runs the same jobs as Ray tasks instead."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from commands.resources import Slot
 from trainer.errors import SmearlensError
 
 STEP = re.compile(rb"(\d+)/(\d+) \[")
@@ -41,9 +43,9 @@ except (OSError, AttributeError):
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int):
-    """preexec_fn: the child gets SIGKILL when the study process dies, even by SIGKILL (Linux), so a
-    killed study leaves no training process behind to race the restarted one's."""
+def die_with_parent(parent: int):
+    """preexec_fn: the child gets SIGKILL when its parent (the study, or a cluster node's task) dies, even by
+    SIGKILL (Linux), so a killed study leaves no training process behind to race the restarted one's."""
     def setup() -> None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before prctl took effect
@@ -140,54 +142,81 @@ class Progress:
 
 @dataclass(eq=False)
 class Job:
-    """One child process of a study: its command, its log, what it is (for errors), its caller's note and
-    the job that must succeed before it starts (a run's analysis waits for the run's training)."""
+    """One child process of a study: its command, its log, what it is (for errors), its caller's note, the
+    job that must succeed before it starts (a run's analysis waits for the run's training) and, for a job
+    that writes a folder of its own (a run's analysis on a cluster), that folder: its command names it, and a
+    cluster node writes it locally and publishes it there whole."""
 
     cmd: list[str]
     log: Path
     what: str
     note: object = None
     after: "Job | None" = None
+    publish: Path | None = None
 
 
-def run_jobs(todo: list[Job], jobs: int, on_done: Callable[[Job, float], None],
+class LocalRunner:
+    """A study's jobs as child processes of this one, each in a slot of this machine."""
+
+    parts: Path | None = None  # analyses write into the tables themselves (their lock is this machine's)
+
+    def __init__(self, slots: Sequence[Slot]):
+        self.slots = list(slots)
+        self.width = len(self.slots)  # jobs at a time
+        self.ranks = max(1, len(self.slots[0].gpus))  # a training's ranks: one per GPU of its slot
+
+    def describe(self) -> str:
+        slot = self.slots[0]
+        where = f"GPUs {' | '.join(','.join(s.gpus) for s in self.slots)}" if slot.gpus else "CPU"
+        return f"local processes on {where}, {slot.threads} thread{'s' * (slot.threads > 1)} each"
+
+    def run(self, todo: list[Job], on_done: Callable[[Job, float], None], on_poll: Callable[[list[Job]], None],
+            pick: Callable[[list[Job], list[Job]], Job]) -> None:
+        run_jobs(todo, self.slots, on_done, on_poll, pick)
+
+    def close(self) -> None:
+        pass
+
+
+def run_jobs(todo: list[Job], slots: Sequence[Slot], on_done: Callable[[Job, float], None],
              on_poll: Callable[[list[Job]], None],
              pick: Callable[[list[Job], list[Job]], Job] = lambda ready, todo: ready[0]) -> None:
-    """Run `todo` `jobs` processes at a time, one thread each, each into its log (appended): the job
+    """Run `todo` one process a slot (its threads and GPUs), each into its log (appended): the job
     `pick(ready, todo)` chooses among those whose `after` has succeeded (default: the first). `on_done(job,
     seconds)` after each success, `on_poll(running)` every POLL s; the first failure stops every child and
     raises. Children die with this process (even by SIGKILL), and with an error or Ctrl-C here."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
-    todo, running, succeeded = list(todo), [], set()  # Jobs compare by identity
+    todo, free, running, succeeded = list(todo), list(slots), [], set()  # Jobs compare by identity
     try:
         while todo or running:
-            while len(running) < jobs:
+            while free:
                 ready = [j for j in todo if j.after is None or j.after in succeeded]
                 if not ready:
                     break
                 job = pick(ready, todo)
                 todo.remove(job)
+                slot = free.pop(0)
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 handle = open(job.log, "ab")
-                proc = subprocess.Popen(job.cmd, stdout=handle, stderr=handle, env=env,
-                                        preexec_fn=_die_with_parent(os.getpid()))
-                running.append((proc, handle, job, time.perf_counter()))
+                proc = subprocess.Popen(job.cmd, stdout=handle, stderr=handle, env=dict(os.environ, **slot.env()),
+                                        preexec_fn=die_with_parent(os.getpid()))
+                running.append((proc, handle, job, time.perf_counter(), slot))
             if not running:  # every job left waits on one that never ran
                 raise SmearlensError(f"{todo[0].what}: the job it waits for is not in the queue")
             time.sleep(POLL)
             for item in list(running):
-                proc, handle, job, t0 = item
+                proc, handle, job, t0, slot = item
                 if proc.poll() is None:
                     continue
                 handle.close()
                 running.remove(item)
+                free.append(slot)
                 if proc.returncode:
                     raise SmearlensError(f"{job.what} failed (exit {proc.returncode}); see {job.log}")
                 succeeded.add(job)
                 on_done(job, time.perf_counter() - t0)
-            on_poll([job for _, _, job, _ in running])
+            on_poll([job for _, _, job, _, _ in running])
     finally:
-        for proc, handle, _, _ in running:
+        for proc, handle, _, _, _ in running:
             proc.terminate()
             proc.wait()
             handle.close()

@@ -4,9 +4,10 @@
 
 A study folder holds the run folders (`PRESET-sSEED-ARM/`), `analysis/` (the tables), `figures/`,
 `report.md` and `study.json`, the plan: preset, arms, seeds, steps, `--set` overrides, data and the
-analysis settings. Runs are trained two processes at a time (one per core), every arm paired with
-the baseline by seed (same initial weights and data order); `analyze` then probes every checkpoint
-and `report` compares every arm with the baseline, paired by seed.
+analysis settings. Runs are trained one process a usable core (or a slot of --gpus-per-run GPUs each),
+every arm paired with the baseline by seed (same initial weights and data order); `analyze` then probes
+every checkpoint and `report` compares every arm with the baseline, paired by seed. `--cluster ray` runs
+the same commands as Ray tasks over a cluster's nodes (commands/cluster.py).
 
 Restarting is the same command: a finished run is never trained again, a run with a complete
 checkpoint resumes from it (`train --resume`; a half-written checkpoint has no meta.json and is
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -39,7 +41,9 @@ from typing import Callable, Iterable, Sequence
 
 from filelock import FileLock, Timeout
 
-from commands.jobs import Job, Progress, last_step, run_jobs
+from commands.cluster import PARTS, RayRunner
+from commands.jobs import Job, LocalRunner, Progress, last_step
+from commands.resources import Launch, local_slots, train_command
 from trainer import checkpoint as ckpt
 from trainer.arms import arm_spec
 from trainer.config import check_fields, get_preset
@@ -230,9 +234,11 @@ def arm_overrides(overrides: Iterable[str], arm: str) -> list[str]:
     return [o for o in overrides if not (override_name(o) == "smear_lr_mult" and not arm_spec(arm).learned_lambda)]
 
 
-def training_jobs(plan: StudyPlan, data: Path, out: Path, analysed: set[Path]) -> tuple[dict[Path, Job], int]:
+def training_jobs(plan: StudyPlan, data: Path, out: Path, analysed: set[Path],
+                  ranks: int = 1) -> tuple[dict[Path, Job], int]:
     """A training job for every (seed, arm) of the plan not finished or `analysed` yet, by run folder (its
-    note: the step it starts from), and the steps of the runs already finished."""
+    note: the step it starts from), and the steps of the runs already finished. `ranks` > 1: each trains
+    under torchrun with that many ranks (one a GPU of its slot)."""
     todo, finished_steps = {}, 0
     for seed, arm in plan.runs():
         extra = [x for pair in arm_overrides(plan.overrides, arm) for x in ("--set", pair)]
@@ -244,17 +250,22 @@ def training_jobs(plan: StudyPlan, data: Path, out: Path, analysed: set[Path]) -
         if finished(run_dir, plan.steps):
             finished_steps += start
             continue
-        cmd = [sys.executable, "-m", "commands.cli", "train", "--preset", plan.preset, "--arm", arm,
-               "--seed", str(seed), "--data", str(data), "--out", str(out), "--steps", str(plan.steps),
-               "--record-every", str(plan.record_every), *extra, *(["--resume"] if start else [])]
+        # --resume always: a job started again (a restarted study, a cluster task retried on another node)
+        # goes on from the run's newest complete checkpoint, whenever it was written; none: from the start
+        cmd = train_command(["--preset", plan.preset, "--arm", arm, "--seed", str(seed), "--data", str(data),
+                             "--out", str(out), "--steps", str(plan.steps), "--record-every", str(plan.record_every),
+                             *extra, "--resume"], ranks)
         todo[run_dir] = Job(cmd, run_dir / "train.log", "training", note=start)
     return todo, finished_steps
 
 
-def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dict[Path, Job]) -> list[Job]:
+def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dict[Path, Job],
+                  parts: Path | None = None) -> list[Job]:
     """One `analyze` per run, waiting for the run's training: every checkpoint, but the ablations only at
     the final one (21 forwards a checkpoint, that only feed final-step figures). The tables' lock lets
-    processes share the folder, and each job skips what the tables hold."""
+    processes share the folder, and each job skips what the tables hold. With `parts` (a cluster: no lock
+    across machines) each run's analysis writes a folder of its own, `parts/RUN`, that this process merges
+    into the tables."""
     from analysis.measures.probes import ABLATIONS
 
     if not plan.metrics:
@@ -262,25 +273,37 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
     ablations = [m for m in plan.metrics if m in ABLATIONS]
     flags = [x for k, v in plan.analyze_settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
     flags += ["--final-only", *ablations] if ablations else []
-    return [Job([sys.executable, "-m", "commands.cli", "analyze", str(run), "--out", str(tables),
-                 "--metrics", *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=run,
-                after=training.get(run))
-            for run in runs]
+    jobs = []
+    for run in runs:
+        out = parts / run.name if parts else tables
+        jobs.append(Job([sys.executable, "-m", "commands.cli", "analyze", str(run), "--out", str(out), "--metrics",
+                         *plan.metrics, "--no-progress", *flags], run / "analyze.log", "analysis", note=run,
+                        after=training.get(run), publish=out if parts else None))
+    return jobs
 
 
-def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, jobs: int,
+def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, runner,
                       progress: Progress, analysed: set[Path], drop: bool = False) -> None:
-    """Every training and analysis job of the plan not done yet, `jobs` processes at a time in one queue
+    """Every training and analysis job of the plan not done yet, `runner.width` at a time in one queue
     (which job goes next: `pick_job`); a run's analysis waits only for its training. A run is marked
-    analysed once its `analyze` succeeds (and, with `drop`, loses its checkpoints)."""
-    training, finished_steps = training_jobs(plan, data, out, analysed)
-    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training)]
+    analysed once its `analyze` succeeds (its part merged into the tables, on a cluster) and, with `drop`,
+    loses its checkpoints. `runner`: a LocalRunner or commands.cluster's RayRunner."""
+    from analysis.analyze import merge_tables
+
+    jobs = runner.width
+    merge_parts(out / PARTS, tables)
+    training, finished_steps = training_jobs(plan, data, out, analysed, runner.ranks)
+    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training,
+                                                runner.parts)]
     trained: list[Job] = []
 
     def on_done(job: Job, seconds: float) -> None:
         if job.what == "training":
             trained.append(job)
             return
+        if job.publish is not None:
+            merge_tables(job.publish, tables)
+            drop_part(job.publish)
         mark_analysed(job.note, plan)
         if drop:
             drop_checkpoints(job.note)
@@ -293,7 +316,40 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
                           + sum(max(last_step(j.log), j.note) for j in running if j.what == "training"),
                           sum(j.what == "training" for j in running))
 
-    run_jobs(queue, jobs, on_done, on_poll, pick_job)
+    runner.run(queue, on_done, on_poll, pick_job)
+
+
+def merge_parts(parts: Path, tables: Path) -> None:
+    """Merge into the tables the parts a stopped cluster study published but never merged (their rows count;
+    their runs are analysed again, which adds nothing), and clear what it left half written or deleted."""
+    import shutil
+
+    from analysis.analyze import merge_tables
+
+    for part in sorted(parts.glob("*")):
+        if part.name.startswith("."):
+            shutil.rmtree(part, ignore_errors=True)
+        elif part.is_dir():
+            merge_tables(part, tables)
+            drop_part(part)
+
+
+def drop_part(part: Path) -> None:
+    """Delete a merged part: renamed aside first, so a stopped study never finds half of one."""
+    import shutil
+
+    gone = part.with_name(f".{part.name}.merged")
+    shutil.rmtree(gone, ignore_errors=True)
+    os.replace(part, gone)
+    shutil.rmtree(gone)
+
+
+def make_runner(launch: Launch, runs_dir: Path, runs: int):
+    """Where the study's jobs run: this machine's slots for `runs` runs left to start, or a Ray cluster
+    (connected, every node checked to see `runs_dir`)."""
+    if launch.cluster == "ray":
+        return RayRunner(launch, runs_dir)
+    return LocalRunner(local_slots(launch, runs))
 
 
 def pick_job(ready: list[Job], todo: list[Job]) -> Job:
@@ -337,12 +393,13 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
 
 
 def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | None = None,
-              figures: str | Path | None = None, report: str | Path | None = None, jobs: int = 2,
+              figures: str | Path | None = None, report: str | Path | None = None, launch: Launch = Launch(),
               notebooks: bool = False, command: str | None = None, progress: bool = True,
               drop: bool = False, reference: str | Path | None = None) -> Path:
     """Train, analyse and report the plan; skip whatever is done. Returns the report.
 
     Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md.
+    `launch`: where the jobs run (this machine's cores or GPUs, or a Ray cluster) and how many at a time.
     `drop`: delete each run's checkpoints once it is analysed (`--drop-checkpoints`). `reference`: an earlier
     report's folder whose verdicts the report's summary states too (analysis.writeup.report.write_report)."""
     from analysis.writeup.report import write_report
@@ -360,22 +417,29 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
         raise ConfigError(f"{runs_dir}: another study is running in this folder (it holds {LOCK_FILE})") from None
     try:
         plan = prepare(plan, runs_dir)
+        command = command or study_command(plan, runs_dir)
         data = Path(plan.data) if plan.data else None
         print(f"[1/3] data: {data or default_data_dir(plan.preset)}", flush=True)
         data = data or embedded_data(plan.preset)
+        if launch.cluster != "local":  # a node's task starts in a folder of its own: it gets absolute paths
+            runs_dir, tables, data = runs_dir.absolute(), tables.absolute(), data.absolute()
         runs = [runs_dir / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
-        print(f"[2/3] training {plan.preset}: arms {', '.join(plan.arms)} × seeds {', '.join(map(str, plan.seeds))}, "
-              f"{plan.steps} steps each, and each run's analysis once it is trained → {tables}", flush=True)
         analysed = analysed_runs(plan, runs, tables)
-        done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in runs)
-        bar = Progress(plan.steps * len(runs), done, len(runs) if plan.metrics else 0, len(analysed), jobs,
-                       enabled=progress)
+        runner = make_runner(launch, runs_dir, sum(r not in analysed for r in runs))
         try:
-            train_and_analyze(plan, data, runs_dir, runs, tables, jobs, bar, analysed, drop)
+            print(f"[2/3] training {plan.preset}: arms {', '.join(plan.arms)} × seeds "
+                  f"{', '.join(map(str, plan.seeds))}, {plan.steps} steps each, and each run's analysis once it is "
+                  f"trained → {tables}; {runner.width} at a time ({runner.describe()})", flush=True)
+            done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in runs)
+            bar = Progress(plan.steps * len(runs), done, len(runs) if plan.metrics else 0, len(analysed),
+                           runner.width, enabled=progress)
+            try:
+                train_and_analyze(plan, data, runs_dir, runs, tables, runner, bar, analysed, drop)
+            finally:
+                bar.close()
         finally:
-            bar.close()
+            runner.close()
         print(f"[3/3] {'notebooks, ' if notebooks else ''}figures and report → {figures}", flush=True)
-        command = command or study_command(plan, runs_dir)
         path = write_report(tables, figures, report, commands=[command], preset=plan.preset, notebooks=notebooks,
                             runs_dir=runs_dir, reference=reference)
     finally:

@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
+from commands.resources import Launch
 from commands.study import (StudyPlan, copy_present, copy_study, load_plan, merge_plan, parse_names, resolve_plan,
                             run_study)
 from trainer import checkpoint as ckpt
@@ -58,7 +59,7 @@ def sweep_plans(out: Path, presets: Sequence[str], **study_kw) -> list[StudyPlan
     return plans
 
 
-def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, jobs: int = 2, progress: bool = True,
+def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, launch: Launch = Launch(), progress: bool = True,
               command: str | None = None, **study_kw) -> Path:
     """Train, analyse and report every preset's study (skipping what is done), then the sweep report."""
     from analysis.writeup.sweep_report import write_sweep_report
@@ -72,7 +73,7 @@ def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, jobs: in
     atomic_write_text(out / MANIFEST, json.dumps({"presets": list(presets)}, indent=1))
     for i, plan in enumerate(plans, 1):
         print(f"== size {i}/{len(plans)}: {plan.preset} → {out / plan.preset}", flush=True)
-        run_study(plan, out / plan.preset, jobs=jobs, progress=progress)
+        run_study(plan, out / plan.preset, launch=launch, progress=progress)
     command = command or shlex.join(["smearlens", "sweep", "--out", str(out), "--presets", ",".join(presets)])
     path = write_sweep_report([out / p for p in presets], out, commands=[command])
     print(f"sweep report: {path}", flush=True)

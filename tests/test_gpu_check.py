@@ -14,7 +14,8 @@ def test_gpu_check_dry_run(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = (out / "summary.md").read_text()
-    for stage in ("`env`", "`tests`: exit 0", "`step`: exit 0", "`pairs`: 1 complete tiny pairs", "`analysis`: exit 0",
+    for stage in ("`env`", "`tests`: exit 0", "`step`: exit 0", "`study`: exit 0", "trained on cpu, cpu: as asked",
+                  "`pairs`: 1 complete tiny pairs", "`analysis`: exit 0",
                   "`full`: tiny pair", "`full-baseline`: exit 0", "`full-smear`: exit 0", "`full-analysis`: exit 0"):
         assert stage in summary, (stage, summary)
     assert "smear/baseline step time" in summary

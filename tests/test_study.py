@@ -12,6 +12,7 @@ import commands.jobs as jobs
 import commands.study as study
 from commands.cli import main as cli_main
 from commands.jobs import Progress
+from commands.resources import Slot
 from commands.study import MANIFEST, StudyPlan, load_plan, merge_plan, parse_seeds, resolve_plan
 from trainer.errors import ConfigError, SmearlensError
 
@@ -136,12 +137,12 @@ def test_jobs_wait_for_what_they_need(tmp_path):
     train_a, train_b = job("train a", 8 * jobs.POLL, until=marker), job("train b", 0.2)
     queue = [train_a, train_b, job("analyse a", 0.1, after=train_a), job("analyse b", 0.1, after=train_b, touch=marker)]
     order = []
-    jobs.run_jobs(queue, 2, lambda j, s: order.append(j.note), lambda running: None)
+    jobs.run_jobs(queue, [Slot()] * 2, lambda j, s: order.append(j.note), lambda running: None)
     assert order == ["train b", "analyse b", "train a", "analyse a"]
     ended = {j.note: float((tmp_path / f"{j.note}.log").read_text()) for j in queue}
     assert ended["analyse b"] < ended["train a"] < ended["analyse a"]
     with pytest.raises(SmearlensError, match="waits for"):
-        jobs.run_jobs([job("orphan", 0, after=job("never queued", 0))], 2, lambda j, s: None, lambda r: None)
+        jobs.run_jobs([job("orphan", 0, after=job("never queued", 0))], [Slot()], lambda j, s: None, lambda r: None)
 
 
 def test_analyses_go_first_until_the_last_trainings():

@@ -172,6 +172,27 @@ def test_rerun_fills_in_only_what_is_missing(pair, tables, tmp_path):
                                   .reset_index(drop=True))
 
 
+def test_parts_merge_into_the_tables_one_folder_makes(pair, tables, tmp_path):
+    """A cluster study's way (no lock across machines): each run analysed into a folder of its own, the parts
+    merged into the tables afterwards, in any order: the same tables, byte for byte, as one `analyze` of both."""
+    from analysis.analyze import merge_tables
+
+    root, runs = pair
+    out, _ = tables
+    for arm, run in runs.items():
+        analyze([run], out=tmp_path / "parts" / arm, tokens=TOKENS, progress=False, **PATHS)
+    merged = tmp_path / "merged"
+    assert sum(merge_tables(tmp_path / "parts" / "smear", merged, csv=True).values())
+    merge_tables(tmp_path / "parts" / "baseline", merged, csv=True)
+    assert merge_tables(tmp_path / "parts" / "baseline", merged, csv=True) == {name: 0 for name in COLUMNS}
+    for name in COLUMNS:
+        assert (merged / f"{name}.parquet").read_bytes() == (out / f"{name}.parquet").read_bytes(), name
+    other = tmp_path / "other"
+    analyze([runs["smear"]], out=other, tokens=TOKENS // 2, metrics=["prev_token"], progress=False, **PATHS)
+    with pytest.raises(AnalysisError, match="made with --tokens 512, not 256"):
+        merge_tables(other, merged)
+
+
 def test_tables_have_one_row_order_whatever_wrote_them(tables, tmp_path):
     """Groups of rows in another order (runs analysed in another interleaving, an older version's writer)
     come back as `analyze` writes them; smear_tokens with every run's row for one token together."""

@@ -102,3 +102,19 @@ def test_a_multi_rank_run_starts_under_torchrun(tiny_data, tmp_path):
     assert [s["step"] for s in summaries] == [2, 2], job.log.read_text()[-2000:]  # one a rank
     assert study.done_steps(tmp_path / "tiny-s0-smear") == 2 and ckpt.complete_checkpoints(tmp_path / "tiny-s0-smear")
     print(f"two-rank launch: {time.perf_counter() - t0:.1f} s")
+
+
+def test_cluster_options_fail_in_one_line(tiny_data, tmp_path, monkeypatch, capsys):
+    from commands.cli import main as cli_main
+
+    args = ["study", "--out", str(tmp_path / "s"), "--preset", "tiny", "--steps", "1", "--data", str(tiny_data)]
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed: `import ray` fails
+    for extra, message in ((["--cluster", "ray"], "--cluster ray needs Ray: pip install -e \".[cluster]\""),
+                           (["--address", "head:6379"], "--address head:6379: only with --cluster ray"),
+                           (["--gpus-per-run", "2"], "--gpus-per-run 2: this machine shows 0 GPU(s)")):
+        if "--gpus-per-run" in extra:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        assert cli_main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("smearlens: error:") and message in err and "\n" not in err, err
+    assert not [p for p in (tmp_path / "s").iterdir() if p.is_dir()]  # refused before any run

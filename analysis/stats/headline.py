@@ -38,14 +38,21 @@ def smear_shares(paths: pd.DataFrame | None) -> pd.DataFrame:
     return per_run.assign(**{SHARE: share})[["arm", "seed", SHARE]]
 
 
+def _claim_row(summary: Summary, arm: str, measure: str) -> pd.Series | None:
+    """`arm`'s row for `measure`: the primary claim's where it is one (its verdict uses Holm), else the comparison."""
+    for df in (summary.primary, summary.comparisons):
+        r = df[(df["arm"] == arm) & (df["claim"] == measure)] if len(df) else df
+        if len(r):
+            return r.iloc[0]
+    return None
+
+
 def headline(summary: Summary, paths: pd.DataFrame | None = None) -> pd.DataFrame:
     """The headline table (module docstring) from a summary of the tables and, for the shares, the paths table."""
     rows = []
     shares = smear_shares(paths)
     where = dict(preset=", ".join(sorted(set(summary.per_seed["preset"].astype(str)))),
                  step=", ".join(map(str, sorted(set(summary.per_seed["step"].astype(int))))))
-    comparisons = summary.comparisons
-    primary = summary.primary
     for arm in [a for a in stats.arm_order(summary.per_seed["arm"]) if a != stats.BASELINE]:
         values = shares.loc[(shares["arm"] == arm), SHARE]
         if len(values) and mech.mixes_previous_token(arm, values):
@@ -53,13 +60,9 @@ def headline(summary: Summary, paths: pd.DataFrame | None = None) -> pd.DataFram
             rows.append(dict(where, arm=arm, measure=SHARE, role="exploratory", n=s["n"], estimate=s["mean"],
                              ci_low=s["ci_low"], ci_high=s["ci_high"], verdict=s["verdict"]))
         for measure in HEADLINE_MEASURES:
-            pick = lambda df: df[(df["arm"] == arm) & (df["claim"] == measure)] if len(df) else df  # noqa: E731
-            r = pick(primary)
-            if not len(r):
-                r = pick(comparisons)
-            if not len(r):
+            r = _claim_row(summary, arm, measure)
+            if r is None:
                 continue
-            r = r.iloc[0]
             rows.append(dict(where, arm=arm, measure=measure, role=r["role"], n=r["n_pairs"], estimate=r["diff"],
                              ci_low=r["ci_low"], ci_high=r["ci_high"], verdict=r["verdict"]))
     return pd.DataFrame(rows, columns=COLUMNS)

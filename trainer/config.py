@@ -271,6 +271,17 @@ PRESETS: dict[str, Preset] = {
                 copy_share=0.5, copy_lengths=(5, 30), copy_holdout=HELD_OUT_LENGTHS),
         "induction heads on a CPU: cpu-small's model, rows of 256 tokens, half of them repeated random spans",
     ),
+    # The one-layer test (Olsson et al. 2022's smeared keys): one attention layer cannot build an induction
+    # head alone (no earlier layer writes token j−1 into the key position) unless a smear or key mix does.
+    # The U-net needs an even number of layers, so: two layers, layer 0 with an MLP but no attention, layer 1
+    # the one attention layer (long window), one value embedding; cpu-induction's data and schedule.
+    "cpu-induction-1layer": Preset(
+        _small(2, 128, 2, 256, long_window_layers=(1,), no_attn_layers=(0,), no_mlp_layers=(),
+               n_value_embeds=1, vocab_size=4096, bos_id=0),
+        dataclasses.replace(_CPU_SMALL_TRAIN, steps=3000, batch_size=4, seq_len=256, val_every=500, val_seq_len=256, val_batch_size=32,
+                copy_share=0.5, copy_lengths=(5, 30), copy_holdout=HELD_OUT_LENGTHS),
+        "the one-layer test: cpu-induction's data and schedule, one attention layer (two layers, layer 0 only an MLP)",
+    ),
     "tiny": Preset(
         _small(4, 64, 2, 64, long_window_layers=(0,), no_attn_layers=(2,), no_mlp_layers=(0,),
                n_value_embeds=2, vocab_size=512, bos_id=0),

@@ -1,8 +1,8 @@
 """The registry of arms: named variants of the one model (trainer/model.py), chosen by `ModelConfig.arm`.
 
 Every arm is the baseline plus at most one *mixing term* that carries the previous position into the
-current one; the suffix `-noattn0` on any arm's name also removes layer 0's attention (see the end). The term is exposed through hooks so analysis can read and patch it:
-`hook_smear_out` holds exactly the term ADDED at its site (a previous-token term is zero at position
+current one; the suffix `-noattn0` on any arm's name also removes layer 0's attention (see the end).
+The term is exposed through hooks so analysis can read and patch it: `hook_smear_out` holds exactly the term ADDED at its site (a previous-token term is zero at position
 0; canon's has the k = 0 part there too), and, for arms whose
 term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with c_i = λ · g_i
 (`GPT.smear_lambda` is λ). e is the raw token embedding, x0 = norm(·) the first residual stream.
@@ -63,8 +63,8 @@ flat stream does; position 0 keeps its own key. Their hooks exist only on the la
   the record, the two with `ws_long` (its layers 3 and 10 of 11, after #131 removed layer 0's attention;
   the last layer is one of them); here `ModelConfig.long_window_layers` and the last layer, among the
   layers with attention: cpu-small/cpu-induction 0, 3, 5; speedrun-124m 0, 4, 11 (our layer 0 still
-  attends, so it is shifted too; not in `keyshift-noattn0`: 3, 5 and 4, 11, as in the record). A replacement, not a learned mix: the arm does not start as the
-  baseline. `attn.hook_key_shift` (B, T−1, H, D/2) holds the moved values, the zero-frequency dims of
+  attends, so it is shifted too; in `keyshift-noattn0` it does not: 3, 5 and 4, 11, as the record's
+  two). A replacement, not a learned mix: the arm does not start as the baseline. `attn.hook_key_shift` (B, T−1, H, D/2) holds the moved values, the zero-frequency dims of
   keys 0…T−2 (first D/4…D/2, then 3D/4…D), which become those dims of keys 1…T−1.
 - `smeared-key` (Olsson et al. 2022, the "smeared key" models): Olsson's k_j ← σ(α)·k_j + (1−σ(α))·k_{j−1}
   per head, on every attention layer, with s_h = 1 − σ(α_h) learned directly

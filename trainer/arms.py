@@ -4,8 +4,9 @@ Every arm is the baseline plus at most one *mixing term* that carries the previo
 current one; the suffix `-noattn0` on any arm's name also removes layer 0's attention (see the end).
 The term is exposed through hooks so analysis can read and patch it: `hook_smear_out` holds exactly
 the term ADDED at its site (a previous-token term is zero at position 0; canon's has the k = 0 part
-there too), and, for arms whose term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with c_i = λ · g_i
-(`GPT.smear_lambda` is λ). e is the raw token embedding, x0 = norm(·) the first residual stream.
+there too), and, for arms whose term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate
+g_i with c_i = λ · g_i (`GPT.smear_lambda` is λ). e is the raw token embedding, x0 = norm(·) the first
+residual stream.
 
 | arm              | site (what hook_smear_out is added to) | term at position i ≥ 1                         | new parameters        |
 |------------------|-----------------------------------------|------------------------------------------------|-----------------------|

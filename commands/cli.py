@@ -19,7 +19,7 @@ from analysis.mechanism.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAUL
 from analysis.measures.recorder import DEFAULT_EVERY
 from analysis.writeup.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
-from trainer.arms import ARMS, DOSE_PREFIX, arm_spec
+from trainer.arms import ARMS, DOSE_PREFIX, NOATTN0_SUFFIX, arm_spec
 from trainer.config import PRESETS, ModelConfig, TrainConfig, check_fields, expects, field_type, get_preset, shown
 from trainer.corpus import embedded_data
 from trainer.errors import AnalysisError, ConfigError, SmearlensError
@@ -28,7 +28,8 @@ from trainer.record import RECORD_PRESET, RECORD_ROW_TOKENS, RECORD_VAL_TOKENS, 
 DEFAULT_OUT = Path("checkpoints")
 PAIR_ARMS = ("smear", "baseline")  # train-pair's default
 SET_FORMS = "values are JSON: lists as --set long_window_layers=[0,3], true/false, null; text as it is"
-ARM_HELP = f"one of {', '.join(ARMS)}, or {DOSE_PREFIX}<c> (a fixed dose, e.g. {DOSE_PREFIX}0.8); see trainer/arms.py"
+ARM_HELP = (f"one of {', '.join(ARMS)}, or {DOSE_PREFIX}<c> (a fixed dose, e.g. {DOSE_PREFIX}0.8), any with the suffix "
+            f"{NOATTN0_SUFFIX} (no attention in layer 0, e.g. smear{NOATTN0_SUFFIX}); see trainer/arms.py")
 
 
 def ensure_data(args: argparse.Namespace) -> Path:

@@ -14,12 +14,15 @@ from trainer import checkpoint as ckpt
 from trainer.arms import ARMS, PATTERNS, arm_spec
 from trainer.config import GATE_DIM, ModelConfig, from_dict, get_preset, replace, to_dict
 from trainer.errors import ConfigError
-from trainer.model import GPT
+from trainer.model import GPT, NoAttention, count_parameters, min_parameters
 from trainer.optim import adam_step, build_optimizers
 from trainer.train import make_run, train
 
 TINY = get_preset("tiny").model
-ZERO_INIT = [a for a in ARMS if a != "baseline" and ARMS[a].starts_as_baseline]  # all but keyshift; doses do not
+# issue 25: the 2×2 {smear or not} × {layer-0 attention or not} (record #131), and a few more suffixed arms
+NOATTN0 = ["baseline-noattn0", "smear-noattn0", "dose-0.8-noattn0"]
+ZERO_INIT = ([a for a in ARMS if a != "baseline" and ARMS[a].starts_as_baseline]  # all but keyshift; doses do not
+             + ["smear-noattn0", "canon4-noattn0", "smeared-key-noattn0"])
 ALL = list(ARMS) + ["dose-0.8"]
 KEY_SMEAR = {f"blocks.{l}.attn.key_smear" for l in TINY.attn_layers()}
 ARM_PARAMS = {"baseline": set(), "smear-mtp": set(), "dose-0.8": set(), "canon4": {"canon_w"}, "smear-nogate": set(),
@@ -33,6 +36,11 @@ def _threads(one_thread):
 
 def cfg(arm: str) -> ModelConfig:
     return replace(TINY, arm=arm)
+
+
+def reference(arm: str) -> str:
+    """The baseline an arm starts as: `baseline`, or `baseline-noattn0` for a -noattn0 arm."""
+    return "baseline-noattn0" if arm_spec(arm).no_attn0 else "baseline"
 
 
 def tokens(B=2, T=64, seed=0) -> torch.Tensor:
@@ -81,21 +89,22 @@ def check_dose(model: GPT, c: float) -> None:
     assert torch.equal(x, F.rms_norm(e + term, (e.size(-1),))) and x is x0
 
 
-def test_trained_dose_mixes_exactly_c_times_the_previous_embedding(tiny_data, tmp_path):
-    run = make_run("tiny", get_preset("tiny"), "dose-0.8", 0, tiny_data,
+@pytest.mark.parametrize("arm", ["dose-0.8", "dose-0.8-noattn0"])
+def test_trained_dose_mixes_exactly_c_times_the_previous_embedding(arm, tiny_data, tmp_path):
+    run = make_run("tiny", get_preset("tiny"), arm, 0, tiny_data,
                    train_overrides=dict(steps=4, n_checkpoints=1, val_tokens=1024))
     train(tmp_path / "run", run, progress=False)
     model, meta = ckpt.load_model(tmp_path / "run")
-    assert meta["arm"] == "dose-0.8" and model.config.arm == "dose-0.8"
+    assert meta["arm"] == arm and model.config.arm == arm
     start = GPT(run.model, seed=0)
     assert not torch.equal(model.embed.weight, start.embed.weight)  # trained: the check is not of the init
     assert dict(model.named_parameters()).keys() == dict(start.named_parameters()).keys()  # c is no parameter
     check_dose(model, 0.8)
 
 
-@pytest.mark.parametrize("c", [0.05, 1.6, -0.3])
-def test_dose_at_any_constant(c):
-    check_dose(randomize_shared(GPT(cfg(f"dose-{c}"))), c)
+@pytest.mark.parametrize("c, suffix", [(0.05, ""), (1.6, ""), (-0.3, ""), (0.8, "-noattn0")])
+def test_dose_at_any_constant(c, suffix):
+    check_dose(randomize_shared(GPT(cfg(f"dose-{c}{suffix}"))), c)
 
 
 # ---- zero-initialised arms start as the baseline ---------------------------------------------------------
@@ -103,13 +112,14 @@ def test_dose_at_any_constant(c):
 
 @pytest.mark.parametrize("arm", ZERO_INIT)
 def test_zero_initialised_arm_equals_baseline_at_step_0(arm):
+    """... its own baseline: `smear-noattn0` equals `baseline-noattn0`, as `smear` equals `baseline`."""
     t = tokens()
-    base_logits, base = hooked(GPT(cfg("baseline"), seed=3), t)
+    base_logits, base = hooked(GPT(cfg(reference(arm)), seed=3), t)
     logits, cache = hooked(GPT(cfg(arm), seed=3), t)
     last = f"blocks.{TINY.n_layers - 1}.hook_resid_post"
     assert torch.equal(logits, base_logits) and torch.equal(cache[last], base[last])
     # with every shared weight moved away from its init (the head too, so the logits depend on it)
-    base_model = randomize_shared(GPT(cfg("baseline"), seed=3))
+    base_model = randomize_shared(GPT(cfg(reference(arm)), seed=3))
     model = randomize_shared(GPT(cfg(arm), seed=3))
     with torch.no_grad():
         assert torch.equal(model(t), base_model(t))
@@ -119,8 +129,8 @@ def test_zero_initialised_arm_equals_baseline_at_step_0(arm):
 
 def test_step_0_equality_is_not_vacuous():
     """A dose changes the step-0 residual stream, the key shift the function (at init every output projection
-    is zero, so its step-0 forward is the baseline's, but not its attention), and a zero-init arm moved
-    off zero changes the logits."""
+    is zero, so its step-0 forward is the baseline's, but not its attention), so does removing layer 0's
+    attention, and a zero-init arm moved off zero changes the logits."""
     t = tokens()
     _, base = hooked(GPT(cfg("baseline"), seed=3), t)
     _, dose = hooked(GPT(cfg("dose-0.8"), seed=3), t)
@@ -129,11 +139,12 @@ def test_step_0_equality_is_not_vacuous():
     base_model = randomize_shared(GPT(cfg("baseline")))
     with torch.no_grad():
         assert not torch.allclose(randomize_shared(GPT(cfg("keyshift")))(t), base_model(t))
+        assert not torch.allclose(randomize_shared(GPT(cfg("baseline-noattn0")))(t), base_model(t))
     for arm in ZERO_INIT:
-        model = randomize_shared(GPT(cfg(arm)))
+        model, base_model = randomize_shared(GPT(cfg(arm))), randomize_shared(GPT(cfg(reference(arm))))
         with torch.no_grad():
             model.scalars[5 * TINY.n_layers] = 0.5
-            if arm == "canon4":
+            if arm_spec(arm).mix == "canon":
                 model.canon_w.fill_(0.1)
             for name, p in model.named_parameters():
                 if name.endswith(".key_smear"):
@@ -148,8 +159,11 @@ def moved(arm: str) -> GPT:
     model = randomize_shared(GPT(cfg(arm)))
     with torch.no_grad():
         model.scalars[5 * TINY.n_layers] = 0.7
-        if arm == "canon4":
+        if arm_spec(arm).mix == "canon":
             model.canon_w.copy_(torch.randn(model.canon_w.shape, generator=torch.Generator().manual_seed(1)))
+        for name, p in model.named_parameters():
+            if name.endswith(".key_smear"):
+                p.fill_(0.3)
     return model
 
 
@@ -284,23 +298,87 @@ def test_key_arm_parameters_go_to_adam_with_the_scalars_and_learn():
     assert all(named[n].abs().sum() > 0 for n in KEY_SMEAR)  # s moves off zero: the smear is learned
 
 
+# ---- -noattn0: layer 0 without attention (record #131) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("arm", ["baseline", "smear", "dose-0.8", "keyshift", "smeared-key", "canon4"])
+def test_noattn0_is_the_arm_with_layer_0s_attention_output_zeroed(arm):
+    """Everything but layer 0's attention is the arm's own (U-net skips, value embeddings, λ-mixes, windows,
+    the other layers' key arms): with every shared weight random, `<arm>-noattn0` computes exactly what
+    `<arm>` computes when a hook zeroes layer 0's attention output."""
+    t = tokens()
+    full, cut = moved(arm), moved(f"{arm}-noattn0")
+    zero = [("blocks.0.hook_attn_out", lambda x, hook: torch.zeros_like(x))]
+    with torch.no_grad():
+        assert torch.equal(cut(t), full.run_with_hooks(t, fwd_hooks=zero))
+        assert not torch.equal(cut(t), full(t))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu-small"])
+def test_noattn0_structure_and_bookkeeping(preset):
+    c = get_preset(preset).model
+    base, cut = GPT(c, seed=5), GPT(replace(c, arm="smear-noattn0"), seed=5)
+    assert isinstance(cut.blocks[0].attn, NoAttention) and not cut.blocks[0].has_attn
+    assert not cut.blocks[0].has_mlp  # both presets' layer 0 has no MLP either: an empty block, as the record's
+    for a, b in zip(base.blocks[1:], cut.blocks[1:]):
+        assert (type(a.attn), type(a.mlp)) == (type(b.attn), type(b.mlp))
+    d, H = c.d_model, c.n_heads
+    assert count_parameters(base) - count_parameters(cut) == 4 * d * d + GATE_DIM * H  # qkvo_w, attn_gate
+    assert min_parameters(c) - min_parameters(cut.config) == 4 * d * d
+    assert min_parameters(cut.config) <= count_parameters(cut)
+    assert cut.config.attn_layers() == [l for l in c.attn_layers() if l != 0]
+    assert cut.config.attn_free_layers() == tuple(sorted({0, *c.no_attn_layers}))
+    assert cut.config.smear and not replace(c, arm="baseline-noattn0").smear
+    # windows and value embeddings are the preset's: layer 0's long window is not moved to another layer
+    assert cut.layer_windows() == base.layer_windows()
+    assert [cut.config.value_embed_index(l) for l in range(c.n_layers)] == [c.value_embed_index(l) for l in range(c.n_layers)]
+    # keyshift picks the long-window layers among those with attention (as record #169 did after #131)
+    long = set(c.long_window_layers) | {c.n_layers - 1}
+    assert replace(c, arm="keyshift-noattn0").key_mix_layers() == tuple(l for l in c.attn_layers() if l in long and l)
+
+
+def test_noattn0_on_a_layer_0_without_attention_is_a_one_line_error(tiny_data, capsys):
+    with pytest.raises(ConfigError, match="layer 0 has none already"):
+        replace(TINY, arm="smear-noattn0", no_attn_layers=(0, 2))
+    argv = ["train", "--preset", "tiny", "--arm", "smear-noattn0", "--data", str(tiny_data), "--set", "no_attn_layers=[0,2]"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "layer 0 has none already" in err and "use arm 'smear'" in err and "\n" not in err
+
+
+def test_noattn0_run_saves_resumes_and_loads_as_itself(tiny_data, tmp_path):
+    run = make_run("tiny", get_preset("tiny"), "smear-noattn0", 0, tiny_data,
+                   train_overrides=dict(steps=4, n_checkpoints=2, val_tokens=512))
+    train(tmp_path / "run", run, stop_at=2, progress=False)
+    assert train(tmp_path / "run", run, resume=True, progress=False)["step"] == 4
+    model, meta = ckpt.load_model(tmp_path / "run")
+    assert meta["arm"] == model.config.arm == "smear-noattn0"
+    assert isinstance(model.blocks[0].attn, NoAttention) and model.smear_gate is not None
+    assert not [n for n in model.state_dict() if n.startswith("blocks.0.attn.")]
+
+
 # ---- one seed: common weights and data order shared ------------------------------------------------------------
 
 
 def test_arms_of_one_seed_share_every_common_initial_weight():
-    states = {arm: GPT(cfg(arm), seed=11).state_dict() for arm in ALL}
+    """Each parameter is drawn from its own (seed, name) generator: removing layer 0's attention (-noattn0)
+    shifts no other parameter's draw."""
+    states = {arm: GPT(cfg(arm), seed=11).state_dict() for arm in ALL + NOATTN0 + ["keyshift-noattn0"]}
     base = states["baseline"]
+    layer0_attn = {n for n in base if n.startswith("blocks.0.attn.")}
+    assert layer0_attn == {"blocks.0.attn.qkvo_w", "blocks.0.attn.attn_gate.weight"}
     for arm, state in states.items():
-        assert set(state) - set(base) == ARM_PARAMS.get(arm, {"smear_gate.weight"}), arm
-        assert set(base) <= set(state)
-        for name, tensor in base.items():
-            assert torch.equal(tensor, state[name]), (arm, name)
+        spec = arm_spec(arm)
+        assert set(state) - set(base) == ARM_PARAMS.get(spec.base, {"smear_gate.weight"}), arm
+        assert set(base) - set(state) == (layer0_attn if spec.no_attn0 else set()), arm
+        for name in set(base) & set(state):
+            assert torch.equal(base[name], state[name]), (arm, name)
     assert not torch.equal(GPT(cfg("baseline"), seed=12).state_dict()["embed.weight"], base["embed.weight"])
 
 
 def test_arms_of_one_seed_see_the_same_batches(tiny_data, tmp_path):
     seen = {}
-    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp", "keyshift", "smeared-key"):
+    for arm in ("baseline", "dose-0.8", "canon4", "smear-mtp", "keyshift", "smeared-key", "smear-noattn0"):
         batches = []
         run = make_run("tiny", get_preset("tiny"), arm, 0, tiny_data,
                        train_overrides=dict(steps=3, n_checkpoints=1, val_tokens=512))
@@ -352,11 +430,14 @@ def test_smear_lr_mult_needs_an_arm_with_a_learned_lambda(tiny_data):
 
 @pytest.mark.parametrize("name, message", [
     ("smeer", "unknown arm 'smeer'"), ("dose-", "dose-<c>"), ("dose-abc", "dose-<c>"), ("dose-nan", "dose-<c>"),
-    ("dose-inf", "dose-<c>")])
+    ("dose-inf", "dose-<c>"), ("baseline-noattn1", "only layer 0's attention"), ("smear-noattn", "only layer 0's"),
+    ("dose-0.8-noattn2", "only layer 0's"), ("noattn0", "is a suffix"), ("-noattn0", "is a suffix"),
+    ("smear-noattn0-noattn0", "given twice"), ("dose-x-noattn0", "arm 'dose-x-noattn0': a dose is dose-<c>"),
+    ("smeer-noattn0", "unknown arm 'smeer-noattn0'")])
 def test_unknown_arm_is_a_one_line_error(name, message, capsys, tiny_data):
     with pytest.raises(ConfigError, match=message):
         arm_spec(name)
-    assert cli_main(["train", "--preset", "tiny", "--arm", name, "--data", str(tiny_data)]) == 2
+    assert cli_main(["train", "--preset", "tiny", f"--arm={name}", "--data", str(tiny_data)])  # = : "-noattn0" is no option == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("smearlens: error: --arm:") and message in err and "\n" not in err
 

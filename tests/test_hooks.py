@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def random_model(tokenizer=None, preset="tiny", **changes):
     if tokenizer is not None:
         changes = dict(vocab_size=tokenizer.vocab_size, **changes)
-    m = GPT(replace(get_preset(preset).model, **changes))
+    m = GPT(replace(get_preset(preset.partition("/")[0]).model, **changes))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in m.parameters():
@@ -49,8 +49,10 @@ def random_model(tokenizer=None, preset="tiny", **changes):
 
 # Every preset's layout of attention-free and MLP-free layers, at a width a forward takes milliseconds
 # at: cpu-small as it is (6 layers, layer 4 without attention), speedrun-124m's 12 layers (layer 7
-# without attention, layer 0 without an MLP) at d=64. The tokenizer is the tiny run's.
-LAYOUTS = {"tiny": {}, "cpu-small": {}, "speedrun-124m": dict(d_model=64, n_heads=2, d_head=32, bos_id=0)}
+# without attention, layer 0 without an MLP) at d=64; and cpu-small with a -noattn0 arm (layer 0 empty:
+# neither attention nor MLP). The tokenizer is the tiny run's. Keys: preset, or preset/arm.
+LAYOUTS = {"tiny": {}, "cpu-small": {}, "speedrun-124m": dict(d_model=64, n_heads=2, d_head=32, bos_id=0),
+           "cpu-small/smear-noattn0": dict(arm="smear-noattn0")}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_missing_sublayers_answer_as_empty_ones(preset, tokenizer):
     with torch.no_grad():
         torch.testing.assert_close(logits, model(t), atol=1e-5, rtol=1e-5)
     assert c.no_attn_layers and c.no_mlp_layers
-    for l in c.no_attn_layers:
+    for l in c.attn_free_layers():
         assert (cache["attn_scores", l] == float("-inf")).all()
         for name in ("pattern", "q", "k", "rot_q", "rot_k", "v", "z", "attn_out"):
             assert not cache[name, l].any(), name
@@ -251,15 +253,16 @@ def test_detect_head_plain_calls_on_every_layout(preset, tokenizer):
     for name in HEAD_NAMES:
         scores = detect_head(model, text, name)
         assert scores.shape == (c.n_layers, c.n_heads), name
-        assert torch.isnan(scores[list(c.no_attn_layers)]).all(), name
+        assert torch.isnan(scores[list(c.attn_free_layers())]).all(), name
         real = scores[c.attn_layers()]
         assert ((real >= 0) & (real <= 1)).all(), name
         assert torch.equal(real, detect_head(model, text, name, heads=attention_heads(model))[c.attn_layers()]), name
     # the "abs" measure compares the empty pattern with the detection pattern's T−1 ones: 1 − (T−1)/T
     scores = detect_head(model, text, "previous_token_head", error_measure="abs")
     assert torch.isfinite(scores).all()
-    torch.testing.assert_close(scores[list(c.no_attn_layers)],
-                               torch.full((1, c.n_heads), 1 - round((T - 1) / T, 3), dtype=scores.dtype))
+    torch.testing.assert_close(scores[list(c.attn_free_layers())],
+                               torch.full((len(c.attn_free_layers()), c.n_heads), 1 - round((T - 1) / T, 3),
+                                          dtype=scores.dtype))
 
 
 def test_activation_patching(trained):
@@ -325,17 +328,17 @@ def test_patching_sweeps_plain_calls_on_every_layout(preset, tokenizer):
         corrupted = metric(model(corrupt))
     heads = patching.get_act_patch_attn_head_all_pos_every(model, corrupt, clean_cache, metric)
     assert heads.shape == (5, c.n_layers, c.n_heads)  # out, q, k, v, pattern
-    for l in c.no_attn_layers:
+    for l in c.attn_free_layers():
         assert torch.equal(heads[:, l], corrupted.expand(5, c.n_heads))
     assert not torch.equal(heads[0, c.attn_layers()], corrupted.expand(len(c.attn_layers()), c.n_heads))
     block = patching.get_act_patch_block_every(model, corrupt, clean_cache, metric)
     assert block.shape == (3, c.n_layers, 4)
-    for l in c.no_attn_layers:
+    for l in c.attn_free_layers():
         assert torch.equal(block[1, l], corrupted.expand(4))
     for l in c.no_mlp_layers:
         assert torch.equal(block[2, l], corrupted.expand(4))
     mid = patching.get_act_patch_resid_mid(model, corrupt, clean_cache, metric)
-    for l in c.no_attn_layers:  # resid_mid of an attention-free layer is its resid_pre
+    for l in c.attn_free_layers():  # resid_mid of an attention-free layer is its resid_pre
         torch.testing.assert_close(mid[l], block[0, l])
 
 

@@ -1,11 +1,12 @@
 """The registry of arms: named variants of the one model (trainer/model.py), chosen by `ModelConfig.arm`.
 
 Every arm is the baseline plus at most one *mixing term* that carries the previous position into the
-current one. The term is exposed through hooks so analysis can read and patch it:
-`hook_smear_out` holds exactly the term ADDED at its site (a previous-token term is zero at position
-0; canon's has the k = 0 part there too), and, for arms whose
-term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with c_i = λ · g_i
-(`GPT.smear_lambda` is λ). e is the raw token embedding, x0 = norm(·) the first residual stream.
+current one; the suffix `-noattn0` on any arm's name also removes layer 0's attention (see the end).
+The term is exposed through hooks so analysis can read and patch it: `hook_smear_out` holds exactly
+the term ADDED at its site (a previous-token term is zero at position 0; canon's has the k = 0 part
+there too), and, for arms whose term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate
+g_i with c_i = λ · g_i (`GPT.smear_lambda` is λ). e is the raw token embedding, x0 = norm(·) the first
+residual stream.
 
 | arm              | site (what hook_smear_out is added to) | term at position i ≥ 1                         | new parameters        |
 |------------------|-----------------------------------------|------------------------------------------------|-----------------------|
@@ -25,6 +26,7 @@ term is c_i · h[i−1], `hook_smear_gate` holds the (B, T−1, 1) gate g_i with
 | `smear-init-<λ0>`| e, before the norm                      | as `smear`, λ initialised at λ0                | smear_gate (1, 12), λ |
 | `smear-hold-<c>-<k>` | e, before the norm                  | c · e[i−1] for steps < k, then as `smear`      | smear_gate (1, 12), λ |
 | `dose-<c>-anneal-<k>` | e, before the norm                 | c · (1 − step/k) · e[i−1] for step < k, then 0; 0 at a BOS | none      |
+| `<arm>-noattn0`  | as `<arm>`                              | as `<arm>`; layer 0 has no attention (record #131) | `<arm>`'s, less layer 0's qkvo_w, attn_gate |
 
 Notes, and what was decided where the sources leave room:
 - `smear` is the 2025-09-18 record, bit for bit; like the record it crosses a BOS (the record trains on
@@ -62,8 +64,8 @@ flat stream does; position 0 keeps its own key. Their hooks exist only on the la
   the record, the two with `ws_long` (its layers 3 and 10 of 11, after #131 removed layer 0's attention;
   the last layer is one of them); here `ModelConfig.long_window_layers` and the last layer, among the
   layers with attention: cpu-small/cpu-induction 0, 3, 5; speedrun-124m 0, 4, 11 (our layer 0 still
-  attends, so it is shifted too). A replacement, not a learned mix: the arm does not start as the
-  baseline. `attn.hook_key_shift` (B, T−1, H, D/2) holds the moved values, the zero-frequency dims of
+  attends, so it is shifted too; in `keyshift-noattn0` it does not: 3, 5 and 4, 11, as the record's
+  two). A replacement, not a learned mix: the arm does not start as the baseline. `attn.hook_key_shift` (B, T−1, H, D/2) holds the moved values, the zero-frequency dims of
   keys 0…T−2 (first D/4…D/2, then 3D/4…D), which become those dims of keys 1…T−1.
 - `smeared-key` (Olsson et al. 2022, the "smeared key" models): Olsson's k_j ← σ(α)·k_j + (1−σ(α))·k_{j−1}
   per head, on every attention layer, with s_h = 1 − σ(α_h) learned directly
@@ -90,16 +92,49 @@ the forward.
   hook_smear_gate holds 0.5 during the hold; `smear_lambda` is λ. k a positive integer.
 - `dose-<c>-anneal-<k>`: `dose-<c>` with c scaled by (1 − step/k) for step < k and by 0 after, when
   the forward is the baseline's (the term is exactly 0; e + 0 = e). `smear_lambda` is c · max(0, 1 − step/k).
+
+Layer 0 without attention: `<arm>-noattn0`, any arm above (`baseline-noattn0`, `smear-noattn0`,
+`dose-0.8-noattn0`, ...) with layer 0's attention replaced by `NoAttention` (no parameters, its hooks
+answer as an attention that attends nowhere), for the 2×2 {smear or not} × {layer-0 attention or not}.
+- What record #131 changed (modded-nanogpt commit 2fe38e24, 2025-09-21, records/092125_DropAttn,
+  "Drop first attn layer", on top of #130's smear). In train_gpt.py's `Block.__init__` the attention is
+  built `if layer_idx not in [0, 7]` (was `!= 7`) and the MLP, unchanged, `if layer_idx != 0`: the
+  record's layer 0 had had no MLP since PR #120 (its README: "PR #120 dropped the first MLP"), so layer 0
+  became an empty block. Its forward then starts at block 1 (`for i in range(1, len(self.blocks))`), so
+  block 0's λ-mix is not run, and the U-net skips stop at layer 10 (`if i >= n and i<11`): the last
+  layer loses the skip whose source was layer 0. Value embeddings: `ve = [None, ve[1], ve[2]] + ... +
+  [ve[0], ve[1], ve[2]]`, layer 0's use of ve[0] dropped and ve[0] kept for layer 9; nothing moved.
+  Windows: `bm_sizes = [None, short, short, short, long, short, short, None, ..., long]`, layer 0's long
+  window dropped, given to no other layer. The same commit also changed the schedule (1645 steps →
+  1640 + 40 at the final lr and window) and the final validation (every long window 20 blocks): not
+  part of the arm.
+- What we made of it. Layer 0 loses its attention and keeps what the preset gives it otherwise: every
+  preset here, like the record, gives layer 0 no MLP (`no_mlp_layers=(0,)`), so block 0 becomes empty
+  exactly as the record's; the record's layer 0 had no MLP to give back. Windows, value embeddings and
+  the other blocks are the preset's. Our block 0 still runs its λ-mix, and its output still feeds the
+  last layer's U-net skip: an empty block outputs (λ_x + λ_x0)·x0, so both add a learned multiple of x0
+  where the next block mixes in x0 anyway: the record's function class, with two redundant scalars.
+  Keeping them keeps every other block as in the preset (`<arm>-noattn0` is `<arm>` with layer 0's
+  attention output zeroed, exactly) and the scalars' layout; the one difference at step 0 is the
+  last layer's skip, σ(−1.5)·x0 ≈ 0.18·x0 here, nothing in the record.
+- Parameters: `<arm>`'s less `blocks.0.attn.qkvo_w` and `blocks.0.attn.attn_gate.weight` (cpu-small:
+  65,560 fewer). Each parameter is drawn from its own (seed, name) generator, so the others are `<arm>`'s
+  bit for bit. `<arm>-noattn0` starts as `baseline-noattn0` where `<arm>` starts as the baseline; and,
+  all output projections being zero at init, `baseline-noattn0`'s step-0 forward is the baseline's.
+- A preset (or `--set no_attn_layers=...`) whose layer 0 already has no attention refuses the suffix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from trainer.errors import ConfigError
 
 DOSE_PREFIX = "dose-"
+NOATTN0_SUFFIX = "-noattn0"  # any arm + this: layer 0 without attention (record #131)
 
 
 @dataclass(frozen=True)
@@ -117,6 +152,12 @@ class ArmSpec:
     hold_steps: int = 0  # > 0: coefficient held at λ_init · 0.5, nothing learned in it, for this many steps
     anneal_steps: int = 0  # > 0 (dose): c · max(0, 1 − step/anneal_steps)
     key_mix: str | None = None  # None, "shift" (record #169's key offset), "smear" (Olsson's smeared key)
+    no_attn0: bool = False  # suffix -noattn0: layer 0 has no attention (record #131), on top of the preset's
+
+    @property
+    def base(self) -> str:
+        """The arm's name without the -noattn0 suffix: the arm it is on the preset's layer 0."""
+        return self.name.removesuffix(NOATTN0_SUFFIX) if self.no_attn0 else self.name
 
     @property
     def coefficient(self) -> bool:
@@ -149,8 +190,9 @@ class ArmSpec:
 
     @property
     def starts_as_baseline(self) -> bool:
-        """At its own parameters' initial values the arm is the baseline's function, whatever the shared
-        weights: so its step-0 forward is the baseline's for the same seed (every learned term starts at 0).
+        """At its own parameters' initial values the arm is the baseline's function (`baseline-noattn0`'s for
+        a -noattn0 arm), whatever the shared weights: so its step-0 forward is that baseline's for the same
+        seed (every learned term starts at 0).
         (`keyshift` changes attention, which at init writes nothing (W_O = 0): its step-0 forward is the
         baseline's too, but not its gradients.)"""
         if self.mix == "dose" or self.key_mix == "shift":
@@ -179,7 +221,7 @@ ARMS: dict[str, ArmSpec] = {a.name: a for a in (
 )}
 # parametrised names, parsed by `arm_spec` (rows of the table above, after the registered arms but `dose-<c>`)
 INIT_PREFIX, HOLD_PREFIX, ANNEAL_INFIX = "smear-init-", "smear-hold-", "-anneal-"
-PATTERNS = ("dose-<c>", "smear-init-<λ0>", "smear-hold-<c>-<k>", "dose-<c>-anneal-<k>")
+PATTERNS = ("dose-<c>", "smear-init-<λ0>", "smear-hold-<c>-<k>", "dose-<c>-anneal-<k>", f"<arm>{NOATTN0_SUFFIX}")
 
 
 def _number(text: str, name: str, form: str) -> float:
@@ -203,32 +245,50 @@ _EXAMPLES = {"dose-<c>": "dose-0.8", "smear-init-<λ0>": "smear-init-1.6", "smea
 
 
 def arm_spec(name: str) -> ArmSpec:
-    """The registered arm `name`, or a fixed dose `dose-<c>`; a clear ConfigError otherwise."""
+    """The registered arm `name`, a parametrised one (PATTERNS), either with the suffix -noattn0; a
+    clear one-line ConfigError otherwise."""
     if not isinstance(name, str):
         raise ConfigError(f"arm {name!r}: expected a name")
-    if name in ARMS:
-        return ARMS[name]
-    if name.startswith(DOSE_PREFIX) and ANNEAL_INFIX in name:
-        c, _, k = name[len(DOSE_PREFIX):].rpartition(ANNEAL_INFIX)
+    if name.endswith(NOATTN0_SUFFIX):
+        base = name.removesuffix(NOATTN0_SUFFIX)
+        if not base:
+            raise ConfigError(f"arm {name!r}: {NOATTN0_SUFFIX} is a suffix to an arm's name, e.g. baseline{NOATTN0_SUFFIX}")
+        if base.endswith(NOATTN0_SUFFIX):
+            raise ConfigError(f"arm {name!r}: {NOATTN0_SUFFIX} given twice")
+        return dataclasses.replace(_parse(base, name), name=name, no_attn0=True)
+    return _parse(name, name)
+
+
+def _parse(base: str, name: str) -> ArmSpec:
+    """The arm `base` (the whole name but any -noattn0 suffix); errors name the whole `name`."""
+    if base in ARMS:
+        return ARMS[base]
+    if re.fullmatch(r"noattn\d*", base):  # the suffix alone
+        raise ConfigError(f"arm {name!r}: {NOATTN0_SUFFIX} is a suffix to an arm's name, e.g. baseline{NOATTN0_SUFFIX}")
+    if re.search(r"-noattn", base):  # baseline-noattn1, smear-noattn
+        raise ConfigError(f"arm {name!r}: only layer 0's attention is removed by name, as <arm>{NOATTN0_SUFFIX} "
+                          f"(e.g. smear{NOATTN0_SUFFIX}); other layers: --set no_attn_layers=[...]")
+    if base.startswith(DOSE_PREFIX) and ANNEAL_INFIX in base:
+        c, _, k = base[len(DOSE_PREFIX):].rpartition(ANNEAL_INFIX)
         form = "dose-<c>-anneal-<k>"
-        return ArmSpec(name, mix="dose", dose=_number(c, name, form), anneal_steps=_steps(k, name, form))
-    if name.startswith(DOSE_PREFIX):
+        return ArmSpec(base, mix="dose", dose=_number(c, name, form), anneal_steps=_steps(k, name, form))
+    if base.startswith(DOSE_PREFIX):
         try:
-            c = float(name[len(DOSE_PREFIX):])
+            c = float(base[len(DOSE_PREFIX):])
         except ValueError:
             c = math.nan
         if not math.isfinite(c):
             raise ConfigError(f"arm {name!r}: a dose is dose-<c> with c a finite number, e.g. dose-0.8")
-        return ArmSpec(name, mix="dose", dose=c)
-    if name.startswith(INIT_PREFIX):
-        return ArmSpec(name, mix="gate", lambda_init=_number(name[len(INIT_PREFIX):], name, "smear-init-<λ0>"))
-    if name.startswith(HOLD_PREFIX):
+        return ArmSpec(base, mix="dose", dose=c)
+    if base.startswith(INIT_PREFIX):
+        return ArmSpec(base, mix="gate", lambda_init=_number(base[len(INIT_PREFIX):], name, "smear-init-<λ0>"))
+    if base.startswith(HOLD_PREFIX):
         form = "smear-hold-<c>-<k>"
-        c, _, k = name[len(HOLD_PREFIX):].rpartition("-")
+        c, _, k = base[len(HOLD_PREFIX):].rpartition("-")
         c, k = _number(c, name, form), _steps(k, name, form)
-        return ArmSpec(name, mix="gate", lambda_init=2 * c, hold_steps=k)
+        return ArmSpec(base, mix="gate", lambda_init=2 * c, hold_steps=k)
     raise ConfigError(f"unknown arm {name!r}; choose one of: {', '.join(ARMS)}, or {', '.join(PATTERNS)} "
-                      f"(e.g. dose-0.8)")
+                      f"(e.g. dose-0.8, smear{NOATTN0_SUFFIX})")
 
 
-__all__ = ["ArmSpec", "ARMS", "PATTERNS", "arm_spec", "DOSE_PREFIX"]
+__all__ = ["ArmSpec", "ARMS", "PATTERNS", "arm_spec", "DOSE_PREFIX", "NOATTN0_SUFFIX"]

@@ -51,8 +51,8 @@ class ModelConfig:
 
     @property
     def smear(self) -> bool:
-        """The record's smear (arm `smear`); the pre-arm configs' boolean."""
-        return self.arm == "smear"
+        """The record's smear (arm `smear`, or `smear-noattn0`: record #131 kept it); the pre-arm configs' boolean."""
+        return self.arm_spec.base == "smear"
 
     @property
     def padded_vocab(self) -> int:
@@ -63,8 +63,13 @@ class ModelConfig:
         n = 6 * self.n_layers  # skip weights, block lambdas (2), SA lambdas (2), smear lambda + zeros
         return n + (-n) % self.scalar_pad_to
 
+    def attn_free_layers(self) -> tuple[int, ...]:
+        """The layers without attention: `no_attn_layers`, and layer 0 in a -noattn0 arm (trainer/arms.py)."""
+        return tuple(sorted(set(self.no_attn_layers) | ({0} if self.arm_spec.no_attn0 else set())))
+
     def attn_layers(self) -> list[int]:
-        return [i for i in range(self.n_layers) if i not in self.no_attn_layers]
+        free = self.attn_free_layers()
+        return [i for i in range(self.n_layers) if i not in free]
 
     def layer_windows(self, long_blocks: int, final_blocks: int) -> list[int]:
         """Each layer's window in tokens: the long window, half of it, or (the last layer) its own."""
@@ -119,7 +124,10 @@ class ModelConfig:
             raise bad("block_size, initial_window and attn_scale must be positive")
         if self.mlp_ratio < 1 or self.scalar_pad_to < 1 or self.softcap <= 0 or self.softcap_div <= 0:
             raise bad("mlp_ratio, scalar_pad_to, softcap and softcap_div must be positive")
-        self.arm_spec  # an unknown arm is a ConfigError naming the choices
+        spec = self.arm_spec  # an unknown arm is a ConfigError naming the choices
+        if spec.no_attn0 and 0 in self.no_attn_layers:
+            raise bad(f"arm {self.arm!r} removes layer 0's attention, but layer 0 has none already "
+                      f"(no_attn_layers = {list(self.no_attn_layers)}): use arm {spec.base!r}")
         return self
 
 

@@ -181,7 +181,8 @@ def hooked(*points: HookPoint) -> bool:
 
 
 class NoAttention(nn.Module):
-    """The attention of a layer that has none (`no_attn_layers`): no parameters, every hook of a real one.
+    """The attention of a layer that has none (`no_attn_layers`, and layer 0 in a -noattn0 arm): no
+    parameters, every hook of a real one.
 
     It answers as a layer that attends nowhere, every key masked: scores −inf, pattern all zeros (rows
     sum to 0, not 1), q, k, v, gate and z zeros, output zeros. So TransformerLens's tools that walk
@@ -257,7 +258,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         key_mix = cfg.arm_spec.key_mix if layer in cfg.key_mix_layers() else None
-        self.attn = CausalSelfAttention(cfg, key_mix) if layer not in cfg.no_attn_layers else NoAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, key_mix) if layer not in cfg.attn_free_layers() else NoAttention(cfg)
         self.mlp = MLP(cfg) if layer not in cfg.no_mlp_layers else NoMLP(cfg)
         self.hook_resid_pre = HookPoint()  # after the x0 mix: attention reads norm(resid_pre)
         self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint()
@@ -565,6 +566,6 @@ def min_parameters(config: ModelConfig) -> int:
     scalars), computed without building it: a loader compares it with a weights file's size, so metadata
     that asks for an absurd model is refused before the model's memory is allocated."""
     V, d, n = config.padded_vocab, config.d_model, config.n_layers
-    attn = n - len(set(config.no_attn_layers))  # validate() keeps the listed layers in 0..n-1
+    attn = n - len(config.attn_free_layers())  # validate() keeps the listed layers in 0..n-1
     mlp = n - len(set(config.no_mlp_layers))
     return V * d * (2 + config.n_value_embeds) + attn * 4 * d * d + mlp * 2 * config.mlp_ratio * d * d + config.n_scalars

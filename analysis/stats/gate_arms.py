@@ -60,6 +60,8 @@ def describe(arm: str) -> str:
     s = _spec(arm)
     if s is None:
         return "—"
+    if s.no_attn0:
+        return f"{describe(s.base)}; no attention in layer 0 (record #131)"
     if arm == stats.BASELINE:
         return "no smear"
     if s.key_mix == "shift":

@@ -156,6 +156,19 @@ def test_mean_knockout_of_a_constant_smear_term_changes_nothing():
     assert loss(varied, [(x, y)], K.smear_knockout_hooks(varied, "mean", mean)) != pytest.approx(loss(varied, [(x, y)]), abs=1e-3)
 
 
+def test_mean_knockout_replaces_the_term_by_the_coefficient_times_the_mean():
+    """x = norm(e + c · ē) by hand: the hook swaps the term added, not the smeared embedding (a swap of the
+    whole embedding would give norm(2e + c · ē), which the norm hides only when the term is parallel to e)."""
+    x, _ = data(rows=2)
+    model = random_model(smear=True, smear_lambda=2.0)
+    mean = torch.randn(model.config.d_model, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), model.hooks(fwd_hooks=K.smear_knockout_hooks(model, "mean", mean)):
+        got = model.embed_tokens(x)
+    e, coef = model.embed.weight[x].detach(), 2.0 * P.smear_gates(model, x)[..., None]
+    want = torch.nn.functional.rms_norm(torch.cat([e[:, :1], e[:, 1:] + coef * mean], dim=1), (e.size(-1),))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_head_with_zero_output_projection_has_no_interaction():
     x, y = data()
     model = random_model(smear=True)

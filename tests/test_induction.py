@@ -381,3 +381,25 @@ def test_head_roles_on_the_hand_set_model():
     assert one.set_index("metric")["value"].equals(by.loc[0, 0])
     with pytest.raises(AnalysisError, match=r"head \(2, 0\) is not an attention head"):
         IC.head_roles(model, text_rows(), heads=[(2, 0)])
+
+
+def test_freed_head_roles_join_the_baseline_places_of_the_same_seed():
+    from analysis.stats.mechanism_stats import FREED_COLUMNS, freed_head_roles
+
+    def run(arm, seed):
+        return dict(run=f"{arm}-s{seed}", preset="cpu-induction", arm=arm, seed=seed, step=30)
+
+    heads = pd.DataFrame([dict(run(a, s), tokens=0, layer=l, head=h, metric="prev_token", value=v)
+                          for a, s, l, h, v in [("baseline", 0, 0, 1, 0.8), ("baseline", 0, 1, 0, 0.1),
+                                                ("baseline", 1, 1, 1, 0.5), ("smear", 0, 0, 1, 0.1),
+                                                ("smear", 2, 0, 1, 0.9)]])
+    roles = pd.DataFrame([dict(run(a, s), layer=l, head=h, metric=m, value=1.0)
+                          for a, s in [("baseline", 0), ("smear", 0), ("baseline", 1), ("smear", 2)]
+                          for l in (0, 1) for h in (0, 1) for m in ("induction", "attn_prev")])
+    out = freed_head_roles(heads, roles)
+    assert list(out.columns) == FREED_COLUMNS
+    places = set(zip(out["arm"], out["seed"], out["layer"], out["head"]))
+    assert places == {("baseline", 0, 0, 1), ("smear", 0, 0, 1), ("baseline", 1, 1, 1)}  # seed 2: no baseline
+    assert len(out) == 6 and set(out.loc[out["seed"] == 0, "baseline_prev"]) == {0.8}
+    with pytest.raises(AnalysisError, match="head_roles table lacks"):
+        freed_head_roles(heads, roles.drop(columns="layer"))

@@ -39,6 +39,12 @@ For the last named checkpoint of every run (both arms), the mechanism tables:
   its attention to the induction target with the key recomputed through one route (smear,
   previous-token heads, all) seeing a resampled previous token (analysis.mechanism.composition); a row
   n_induction_heads (layer = head = −1) always, 0 when the model has none.
+- `key_shares`, `induction_knockouts`, `head_roles` (the induction circuit, analysis.mechanism.induction_circuit,
+  on BOS + R + R rows at the held-out lengths 11/19/27/40 and the ablation tokens): per induction head and
+  route, the drop of its attention logit when that route alone sees a resampled previous token and its share
+  (shares add up to 1 with `other`); per knock-out condition (previous-token heads mean-ablated, the arm's
+  mixing removed, both) the best induction head's score and the copy and text losses; per head, attention by
+  offset, induction and duplicate-token scores and what ablating it costs.
 
 `tokens` is the number of training tokens the checkpoint had seen. The validation data are the
 first --tokens tokens of the run's validation split, in rows of --seq-len tokens (default: the
@@ -66,7 +72,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from analysis.measures import canon, probes
-from analysis.mechanism import composition, knockout, readout
+from analysis.mechanism import composition, induction_circuit, knockout, readout
 from analysis.mechanism import paths as path_attribution
 from analysis.loading import RunTarget, load_checkpoint_model, resolve_targets, validation_tokens
 from analysis.measures.recorder import head_rows, smear_row
@@ -85,7 +91,7 @@ DEFAULT_TOKENS = 16_384
 DEFAULT_ABLATION_TOKENS = 4096
 SETTINGS_FILE = "analysis.json"
 PATTERN_BUDGET = 2**26  # numbers in one layer's (B, H, T, T) pattern: sets the rows per forward
-MECHANISM = tuple(MECHANISM_COLUMNS)  # readout, knockouts, composition, canon: one table each, final checkpoints
+MECHANISM = tuple(MECHANISM_COLUMNS)  # readout, knockouts, composition, canon, the circuit's: one table each, final checkpoints
 # "smear": the three smear tables; "paths": paths and offsets; the mechanism tables one each
 METRICS = (*probes.HEAD_METRICS, "smear", "paths", *MECHANISM)
 COLUMNS = {**TABLE_COLUMNS, **MECHANISM_COLUMNS}
@@ -460,6 +466,9 @@ def mechanism_tables(model: GPT, batches, names: Sequence[str], tables: Tables, 
         out["composition"] = composition.composition_table(model, prev, induction)
     if "canon" in names:
         out["canon"] = canon.canon_table(model, first_tokens(batches, settings.ablation_tokens)[0][0])
+    circuit = [name for name in names if name in induction_circuit.TABLES]
+    if circuit:  # the ablations' text: the same tokens as the knock-outs'
+        out |= induction_circuit.circuit_tables(model, first_tokens(batches, settings.ablation_tokens), prev, circuit)
     return {name: frame.assign(**ids)[COLUMNS[name]] for name, frame in out.items()}
 
 

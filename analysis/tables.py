@@ -52,6 +52,9 @@ class Tables:
     knockouts: pd.DataFrame | None = None
     composition: pd.DataFrame | None = None
     canon: pd.DataFrame | None = None  # canon arms: what each offset mixes in (analysis/measures/canon.py)
+    key_shares: pd.DataFrame | None = None  # the induction circuit (analysis/mechanism/induction_circuit.py)
+    induction_knockouts: pd.DataFrame | None = None
+    head_roles: pd.DataFrame | None = None
     record_heads: pd.DataFrame | None = None
     record_smear: pd.DataFrame | None = None
     record_lambda: pd.DataFrame | None = None  # λ and dL/dλ every step (analysis/measures/lambda_grad.py)
@@ -146,7 +149,7 @@ def final_losses(runs: Iterable[str], runs_dir: Path) -> pd.DataFrame | None:
 
 def load_tables(folder: str | Path, runs_dir: str | Path | None = None, preset: str | None = None,
                 validate: bool = True) -> Tables:
-    """Read the analysis tables (heads, smear*, paths, offsets, readout, knockouts, composition, canon) from `folder`
+    """Read the analysis tables (heads, smear*, paths, offsets, the mechanism tables of MECHANISM_COLUMNS) from `folder`
     and the runs' record_*.parquet.
 
     Record tables are looked for in `folder` and in each run folder under `runs_dir` (default: the

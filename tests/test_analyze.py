@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from analysis.measures import probes as P
+from analysis.mechanism import induction_circuit as IC
 from analysis.analyze import COLUMNS, analyze, data_batches
 from analysis.writeup.report_arms import canon_markdown_section
 from analysis.tables import load_tables
@@ -95,7 +96,7 @@ def test_analyze_writes_the_four_tables(pair, tables):
 
 def test_mechanism_tables_for_final_checkpoints(pair, tables):
     out, added = tables
-    for name in ("readout", "knockouts", "composition"):
+    for name in ("readout", "knockouts", "composition", "key_shares", "induction_knockouts", "head_roles"):
         frame = read(out, name)
         assert list(frame.columns) == COLUMNS[name] and added[name] == len(frame) > 0
         assert set(frame["step"]) == {4} and set(frame["arm"]) == {"smear", "baseline"}  # final checkpoints only
@@ -116,6 +117,13 @@ def test_mechanism_tables_for_final_checkpoints(pair, tables):
     assert set(knock["k"]) == {1, 2} and knock.groupby(["run", "k", "head_ablation", "smear_ablation"]).size().eq(8).all()
     comp = read(out, "composition")
     assert (comp.loc[comp["metric"] == "n_induction_heads", "layer"] == -1).all()
+    # the induction circuit: every run's knock-out conditions, the roles of every attention head (tiny: layer 2 has none)
+    knock = read(out, "induction_knockouts")
+    assert knock.groupby("run")["condition"].unique().map(set).eq(set(IC.CONDITIONS)).all()
+    assert (knock.loc[(knock["arm"] == "baseline") & (knock["metric"] == "has_mixing"), "value"] == 0).all()
+    roles = read(out, "head_roles")
+    assert set(zip(roles["layer"], roles["head"])) == {(l, h) for l in (0, 1, 3) for h in (0, 1)}
+    assert (read(out, "key_shares").query("metric == 'n_induction_heads'")["layer"] == -1).all()
 
 
 def test_canon_table_only_for_canon_arms(pair, tables, tiny_data, tmp_path):

@@ -1,10 +1,12 @@
 """The induction measures pinned on known answers: a hand-set two-layer attention-only model whose layer-1
 head is an exact induction head over a hand-set previous-token head (induction 1, lost when the
 previous-token head is ablated, the second copy predicted), the copy losses and Olsson's in-context score
-by hand, when each head forms (`head_formation_steps`) on synthetic records, and the recorder's induction
-tables on a tiny run trained on repeated spans."""
+by hand, when each head forms (`head_formation_steps`) on synthetic records, the recorder's induction
+tables on a tiny run trained on repeated spans, and the induction circuit (key shares, knock-outs, head
+roles) on hand-set models whose key gets its previous token by one known route each."""
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 from analysis.loading import load_checkpoint_model
 from analysis.mechanism import composition as C
+from analysis.mechanism import induction_circuit as IC
 from analysis.measures import metrics as M
 from analysis.measures import probes as P
 from analysis.measures.recorder import CONTEXT_FILE, HEADS_FILE, INDUCTION_METRIC, icl_ranges, make_recorder, probe_rows
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 V, BOS, D = 32, 0, 128  # vocabulary, BOS id, model width = head size (one head per layer)
 
 
-def induction_model() -> GPT:
+def induction_model(arm: str = "baseline") -> GPT:
     """Two layers, attention only, one head each; the residual stream in four parts of 32 dims:
     [current token one-hot | a constant 1 (dim 32) | previous token (layer 0 writes) | next token (layer 1 writes)].
 
@@ -36,8 +39,9 @@ def induction_model() -> GPT:
     the current token, and W_O writes it into the previous-token dims. Layer 1 is an induction head: its
     query is the current token, its key the previous-token dims, both on never-rotated dims 32…63, so a query
     attends (gap 512) exactly to the keys whose previous token is its own token; its value copies the
-    current token into the next-token dims, which the head reads out."""
-    cfg = ModelConfig(vocab_size=V, n_layers=2, n_heads=1, d_head=D, d_model=D, arm="baseline", attn_scale=4.0,
+    current token into the next-token dims, which the head reads out. `arm` builds the same weights in
+    another arm (its own mixing left at zero unless it is a fixed dose)."""
+    cfg = ModelConfig(vocab_size=V, n_layers=2, n_heads=1, d_head=D, d_model=D, arm=arm, attn_scale=4.0,
                       block_size=1, initial_window=1, long_window_layers=(0,), no_attn_layers=(), no_mlp_layers=(0, 1),
                       n_value_embeds=0, bos_id=BOS)
     model = GPT(cfg)
@@ -206,3 +210,196 @@ def test_the_test_lengths_are_never_trained_on():
     trained = span_lengths(train_cfg.copy_lengths, train_cfg.copy_holdout)
     assert train_cfg.copy_holdout == HELD_OUT_LENGTHS and not set(P.INDUCTION_LENGTHS) & set(trained)
     assert max(P.INDUCTION_LENGTHS) > max(trained) and min(trained) >= 5
+
+
+# ---- the induction circuit: key routes as shares, knock-outs, head roles --------------------------------------
+
+LENGTHS = (6, 9, 12)  # within the hand-set model's 64-token window; distinct tokens fit V = 32
+
+
+def text_rows(batch: int = 4, period: int = 12, seed: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rows = distinct_repeats(period, batch, seed)
+    return [(rows[:, :-1], rows[:, 1:])]
+
+
+def shares(table: pd.DataFrame, layer: int = 1, head: int = 0) -> pd.Series:
+    rows = table[(table["layer"] == layer) & (table["head"] == head) & (table["metric"] == "share")]
+    return rows.set_index("route")["value"]
+
+
+def prev_scores(model: GPT) -> torch.Tensor:
+    return P.pattern_metrics(model, distinct_repeats(12), ["prev_token"])["prev_token"]
+
+
+def test_key_shares_and_knockouts_through_the_previous_token_head():
+    """(i) The hand-set induction head's key reads only what the previous-token head writes: all of its share
+    goes through prev_heads, and ablating that head kills induction and costs the second copy."""
+    model = induction_model()
+    prev = prev_scores(model)
+    induction = P.repeat_probe(model, LENGTHS, batch=8).induction.mean(0)
+    table = IC.key_shares(model, prev, induction, LENGTHS, batch=8)
+    got = shares(table)
+    assert set(got.index) == {"prev_heads", "other", "all"}  # the baseline has no smear or key mixing to route
+    assert got["prev_heads"] == pytest.approx(1.0, abs=1e-6) and got["other"] == pytest.approx(0.0, abs=1e-6)
+    clean = table[table["route"] == "clean"].set_index("metric")["value"]
+    assert clean["n_prev_heads"] == 1 and clean["logit"] == pytest.approx(4.0 * D, rel=1e-4)  # scale · q · k
+    drop = table[(table["metric"] == "logit_drop")].set_index("route")["value"]
+    assert drop["all"] == pytest.approx(clean["logit"], rel=1e-4)  # the resampled token matches nothing
+    knock = IC.induction_knockouts(model, text_rows(), prev, LENGTHS, batch=8).set_index(["condition", "metric"])["value"]
+    assert knock["clean", "best_layer"] == 1 and knock["clean", "n_prev_heads"] == 1
+    assert knock["clean", "induction"] > 0.8 and knock["prev_heads", "induction"] < 0.2
+    assert knock[IC.PRIMARY] > 2.0 and knock["prev_heads", "copy_loss_second"] > knock["clean", "copy_loss_second"] + 2
+    # the baseline has no mixing to remove: knocking it out changes nothing
+    assert knock["clean", "has_mixing"] == 0 and knock["smear", "copy_cost"] == 0
+    assert knock["both", "copy_cost"] == knock["prev_heads", "copy_cost"]
+
+
+def test_key_shares_through_the_smear_when_the_previous_token_head_writes_nothing():
+    """(ii) A fixed smear (dose 3) carries token j−1 into x0 at j and the key reads x; the previous-token head
+    attends as before but writes nothing: the key's whole share goes through the smear."""
+    model = induction_model("dose-3")
+    with torch.no_grad():
+        model.blocks[0].attn.qkvo_w[3].zero_()
+    prev = prev_scores(model)
+    assert prev[0, 0] > 0.9  # still a previous-token head, so its route is patched (and carries nothing)
+    with torch.no_grad():  # the designated head's key reads x's token dims, where the smear puts 3 · e[j−1]
+        model.blocks[1].attn.qkvo_w[1].zero_()
+        model.blocks[1].attn.qkvo_w[1][32:64, :V] = torch.eye(V)
+    induction = torch.tensor([[0.0], [1.0]])  # designated, not measured: the key also carries token j itself
+    table = IC.key_shares(model, prev, induction, LENGTHS, batch=8)
+    got = shares(table)
+    assert set(got.index) == {"smear", "prev_heads", "other", "all"}
+    assert got["smear"] == pytest.approx(1.0, abs=1e-5) and got["prev_heads"] == pytest.approx(0.0, abs=1e-6)
+    assert table[(table["route"] == "clean") & (table["metric"] == "n_prev_heads")]["value"].item() == 1
+    assert table[(table["route"] == "all") & (table["metric"] == "logit_drop")]["value"].item() > 10
+
+
+def random_arm_model(arm: str, seed: int = 0) -> GPT:
+    """The tiny preset in `arm` with every weight random (W_O and the key smear too)."""
+    model = GPT(replace(get_preset("tiny").model, arm=arm), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "scalars":
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embed" in name else 0.3))
+        if model.arm_spec.coefficient and model.arm_spec.mix == "gate":
+            model.smear_lambda.fill_(2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arm", ["smear", "keyshift", "smeared-key"])
+def test_key_shares_add_up_to_one_exactly(arm):
+    """(iii) Per head, the named routes' shares and `other` add up to 1, by construction, on a random model;
+    each route the arm has is measured and moves the logit."""
+    model = random_arm_model(arm)
+    n, H = model.config.n_layers, model.config.n_heads
+    prev, induction = torch.zeros(n, H), torch.zeros(n, H)
+    prev[0], prev[1] = 0.9, 0.9  # every head of layers 0 and 1 a previous-token head
+    induction[3] = 0.5  # both heads of the last layer designated induction heads
+    table = IC.key_shares(model, prev, induction, lengths=(5, 8), batch=12)
+    expected = {"smear": {"smear"}, "keyshift": {"key_shift"}, "smeared-key": {"key_smear"}}[arm]
+    for head in range(H):
+        got = shares(table, 3, head)
+        assert set(got.index) == expected | {"prev_heads", "other", "all"}
+        assert got.drop("all").sum() == pytest.approx(1.0, abs=1e-12) and got["all"] == 1.0
+        drop = table[(table["layer"] == 3) & (table["head"] == head) & (table["metric"] == "logit_drop")]
+        drop = drop.set_index("route")["value"]
+        assert drop.drop("all").sum() == pytest.approx(drop["all"], abs=1e-9)
+        for route in expected | {"prev_heads"}:
+            assert abs(drop[route]) > 1e-3
+
+
+def test_key_shares_are_nan_without_any_effect_and_check_their_input():
+    model = random_arm_model("smear")
+    with torch.no_grad():
+        model.blocks[3].attn.qkvo_w[1].zero_()  # the keys of layer 3 are 0: no token moves them
+    n, H = model.config.n_layers, model.config.n_heads
+    induction = torch.zeros(n, H)
+    induction[3, 0] = 0.5
+    table = IC.key_shares(model, torch.zeros(n, H), induction, lengths=(5,), batch=4)
+    assert shares(table, 3, 0).isna().all()
+    assert table[(table["metric"] == "logit_drop") & (table["route"] == "all")]["value"].abs().max() < 1e-6
+    none = IC.key_shares(model, torch.zeros(n, H), torch.zeros(n, H), lengths=(5,), batch=4)
+    assert none.to_dict("records") == [dict(layer=-1, head=-1, route="clean", metric="n_induction_heads", value=0.0)]
+    with pytest.raises(AnalysisError, match="previous-token scores of shape"):
+        IC.key_shares(model, torch.zeros(n, H + 1), induction)
+    with pytest.raises(AnalysisError, match="at least 2"):
+        IC.key_shares(model, torch.zeros(n, H), induction, lengths=(1,))
+
+
+def key_arm_model(arm: str) -> GPT:
+    """The hand-set model with its induction made by the key arm alone: the previous-token head writes nothing,
+    and the layer-1 key reads the *current* token. `keyshift`: on the zero-frequency dims 32…63, which the
+    shift replaces by key j−1's; `smeared-key`: s = 0.75 at layer 1, so key j is 0.25 k[j] + 0.75 k[j−1]."""
+    model = induction_model(arm)
+    with torch.no_grad():
+        model.blocks[0].attn.qkvo_w[3].zero_()
+        model.blocks[1].attn.qkvo_w[1].zero_()
+        model.blocks[1].attn.qkvo_w[1][32:64, :V] = torch.eye(V)
+        if arm == "smeared-key":
+            model.blocks[1].attn.key_smear.fill_(0.75)
+    return model
+
+
+@pytest.mark.parametrize("arm,route", [("keyshift", "key_shift"), ("smeared-key", "key_smear")])
+def test_key_arm_routes_carry_the_whole_key(arm, route):
+    """(iv) When the key arm alone brings token j−1 into key j, its route has all the share; knocking the
+    mixing out gives the baseline's forward exactly, and with it the induction is gone."""
+    model = key_arm_model(arm)
+    prev = prev_scores(model)
+    repeat = P.repeat_probe(model, LENGTHS, batch=8)
+    assert repeat.induction[:, 1, 0].mean() > 0.8  # a one-layer induction head
+    table = IC.key_shares(model, prev, repeat.induction.mean(0), LENGTHS, batch=8)
+    got = shares(table)
+    assert set(got.index) == {route, "prev_heads", "other", "all"}
+    assert got[route] == pytest.approx(1.0, abs=1e-5) and got["prev_heads"] == pytest.approx(0.0, abs=1e-6)
+    # the knock-out is the baseline: same weights, no mixing
+    baseline = induction_model()
+    baseline.load_state_dict({k: v for k, v in model.state_dict().items() if "key_smear" not in k})
+    tokens = distinct_repeats(12)
+    with torch.no_grad():
+        knocked = model.run_with_hooks(tokens, fwd_hooks=IC.term_knockout_hooks(model))
+        torch.testing.assert_close(knocked, baseline(tokens), rtol=0, atol=0)
+    knock = IC.induction_knockouts(model, text_rows(), prev, LENGTHS, batch=8).set_index(["condition", "metric"])["value"]
+    assert knock["clean", "has_mixing"] == 1 and knock["smear", "induction"] < 0.2
+    assert knock["smear", "copy_cost"] > 2.0 and abs(knock[IC.PRIMARY]) < 1e-9  # the head writes nothing
+
+
+def test_head_roles_on_the_hand_set_model():
+    model = induction_model()
+    roles = IC.head_roles(model, text_rows(), lengths=LENGTHS, batch=8)
+    by = roles.set_index(["layer", "head", "metric"])["value"]
+    assert set(roles["metric"]) == {*(f"attn_{k}" for k in IC.OFFSET_KEYS), "induction", "duplicate_token",
+                                    "ablation_text", "ablation_copy"}
+    assert by[0, 0, "attn_prev"] == pytest.approx(1.0, abs=1e-6) and by[0, 0, "induction"] < 0.01
+    assert by[1, 0, "induction"] > 0.8 and by[1, 0, "duplicate_token"] < 0.05
+    for head in ((0, 0), (1, 0)):
+        assert sum(by[(*head, f"attn_{k}")] for k in IC.OFFSET_KEYS) == pytest.approx(1.0, abs=1e-6)
+    assert by[0, 0, "ablation_copy"] > 2.0 and by[1, 0, "ablation_copy"] > 2.0  # both heads make the copy
+    one = IC.head_roles(model, text_rows(), heads=[(0, 0)], lengths=LENGTHS, batch=8)
+    assert set(zip(one["layer"], one["head"])) == {(0, 0)}
+    assert one.set_index("metric")["value"].equals(by.loc[0, 0])
+    with pytest.raises(AnalysisError, match=r"head \(2, 0\) is not an attention head"):
+        IC.head_roles(model, text_rows(), heads=[(2, 0)])
+
+
+def test_freed_head_roles_join_the_baseline_places_of_the_same_seed():
+    from analysis.stats.mechanism_stats import FREED_COLUMNS, freed_head_roles
+
+    def run(arm, seed):
+        return dict(run=f"{arm}-s{seed}", preset="cpu-induction", arm=arm, seed=seed, step=30)
+
+    heads = pd.DataFrame([dict(run(a, s), tokens=0, layer=l, head=h, metric="prev_token", value=v)
+                          for a, s, l, h, v in [("baseline", 0, 0, 1, 0.8), ("baseline", 0, 1, 0, 0.1),
+                                                ("baseline", 1, 1, 1, 0.5), ("smear", 0, 0, 1, 0.1),
+                                                ("smear", 2, 0, 1, 0.9)]])
+    roles = pd.DataFrame([dict(run(a, s), layer=l, head=h, metric=m, value=1.0)
+                          for a, s in [("baseline", 0), ("smear", 0), ("baseline", 1), ("smear", 2)]
+                          for l in (0, 1) for h in (0, 1) for m in ("induction", "attn_prev")])
+    out = freed_head_roles(heads, roles)
+    assert list(out.columns) == FREED_COLUMNS
+    places = set(zip(out["arm"], out["seed"], out["layer"], out["head"]))
+    assert places == {("baseline", 0, 0, 1), ("smear", 0, 0, 1), ("baseline", 1, 1, 1)}  # seed 2: no baseline
+    assert len(out) == 6 and set(out.loc[out["seed"] == 0, "baseline_prev"]) == {0.8}
+    with pytest.raises(AnalysisError, match="head_roles table lacks"):
+        freed_head_roles(heads, roles.drop(columns="layer"))

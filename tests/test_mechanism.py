@@ -18,16 +18,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BOS = 0
 
 
-def random_model(smear: bool, seed: int = 0, smear_lambda: float = 0.7) -> GPT:
-    """A tiny model with every weight random (the record's init zeroes W_O and the MLP outputs)."""
+def random_model(smear: bool = True, seed: int = 0, smear_lambda: float = 0.7, arm: str | None = None) -> GPT:
+    """A tiny model with every weight random (the record's init zeroes W_O and the MLP outputs); `arm` names
+    another arm than the smear (smear=True) or the baseline."""
     cfg = get_preset("tiny").model
-    model = GPT(cfg if smear else replace(cfg, arm="baseline"), seed=seed)
+    model = GPT(replace(cfg, arm=arm or ("smear" if smear else "baseline")), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name != "scalars":
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embed" in name else 0.15))
-        if smear:
+        if model.arm_spec.coefficient and model.arm_spec.mix == "gate":
             model.smear_lambda.fill_(smear_lambda)
     return model.eval()
 
@@ -156,6 +157,19 @@ def test_mean_knockout_of_a_constant_smear_term_changes_nothing():
     assert loss(varied, [(x, y)], K.smear_knockout_hooks(varied, "mean", mean)) != pytest.approx(loss(varied, [(x, y)]), abs=1e-3)
 
 
+def test_mean_knockout_replaces_the_term_by_the_coefficient_times_the_mean():
+    """x = norm(e + c · ē) by hand: the hook swaps the term added, not the smeared embedding (a swap of the
+    whole embedding would give norm(2e + c · ē), which the norm hides only when the term is parallel to e)."""
+    x, _ = data(rows=2)
+    model = random_model(smear=True, smear_lambda=2.0)
+    mean = torch.randn(model.config.d_model, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), model.hooks(fwd_hooks=K.smear_knockout_hooks(model, "mean", mean)):
+        got = model.embed_tokens(x)
+    e, coef = model.embed.weight[x].detach(), 2.0 * P.smear_gates(model, x)[..., None]
+    want = torch.nn.functional.rms_norm(torch.cat([e[:, :1], e[:, 1:] + coef * mean], dim=1), (e.size(-1),))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_head_with_zero_output_projection_has_no_interaction():
     x, y = data()
     model = random_model(smear=True)
@@ -211,6 +225,19 @@ def test_composition_routes_on_known_cases():
         assert table[3, 1, f"attn_key_{route}"] != pytest.approx(table[3, 1, "attn_clean"], abs=1e-5)
     none = C.composition_table(random_model(smear=False), prev, torch.zeros(n, H))
     assert none.to_dict("records") == [dict(layer=-1, head=-1, metric="n_induction_heads", value=0.0)]
+
+
+def test_the_smear_route_patches_only_the_term_at_j():
+    """With the 'corrupted' token equal to the clean one, every route recomputes the clean key (the smear
+    route swaps hook_smear_out's term at j, the term alone, not the smeared embedding)."""
+    for arm in ("smear", "dose-2", "keyshift", "smeared-key"):
+        model = random_model(arm=arm, smear_lambda=2.0)
+        clean, _, m = C.resampled_pairs(512, BOS, 10, batch=6)
+        with torch.no_grad():
+            keys = C.key_routes(model, clean, clean, m + 2, [1, 3], [(0, 0), (1, 1)])
+        for route, by_layer in keys.items():
+            for layer in (1, 3):
+                torch.testing.assert_close(by_layer[layer], keys["all"][layer], rtol=0, atol=1e-5, msg=f"{arm} {route}")
 
 
 def test_resampled_pairs_change_one_token():

@@ -3,13 +3,19 @@ each kind of head forms.
 
 On BOS + R + R (|R| = period, random tokens), an induction head at query i = 1 + period + m (token
 R[m], second copy) attends to key j = m + 2 (R[m+1], first copy): the key must carry "my previous
-token is R[m]". That can come from the smear term at j (c_j · e[j−1], in x0) or from previous-token
-heads writing at j. We resample token j−1 (first copy) in a corrupted copy of the sequence, then
-recompute only the induction head's *key at j* from a run in which one route alone sees the
-corrupted token, and read the head's attention from i to j with that key:
+token is R[m]". That can come from the smear term at j (c_j · e[j−1], in x0), from previous-token
+heads writing at j, or, in the key arms, from key j−1 mixed into key j. We resample token j−1 (first
+copy) in a corrupted copy of the sequence, then recompute only the induction head's *key at j* from a
+run in which one route alone sees the corrupted token, and read the head's attention from i to j with
+that key:
 
-- `attn_key_smear`: the smear term at j uses the corrupted e[j−1] (smear arm only);
+- `attn_key_smear`: the smear term at j (`hook_smear_out`) is the corrupted run's (arms with a term
+  before the first layer);
 - `attn_key_prev_heads`: the previous-token heads' outputs (`hook_z`) at j come from the corrupted run;
+- `attn_key_key_shift` (`keyshift`): what `attn.hook_key_shift` moves into key j (key j−1's zero-frequency
+  dims) is the corrupted run's, at the induction head's layer;
+- `attn_key_key_smear` (`smeared-key`): the term s·(k[j−1] − k[j]) at j (`attn.hook_key_smear`) takes
+  k[j−1] from the corrupted run (k[j] stays clean), at the induction head's layer;
 - `attn_key_all`: the whole key at j comes from the corrupted run (every route).
 
 Everything else (the query, the other keys) stays clean, so the drop from `attn_clean` is what
@@ -34,7 +40,7 @@ PREV_THRESHOLD = 0.4
 INDUCTION_THRESHOLD = 0.2
 BATCH = 16
 COLUMNS = ["layer", "head", "metric", "value"]
-ROUTES = ("smear", "prev_heads", "all")
+ROUTES = ("smear", "prev_heads", "key_shift", "key_smear", "all")  # all routes; `routes_of`: one model's
 
 
 def resampled_pairs(vocab_size: int, bos_id: int, period: int, batch: int = BATCH, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -73,57 +79,117 @@ def _run(model: GPT, tokens: Tensor, hooks: list, stop_after: str | None = None)
 def key_routes(model: GPT, clean: Tensor, corrupt: Tensor, j: Tensor, layers: list[int],
                prev_heads: list[tuple[int, int]]) -> dict[str, dict[int, Tensor]]:
     """route → layer → (B, H, D) rotated key at position j (per row) of each layer in `layers`,
-    computed with that route (see the module doc) seeing the corrupted token j−1."""
+    computed with that route (see the module doc and `routes_of`) seeing the corrupted token j−1."""
     rows = torch.arange(clean.size(0))
     last = f"blocks.{max(layers)}.attn.hook_rot_k"
+    routes = routes_of(model)
 
-    def keep_keys(into: dict) -> list:
+    def keep_keys(into: dict, only: list[int] = layers) -> list:
         def store(k: Tensor, hook, layer: int) -> None:
             into[layer] = k[rows, j].clone()
-        return [(f"blocks.{l}.attn.hook_rot_k", partial(store, layer=l)) for l in layers]
+        return [(f"blocks.{l}.attn.hook_rot_k", partial(store, layer=l)) for l in only]
 
-    out: dict[str, dict[int, Tensor]] = {r: {} for r in ROUTES}
-    seen: dict[str, Tensor] = {}
-    z_corrupt: dict[int, Tensor] = {}
+    out: dict[str, dict[int, Tensor]] = {r: {} for r in routes}
+    seen: dict = {}
 
-    def keep(name):
-        def hook(x, hook):
-            seen[name] = x
+    def keep(name, at: Tensor | None = j, layer: int | None = None):
+        def hook(x: Tensor, hook) -> None:
+            seen[name, layer] = x[rows, at].clone() if at is not None else x
         return hook
 
-    def keep_z(z: Tensor, hook, layer: int) -> None:
-        z_corrupt[layer] = z[rows, j].clone()
-
     prev_layers = sorted({l for l, _ in prev_heads})
-    _run(model, corrupt, keep_keys(out["all"]) + [("hook_embed", keep("embed_corrupt"))]
-         + [(f"blocks.{l}.attn.hook_z", partial(keep_z, layer=l)) for l in prev_layers],
-         stop_after=last)
-    if model.smear_gate is not None:
-        e_corrupt = seen.pop("embed_corrupt")
+    mixed = [l for l in layers if key_mix(model, l) is not None]
+    corrupt_hooks = (keep_keys(out["all"]) + [(f"blocks.{l}.attn.hook_z", keep("z", layer=l)) for l in prev_layers]
+                     + ([("hook_smear_out", keep("smear"))] if "smear" in routes else []))
+    for l in mixed:  # what the corrupted run's key j−1 carries into key j
+        if key_mix(model, l) == "shift":  # hook_key_shift[t] is what key t + 1 receives
+            corrupt_hooks.append((f"blocks.{l}.attn.hook_key_shift", keep("shift", j - 1, l)))
+        else:  # the unmixed key at j−1 is hook_rot_k − hook_key_smear there
+            corrupt_hooks += [(f"blocks.{l}.attn.hook_key_smear", keep("term_prev", j - 1, l)),
+                              (f"blocks.{l}.attn.hook_rot_k", keep("rot_prev", j - 1, l))]
+    _run(model, corrupt, corrupt_hooks, stop_after=last)
+    smeared = [l for l in mixed if key_mix(model, l) == "smear"]
+    if smeared:  # the clean unmixed key at j−1, for the key smear's route
+        _run(model, clean, [(f"blocks.{l}.attn.{point}", keep(f"clean_{name}", j - 1, l)) for l in smeared
+                            for point, name in (("hook_key_smear", "term_prev"), ("hook_rot_k", "rot_prev"))],
+             stop_after=f"blocks.{max(smeared)}.attn.hook_rot_k")
 
-        def smear_patch(smeared: Tensor, hook) -> Tensor:
-            e, gate = seen.pop("embed"), seen.pop("gate")  # gate at t is gate[:, t−1]
-            coef = model.smear_lambda * gate[rows, j - 1]  # (B, 1)
-            smeared = smeared.clone()
-            smeared[rows, j] = e[rows, j] + coef * e_corrupt[rows, j - 1]
-            return smeared
+    if "smear" in routes:
+        def smear_patch(term: Tensor, hook) -> Tensor:
+            # hook_smear_out holds the term added at its site: at j, the corrupted run's term (its e[j−1], and a
+            # gate that reads token j−1 where the arm's does); every other position keeps its clean term
+            term = term.clone()
+            term[rows, j] = seen["smear", None]
+            return term
 
-        _run(model, clean, keep_keys(out["smear"]) + [("hook_embed", keep("embed")), ("hook_smear_gate", keep("gate")),
-                                                      ("hook_smear_out", smear_patch)], stop_after=last)
-    else:
-        del out["smear"]
+        _run(model, clean, keep_keys(out["smear"]) + [("hook_smear_out", smear_patch)], stop_after=last)
 
     def z_patch(z: Tensor, hook, layer: int) -> Tensor:
         z = z.clone()
         for l, h in prev_heads:
             if l == layer:
-                z[rows, j, h] = z_corrupt[l][:, h]
+                z[rows, j, h] = seen["z", l][:, h]
         return z
 
     _run(model, clean, keep_keys(out["prev_heads"])
          + [(f"blocks.{l}.attn.hook_z", partial(z_patch, layer=l)) for l in prev_layers],
          stop_after=last)
+
+    keyed = [r for r in routes if r in KEY_MIX_ROUTES.values()]  # a key arm has one
+    if keyed:
+        _key_mix_route(model, clean, j, layers, seen, keep_keys, out[keyed[0]])
     return out
+
+
+# the key arm's mixing kind (trainer/arms.py) → the route through it
+KEY_MIX_ROUTES = {"shift": "key_shift", "smear": "key_smear"}
+
+
+def key_mix(model: GPT, layer: int) -> str | None:
+    """How the key arm mixes key j−1 into key j at `layer` ("shift", "smear"), None where it does not."""
+    return getattr(model.blocks[layer].attn, "key_mix", None)
+
+
+def routes_of(model: GPT) -> tuple[str, ...]:
+    """The routes `key_routes` measures on this model: the smear where the arm adds a term before the first
+    layer (not Smear-MTP's, after the last), the previous-token heads, the key arm's mixing, and all."""
+    spec = model.arm_spec
+    smear = ("smear",) if spec.mix is not None and spec.site != "final" else ()
+    keyed = (KEY_MIX_ROUTES[spec.key_mix],) if spec.key_mix is not None else ()
+    return (*smear, "prev_heads", *keyed, "all")
+
+
+def _key_mix_route(model: GPT, clean: Tensor, j: Tensor, layers: list[int], seen: dict, keep_keys,
+                   into: dict[int, Tensor]) -> None:
+    """The key at j of each layer in `layers` when only that layer's key mixing carries the corrupted key j−1
+    (`seen` holds it from the corrupted run): one clean run per layer, stopped at its key, so a mix at an
+    earlier induction layer does not reach a later one through that layer's heads. A layer the arm does not
+    mix keeps its clean key."""
+    rows = torch.arange(clean.size(0))
+    for layer in layers:
+        kind = key_mix(model, layer)
+        hooks = keep_keys(into, [layer])
+        if kind == "shift":
+            def shift_patch(moved: Tensor, hook) -> Tensor:
+                moved = moved.clone()
+                moved[rows, j - 1] = seen["shift", layer]
+                return moved
+
+            hooks.append((f"blocks.{layer}.attn.hook_key_shift", shift_patch))
+        elif kind == "smear":
+            s = model.blocks[layer].attn.key_smear
+
+            def smear_patch(term: Tensor, hook) -> Tensor:
+                # term_j = s (k[j−1] − k[j]); this route swaps k[j−1] alone for the corrupted run's, k[j] stays clean
+                # (the corrupted k[j] is the other routes' doing, scaled by −s)
+                clean_prev = seen["clean_rot_prev", layer] - seen["clean_term_prev", layer]
+                corrupt_prev = seen["rot_prev", layer] - seen["term_prev", layer]
+                term = term.clone()
+                term[rows, j] = term[rows, j] + s.to(term.dtype)[:, None] * (corrupt_prev - clean_prev)
+                return term
+
+            hooks.append((f"blocks.{layer}.attn.hook_key_smear", smear_patch))
+        _run(model, clean, hooks, stop_after=f"blocks.{layer}.attn.hook_rot_k")
 
 
 def attention_with_key(model: GPT, tokens: Tensor, layer: int, i: Tensor, j: Tensor, key: Tensor | None) -> Tensor:
@@ -240,5 +306,5 @@ def formation_steps(heads: pd.DataFrame, kinds: dict[str, tuple[str, float]] = F
                                        "stable_step", "layer", "head", "n_steps"])
 
 
-__all__ = ["PREV_THRESHOLD", "INDUCTION_THRESHOLD", "ROUTES", "resampled_pairs", "key_routes",
-           "attention_with_key", "composition_table", "formation_steps", "head_formation_steps", "FORMATION_KINDS"]
+__all__ = ["PREV_THRESHOLD", "INDUCTION_THRESHOLD", "ROUTES", "KEY_MIX_ROUTES", "resampled_pairs", "key_routes", "routes_of",
+           "key_mix", "attention_with_key", "composition_table", "formation_steps", "head_formation_steps", "FORMATION_KINDS"]

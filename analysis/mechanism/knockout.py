@@ -58,17 +58,15 @@ def smear_knockout_hooks(model: GPT, kind: str, mean: Tensor | None = None) -> l
         raise AnalysisError("the mean smear knock-out needs the mean embedding (mean_embedding)")
     seen: dict[str, Tensor] = {}
 
-    def keep(name: str):
-        def hook(x: Tensor, hook) -> None:
-            seen[name] = x
-        return hook
+    def keep(gate: Tensor, hook) -> None:
+        seen["gate"] = gate
 
-    def replace(smeared: Tensor, hook) -> Tensor:
-        e, gate = seen.pop("embed"), seen.pop("gate")
-        coef = model.smear_lambda * gate  # (B, T−1, 1)
-        return torch.cat([e[:, :1], e[:, 1:] + coef * mean.to(e.dtype)], dim=1)
+    def replace(term: Tensor, hook) -> Tensor:
+        # hook_smear_out holds the term added (0 at position 0), not the smeared embedding
+        coef = model.smear_lambda * seen.pop("gate")  # (B, T−1, 1)
+        return torch.cat([term[:, :1], coef * mean.to(term.dtype)], dim=1)
 
-    return [("hook_embed", keep("embed")), ("hook_smear_gate", keep("gate")), ("hook_smear_out", replace)]
+    return [("hook_smear_gate", keep), ("hook_smear_out", replace)]
 
 
 def top_heads(scores: Tensor, k: int) -> list[tuple[int, int]]:

@@ -318,6 +318,29 @@ def summarize_mechanism(tables: Tables) -> MechanismSummary:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# What the freed heads do (the head_roles table, analysis.mechanism.induction_circuit)
+
+FREED_COLUMNS = [*RUN_KEYS, "layer", "head", "baseline_prev", "metric", "value"]
+
+
+def freed_head_roles(heads: pd.DataFrame, roles: pd.DataFrame,
+                     threshold: float = stats.DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """The roles of the freed heads: for every run of every arm, the `head_roles` rows (its final step) of
+    the (layer, head) places that are previous-token heads (prev_token ≥ `threshold`, final step) in the
+    baseline run of the same seed, with that baseline score as `baseline_prev`. Seeds without a baseline run
+    give no rows (a place is a seed's own: unlike the claims, no other seed's places stand in). The baseline's
+    own rows are kept: they are what the heads did before they were freed. Columns FREED_COLUMNS."""
+    for df, what, need in ((heads, "heads", {"arm", "seed", "run", "step", "layer", "head", "metric", "value"}),
+                           (roles, "head_roles", set(FREED_COLUMNS) - {"baseline_prev"})):
+        missing = need - set(_need(df, what).columns)
+        if missing:
+            raise AnalysisError(f"freed head roles: the {what} table lacks column(s) {', '.join(sorted(missing))}")
+    places = stats.baseline_prev_positions(heads, threshold).rename(columns={"score": "baseline_prev"})
+    out = final_rows(roles).merge(places, on=["seed", "layer", "head"], how="inner")
+    return out[FREED_COLUMNS].sort_values([*RUN_KEYS, "layer", "head", "metric"], ignore_index=True)
+
+
 __all__ = ["SESOI", "PATHS", "GATES", "KNOCKOUT_EFFECTS", "one_sample", "compare", "path_shares", "share_per_seed",
            "share_tests", "edge_shares", "readout_per_seed", "readout_tests", "knockout_per_seed", "knockout_label",
-           "knockout_tests", "MechanismSummary", "summarize_mechanism"]
+           "knockout_tests", "MechanismSummary", "summarize_mechanism", "FREED_COLUMNS", "freed_head_roles"]

@@ -18,6 +18,7 @@ from analysis.mechanism import induction_circuit as IC
 from analysis.measures import metrics as M
 from analysis.measures import probes as P
 from analysis.measures.recorder import CONTEXT_FILE, HEADS_FILE, INDUCTION_METRIC, icl_ranges, make_recorder, probe_rows
+from analysis.tables import Tables
 from trainer.config import ModelConfig, get_preset
 from trainer.errors import AnalysisError
 from trainer.model import GPT
@@ -403,3 +404,44 @@ def test_freed_head_roles_join_the_baseline_places_of_the_same_seed():
     assert len(out) == 6 and set(out.loc[out["seed"] == 0, "baseline_prev"]) == {0.8}
     with pytest.raises(AnalysisError, match="head_roles table lacks"):
         freed_head_roles(heads, roles.drop(columns="layer"))
+
+
+# ---- the study's per-seed values ----------------------------------------------------------------------------
+
+
+def _study_tables(arm_values: dict[str, dict]) -> Tables:
+    """Tables of one seed per arm: knock-outs, key shares and records, as analyze and the recorder write them."""
+    ko, ks, rec = [], [], []
+    for arm, v in arm_values.items():
+        base = dict(run=f"s0-{arm}", preset="cpu-induction", arm=arm, seed=0)
+        ko += [dict(base, step=3000, condition=c, metric=m, value=x) for (c, m), x in (
+            (("prev_heads", "copy_cost"), v["cost"]), (("clean", "induction"), 0.9), (("clean", "copy_loss_second"), 0.3))]
+        ks += [dict(base, step=3000, layer=-1, head=-1, route="clean", metric="n_induction_heads", value=2.0)]
+        for (l, h, score) in ((3, 0, 0.5), (5, 1, 0.9)):  # the stronger head (5, 1) is the one whose shares count
+            ks += [dict(base, step=3000, layer=l, head=h, route="clean", metric="induction", value=score)]
+            ks += [dict(base, step=3000, layer=l, head=h, route=r, metric="share", value=s if (l, h) == (5, 1) else 0.5)
+                   for r, s in v["shares"].items()]
+        rec += [dict(base, step=s, tokens=s * 1024, layer=5, head=1, metric=INDUCTION_METRIC, value=x)
+                for s, x in zip((1000, 1050, 1100, 1150), v["record"])]
+    frame = lambda rows: pd.DataFrame(rows)
+    return Tables(heads=frame(rec), key_shares=frame(ks), induction_knockouts=frame(ko), record_heads=frame(rec))
+
+
+def test_induction_per_seed_reads_the_three_claims():
+    from analysis.stats.induction import INDUCTION_CLAIMS, induction_per_seed, mixing_route
+
+    tables = _study_tables({
+        "baseline": dict(cost=8.0, shares={"prev_heads": 0.97, "other": 0.03}, record=[0.1, 0.25, 0.5, 0.9]),
+        "dose-0.8": dict(cost=0.5, shares={"smear": 0.7, "prev_heads": 0.2, "other": 0.1}, record=[0.3, 0.5, 0.6, 0.9]),
+        "keyshift": dict(cost=0.1, shares={"key_shift": 0.95, "prev_heads": 0.0, "other": 0.05}, record=[0.0, 0.1, 0.1, 0.15])})
+    per = induction_per_seed(tables).set_index("arm")
+    assert per.loc["baseline", "copy_cost_prev"] == 8.0 and per.loc["dose-0.8", "copy_cost_prev"] == 0.5
+    assert per.loc["baseline", "mix_share"] == 0.0  # no mixing route: nothing arrives through one
+    assert per.loc["dose-0.8", "mix_share"] == 0.7 and per.loc["keyshift", "mix_share"] == 0.95
+    assert per.loc["baseline", "prev_share"] == 0.97
+    assert per.loc["baseline", "formation_step"] == 1050 and per.loc["dose-0.8", "formation_step"] == 1000
+    # never formed: censored one record past the last, and flagged
+    assert per.loc["keyshift", "formation_step"] == 1200 and not per.loc["keyshift", "formed"]
+    assert [mixing_route(a) for a in ("baseline", "smear", "dose-0.8", "keyshift", "smeared-key")] == [
+        None, "smear", "smear", "key_shift", "key_smear"]
+    assert len(INDUCTION_CLAIMS) == 12 and {c.reference for c in INDUCTION_CLAIMS} == {"baseline"}

@@ -218,3 +218,117 @@ def test_a_baseline_that_does_not_improve_with_steps_has_no_exchange_rate():
 
 def test_the_record_authors_estimate_is_0_30_percent():
     assert ss.record_author_pct() == pytest.approx(0.304, abs=0.001)
+
+
+# ---------------------------------------------------------------------------------------------
+# `smearlens steps-saved` on study folders (written here: a study's plan and its runs' loss logs)
+
+
+def fake_study(folder: Path, steps: int, losses: dict[tuple[str, int], float], preset: str = "tiny",
+               overrides: tuple[str, ...] = (), unfinished: bool = False) -> Path:
+    """A study folder as `smearlens study` leaves it, as far as steps-saved reads it: study.json and each run's
+    loss.csv (a validation at the middle and, unless `unfinished`, at the last step)."""
+    arms = list(dict.fromkeys(a for a, _ in losses))
+    seeds = sorted({s for _, s in losses})
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(dict(preset=preset, arms=arms, seeds=seeds, steps=steps,
+                                                       overrides=list(overrides), data=None)))
+    for (arm, seed), loss in losses.items():
+        run = folder / f"{preset}-s{seed}-{arm}"
+        run.mkdir()
+        last = steps - 1 if unfinished else steps
+        run.joinpath("loss.csv").write_text(f"step,train_loss,val_loss\n{steps // 2},5.0,{loss + 0.3}\n"
+                                            f"{last - 1},4.0,\n{last},4.0,{loss}\n")
+    return folder
+
+
+def budget_grid(root: Path, arms: dict[str, float], seeds=range(3)) -> tuple[Path, list[Path]]:
+    """The study (baseline and `arms` at N0, each arm worth factor × N0 baseline steps) and budget studies at
+    850, 930 and 1080 steps, on L = a_s − 0.05·ln(n)."""
+    loss = lambda s, n: 3.0 + 0.01 * s + SLOPE * math.log(n / N0)
+    main = {("baseline", s): loss(s, N0) for s in seeds}
+    main.update({(arm, s): loss(s, N0 * f) for arm, f in arms.items() for s in seeds})
+    study = fake_study(root / "study", N0, main)
+    budgets = [fake_study(root / f"budgets-{n}", n, {("baseline", s): loss(s, n) for s in seeds}) for n in (850, 930, 1080)]
+    return study, budgets
+
+
+def test_the_command_writes_the_tables_the_figure_and_the_reports_section(tmp_path, capsys, monkeypatch):
+    from analysis.writeup import plots, report
+    from commands.cli import main as cli_main
+    from fixtures.synthetic_tables import write_tables
+
+    study, budgets = budget_grid(tmp_path, {"smear": 1.003, "dose-0.8": 1.05})
+    assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets)]) == 0
+    printed = capsys.readouterr().out
+    assert "smear: Δ loss" in printed and "wrote" in printed
+    summary = pd.read_csv(study / ss.SUMMARY_FILE).set_index("arm")
+    assert list(summary.reset_index().columns) == ss.SUMMARY_COLUMNS
+    assert summary.loc["dose-0.8", "steps_saved"] == pytest.approx(50.0, abs=1e-3)
+    assert summary.loc["smear", "pct_saved"] == pytest.approx(0.3, abs=1e-6)
+    seeds = pd.read_csv(study / ss.SEEDS_FILE)
+    assert list(seeds.columns) == ss.SEED_COLUMNS and len(seeds) == 6
+    rate = pd.read_csv(study / ss.RATE_FILE)
+    assert rate["nats_per_pct"].iloc[0] == pytest.approx(0.0005) and rate["budgets"].iloc[0] == "850 930 1000 1080"
+    assert len(pd.read_csv(study / ss.BUDGETS_FILE)) == 12
+    assert (study / "figures" / "steps_saved.png").stat().st_size > 10_000
+    assert (study / "figures" / "steps_saved.svg").is_file()
+
+    # the study's report, written beside the tables, gains the section
+    monkeypatch.setattr(report.plots, "draw_all", lambda *a, **k: {n: "skipped" for n in plots.FIGURES})
+    tables = write_tables(tmp_path / "tables", arms=("baseline", "smear", "dose-0.8"))
+    text = report.write_report(tables, study / "figures", study / "report.md").read_text()
+    section = text.split("## Steps saved at matched loss", 1)[1].split("\n## ", 1)[0]
+    assert "| dose-0.8 | -0.0024 " in section  # lower loss, steps saved and "+50.0 [+50.0, +50.0] | +5.00% [+5.00, +5.00] | 3 of 3 |" in section
+    assert "about 5 steps of 1,645 (0.30% of training" in section
+    # noiseless: the CI has no width, and 5/1,645 = 0.304% is not 0.300%
+    assert "The learned smear here: +0.30% [+0.30, +0.30] of 1000 steps; 0.30% lies outside that 95% CI" in section
+    assert "![Steps saved at matched loss](figures/steps_saved.png)" in section
+    assert "1% more steps lowers the validation loss by 0.0005 nats" in section
+
+
+def test_the_command_says_when_an_arm_is_beyond_the_fitted_budgets(tmp_path, capsys):
+    from commands.cli import main as cli_main
+
+    study, budgets = budget_grid(tmp_path, {"dose-0.8": 1.3})
+    assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets), "--out", str(tmp_path / "o")]) == 0
+    assert f"{ss.BEYOND} for every seed (3): no number" in capsys.readouterr().out
+    seeds = pd.read_csv(tmp_path / "o" / ss.SEEDS_FILE)
+    assert seeds["steps_saved"].isna().all() and seeds["status"].str.startswith(ss.BEYOND).all()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other preset", "--budgets {b}: a budget study of preset 'cpu-small', but {s} has 'tiny'"),
+    ("other override", "--budgets {b}: a budget study of overrides ['val_every=5']"),
+    ("unfinished", "--budgets {b}: no finished baseline runs (train them: smearlens study --out {b} --preset tiny"),
+    ("same steps", "--budgets {b}: trained for 1000 steps, the study's own budget"),
+    ("twice", "--budgets {b}: the same folder as {b}"),
+    ("not a study", "{b}: no study.json here: not a study folder"),
+    ("no arm", "{s}: no finished runs of an arm other than the baseline"),
+    ("disjoint seeds", "--budgets: no seed has runs at 2 or more budgets"),
+])
+def test_bad_budgets_are_one_line_naming_the_folder(case, message, tmp_path, capsys):
+    from commands.cli import main as cli_main
+
+    losses = {("baseline", 0): 3.0, ("baseline", 1): 3.0, ("smear", 0): 2.9, ("smear", 1): 2.9}
+    study = fake_study(tmp_path / "study", N0, losses if case != "no arm" else {("baseline", 0): 3.0})
+    b = tmp_path / "b"
+    budget = {("baseline", 0): 3.1, ("baseline", 1): 3.1} if case != "disjoint seeds" else {("baseline", 5): 3.1}
+    if case == "not a study":
+        b.mkdir()
+    else:
+        fake_study(b, N0 if case == "same steps" else 900, budget,
+                   preset="cpu-small" if case == "other preset" else "tiny", overrides=("val_every=5",) if case == "other override" else (), unfinished=case == "unfinished")
+    given = [str(b), str(b)] if case == "twice" else [str(b)]
+    assert cli_main(["steps-saved", str(study), "--budgets", *given]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("smearlens: error: " + message.format(b=b, s=study)), err
+
+
+def test_steps_saved_needs_budgets(tmp_path, capsys):
+    from commands.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["steps-saved", str(tmp_path)])
+    assert e.value.code == 2 and "--budgets" in capsys.readouterr().err

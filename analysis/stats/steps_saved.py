@@ -61,6 +61,10 @@ BEYOND = "beyond the fitted budgets"
 STATUS_OK = "ok"
 STATUS_NO_BASELINE = "no baseline run for this seed at 1×"
 _TOL = 1e-9  # in ln(steps): an arm exactly at a budget's loss is inside the range
+# what `smearlens steps-saved` writes (beside the study's report.md, which then has the section) and the figure
+SUMMARY_FILE, SEEDS_FILE, RATE_FILE, BUDGETS_FILE = ("steps_saved.csv", "steps_saved_seeds.csv",
+                                                     "steps_saved_rate.csv", "steps_saved_budgets.csv")
+FIGURE = "steps_saved"
 
 POINT_COLUMNS = ["seed", "steps", "val_loss"]
 SEED_COLUMNS = ["arm", "seed", "baseline_loss", "arm_loss", "loss_diff", "matched_steps", "steps_saved",
@@ -419,7 +423,8 @@ def read_study_losses(folder: str | Path, arms: Iterable[str] | None = None) -> 
     return StudyLosses(folder=folder, preset=preset, steps=steps, plan=plan, runs=runs)
 
 
-__all__ = ["RECORD_STEPS", "RECORD_AUTHOR_STEPS", "QUADRATIC_FROM", "BEYOND", "STATUS_OK", "STATUS_NO_BASELINE",
+__all__ = ["RECORD_STEPS", "RECORD_AUTHOR_STEPS", "QUADRATIC_FROM", "BEYOND", "SUMMARY_FILE", "SEEDS_FILE", "RATE_FILE",
+           "BUDGETS_FILE", "FIGURE", "STATUS_OK", "STATUS_NO_BASELINE",
            "POINT_COLUMNS", "SEED_COLUMNS", "SUMMARY_COLUMNS", "RATE_COLUMNS", "Shape", "fit_shape", "exchange_rate",
            "matched_log_steps", "loss_to_steps", "per_seed_steps", "summarize_steps", "steps_verdict", "steps_saved_tables",
            "record_author_pct", "fitted_points", "StudyLosses", "read_study_losses"]

@@ -43,7 +43,10 @@ def budget_points(study: ss.StudyLosses, budgets: Sequence[str | Path]) -> pd.Da
         if folder.resolve() in seen:
             raise AnalysisError(f"--budgets {folder}: the same folder as {seen[folder.resolve()]}")
         seen[folder.resolve()] = str(folder)
-        got = ss.read_study_losses(folder, arms=[BASELINE])
+        try:
+            got = ss.read_study_losses(folder, arms=[BASELINE])
+        except AnalysisError as e:
+            raise AnalysisError(f"--budgets {e}") from None
         for key in SAME_PLAN:
             mine, theirs = _setting(got.plan, key), _setting(study.plan, key)
             if mine != theirs:
@@ -86,13 +89,14 @@ def run_steps_saved(study: str | Path, budgets: Sequence[str | Path], out: str |
 
 
 def summary_lines(summary: pd.DataFrame) -> list[str]:
-    """One line per arm for the terminal."""
+    """One line per arm for the terminal (no number where there is none)."""
+    num = lambda v, fmt: "n/a" if pd.isna(v) else fmt.format(v)
     lines = []
     for r in summary.to_dict("records"):
-        lines.append(f"{r['arm']}: Δ loss {r['loss_diff']:+.4f}; steps saved {r['steps_saved']:+.1f} "
-                     f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] of {r['preset_steps']} "
-                     f"({r['pct_saved']:+.2f}% [{r['pct_ci_low']:+.2f}, {r['pct_ci_high']:+.2f}]); "
-                     f"mean loss converted {r['pct_at_mean_loss']:+.2f}%; {r['verdict']}")
+        steps = (f"steps saved {num(r['steps_saved'], '{:+.1f}')} [{num(r['ci_low'], '{:+.1f}')}, "
+                 f"{num(r['ci_high'], '{:+.1f}')}] of {r['preset_steps']} ({num(r['pct_saved'], '{:+.2f}%')}); "
+                 f"mean loss converted {num(r['pct_at_mean_loss'], '{:+.2f}%')}; " if r["n"] else "")
+        lines.append(f"{r['arm']}: Δ loss {r['loss_diff']:+.4f}; {steps}{r['verdict']}")
     return lines
 
 

@@ -303,7 +303,7 @@ def test_the_command_says_when_an_arm_is_beyond_the_fitted_budgets(tmp_path, cap
     ("unfinished", "--budgets {b}: no finished baseline runs (train them: smearlens study --out {b} --preset tiny"),
     ("same steps", "--budgets {b}: trained for 1000 steps, the study's own budget"),
     ("twice", "--budgets {b}: the same folder as {b}"),
-    ("not a study", "{b}: no study.json here: not a study folder"),
+    ("not a study", "--budgets {b}: no study.json here: not a study folder"),
     ("no arm", "{s}: no finished runs of an arm other than the baseline"),
     ("disjoint seeds", "--budgets: no seed has runs at 2 or more budgets"),
 ])

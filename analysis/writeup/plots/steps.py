@@ -35,7 +35,7 @@ def steps_saved_figure(points: pd.DataFrame, shape: Shape, summary: pd.DataFrame
                label=f"baseline runs ({anchored['seed'].nunique()} seeds), moved to the mean 1× loss")
     ax.axvline(shape.n0, color="#777", lw=0.8, ls=":")
     ax.annotate(f"study's budget, {shape.n0} steps", (shape.n0, 1), xycoords=("data", "axes fraction"),
-                xytext=(3, -12), textcoords="offset points", fontsize=8, color="#555")
+                xytext=(-3, -12), textcoords="offset points", ha="right", fontsize=8, color="#555")
     beyond = []
     for r in summary.to_dict("records"):
         color = ARM_COLORS[r["arm"]]
@@ -52,7 +52,8 @@ def steps_saved_figure(points: pd.DataFrame, shape: Shape, summary: pd.DataFrame
         if not math.isfinite(r["pct_saved"]):
             beyond.append(arm_label(r["arm"]))
     if beyond:
-        ax.text(0.02, 0.02, f"beyond the fitted budgets: {', '.join(beyond)}", transform=ax.transAxes, fontsize=8)
+        ax.text(0.02, 0.97, f"beyond the fitted budgets: {', '.join(beyond)}", transform=ax.transAxes, fontsize=8,
+                va="top")
     top = ax.secondary_xaxis("top", functions=(lambda s: 100 * (s / shape.n0 - 1), lambda p: shape.n0 * (1 + p / 100)))
     top.set_xlabel("steps relative to the study's budget (%)")
     ax.set_xlabel("baseline training steps (each a full run with its own schedule)")
@@ -60,6 +61,7 @@ def steps_saved_figure(points: pd.DataFrame, shape: Shape, summary: pd.DataFrame
     r = rate.iloc[0]
     ax.set_title(f"Steps saved at matched loss: 1% more steps lowers the loss by {r['nats_per_pct']:.4g} nats "
                  f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]", fontsize=10)
+    ax.margins(x=0.06)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")  # the curve falls from upper left to lower right
     return fig

@@ -1,5 +1,5 @@
 """`smearlens` command line: data, train, train-pair, analyze, report, inspect, study, study-copy, sweep,
-sweep-report, demo, import-record, eval.
+sweep-report, dose-report, steps-saved, demo, import-record, eval.
 
 The command layer sits above both `trainer` and `analysis`: it parses arguments, wires the recorder
 into training as a callback, and turns `SmearlensError`s into one clear line.
@@ -271,6 +271,15 @@ def cmd_dose_report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_steps_saved(args: argparse.Namespace) -> None:
+    from commands.steps_saved import run_steps_saved, summary_lines
+
+    summary = run_steps_saved(args.study, args.budgets, args.out)
+    print("\n".join(summary_lines(summary)))
+    out = Path(args.out or args.study)
+    print(f"wrote {out / 'steps_saved.csv'} (and _seeds, _rate, _budgets) and {out / 'figures' / 'steps_saved.png'}")
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--seed", type=int, default=0)
@@ -538,6 +547,18 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
     p.set_defaults(func=cmd_dose_report)
+
+    import commands.steps_saved as steps
+
+    p = sub.add_parser("steps-saved", help="each arm's loss difference as baseline training steps at matched loss, "
+                                           "from the baseline trained at other step budgets",
+                       description=steps.__doc__.split("\n\n")[0])
+    p.add_argument("study", metavar="STUDY", help="the study folder whose arms are converted (its baseline: 1×)")
+    p.add_argument("--budgets", nargs="+", required=True, metavar="DIR",
+                   help="study folders of the baseline at other --steps (same preset, --set and data)")
+    p.add_argument("--out", help="folder for steps_saved*.csv and figures/steps_saved.{png,svg} (default: STUDY, "
+                                 "beside its report.md, which then shows them)")
+    p.set_defaults(func=cmd_steps_saved)
 
 
 def build_parser() -> argparse.ArgumentParser:

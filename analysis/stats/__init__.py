@@ -4,8 +4,9 @@
 here, so `from analysis import stats` is the one way in to them; `inference` the array statistics they rest
 on (paired t, sign-flip, Welch, bootstrap); `mechanism_stats` the paired statistics of the mechanism tables;
 `dose_response` the fits across doses and the studies they pool; `gate_arms` why the learned gate stays low;
-`sizes` trends across model widths; `planned` a later study's own primary claims (any reference arm, Holm over
-the declared family, 2 × 2 interactions as removal costs); `induction` the induction study's per-seed values.
+`sizes` trends across model widths; `steps_saved` an arm's loss difference as training steps of the baseline
+at matched loss (the speedrun's currency); `planned` a later study's own primary claims (any reference arm, Holm
+over the declared family, 2 × 2 interactions as removal costs); `induction` the induction study's per-seed values.
 May import `analysis.tables`, `analysis.schema`, the trainer and the mechanism's pure table functions (never a
 model's forward), never the write-up: statistics read tables, not models.
 """

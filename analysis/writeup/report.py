@@ -4,8 +4,9 @@ Figures (embedded by relative path), per-seed tables, the statistics (paired by 
 claims fixed in advance, Holm-corrected, with equivalence tests and power; every arm against the
 baseline as exploratory comparisons), the conclusion they support (including "too few seeds to
 tell"), a dose-response section when the tables hold ≥ 2 fixed doses (`dose-<c>` arms) and one on why the
-learned gate stays low when they hold its arms (both in analysis/writeup/report_arms.py), and the commands and configs
-that produced them. By default the figures are drawn directly with `analysis.writeup.plots`, so
+learned gate stays low when they hold its arms (both in analysis/writeup/report_arms.py), steps saved at matched
+loss when `smearlens steps-saved` wrote its tables beside the report (analysis/writeup/report_steps.py), and the
+commands and configs that produced them. By default the figures are drawn directly with `analysis.writeup.plots`, so
 a report never needs a Jupyter kernel; `--notebooks` executes the notebooks instead (papermill).
 """
 
@@ -30,6 +31,7 @@ from analysis.writeup.notebook_runner import run_notebooks
 from analysis.writeup.markdown import _ci, _md_table, _num, _p, _seeds, _signflip, seed_ranges
 from analysis.writeup.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
 from analysis.writeup.report_mechanism import mechanism_conclusion, mechanism_markdown
+from analysis.writeup.report_steps import steps_markdown_section
 from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_write_text
@@ -466,6 +468,9 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "previous-token mass is the sum of the scores over all heads. Heads count as *freed up* when the "
         "smear arm has both fewer previous-token heads and less previous-token mass than the baseline, "
         "significantly across paired seeds after the Holm correction over the primary claims.", "",
+    ]
+    body += steps_markdown_section(out_path.parent, figures_dir, out_path.parent)  # after `smearlens steps-saved`
+    body += [
         "## Statistics", "", statistics_markdown(summary), "",
         "### Previous-token heads at each threshold", "", thresholds_markdown(summary.thresholds), "",
         "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",

@@ -1,0 +1,430 @@
+"""Steps saved at matched loss: an arm's loss difference in the speedrun's currency, training steps.
+
+A run's learning-rate and window schedules depend on its step budget, so a loss logged part way through a
+run is not a shorter run's loss. The baseline is therefore trained as full runs at a few budgets around the
+study's (`smearlens study --steps N`, one study per budget), and its final validation loss is fitted against
+x = ln(steps) near the study's budget n0 (x0 = ln n0):
+
+    L[s, b] = a_s + β1·(x_b − x0) + β2·(x_b − x0)²      (β2 only with ≥ 4 budgets; else a line)
+
+by OLS with an intercept per seed: the shape β is pooled over seeds (and taken as shared by every arm: the
+exchange rate), so it needs fewer seeds than an arm's contrast. The 1× point is the study's own baseline.
+Each seed's curve is anchored at its own 1× baseline loss, curve_s(x) = L_base[s] + β1·u + β2·u² with
+u = x − x0, so a study seed without budget runs still gets a curve, and an arm equal to its baseline is worth
+exactly n0 steps. For arm A and seed s, the matched steps n* solve curve_s(ln n*) = L_A[s]: the baseline
+steps that reach the arm's loss. Steps saved = n* − n0 (positive: the arm's loss is lower, so the baseline
+needs more steps to reach it), also as a percentage of n0. A loss the fitted budgets do not reach (u outside
+[ln(smallest budget), ln(largest budget)] − x0, or no root on the curve's branch through 1×) gets NaN and the
+status "beyond the fitted budgets", never an extrapolated number.
+
+The per-arm CI adds two independent errors in variance: the seeds' (the per-seed values' spread / √n, with
+n − 1 degrees of freedom: the paired contrast) and the shape's (the delta method, gᵀ Cov(β) g with g the
+mean over seeds of ∂(value)/∂β, with the fit's residual degrees of freedom), and takes a t quantile at the
+Welch–Satterthwaite degrees of freedom of the sum. Why not a bootstrap: with the 2–8 seeds a budget grid
+typically has, a percentile bootstrap over seeds is too narrow (it has no t correction) and degenerate at 2
+seeds; the delta method is exact for the linear shape up to the exp() in the percentage, which is nearly
+linear over the few percent a grid spans. The two errors share each seed's 1× baseline loss (it anchors the
+curve and is one of the fit's points), a second-order term left out. Simulated (`tests/test_steps_saved.py`),
+the 95% interval covers the truth 90% of the time at 2 seeds (Welch–Satterthwaite is rough at 1 degree of
+freedom), 94% at 4 and 95–96% at 8.
+
+Seeds beyond the fitted budgets are left out of an arm's mean, which then lacks its most extreme seeds: with
+the powered study's noise (≈ 0.01 nats a run) single seeds often fall past a 1.08× budget. So the summary also
+converts the mean paired loss difference (`loss_to_steps`: its paired t CI plus the shape's error), which
+uses every seed and stays inside the budgets; simulated at that scale it covers the truth 96% of the time
+where the mean over the seeds inside covers it 84%.
+
+Pure functions (DataFrames and arrays in, tidy DataFrames out), but for `read_study_losses`, which reads a
+study folder's plan and its runs' final validation losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats.inference import ALPHA, t_ci
+from analysis.tables import BASELINE, RECORD_ARM, arm_order
+from trainer.errors import AnalysisError, one_line
+
+# The record (SPEC): the smear's run is 1,645 steps; its author put the smear's gain "closer to 5 steps".
+RECORD_STEPS = 1645
+RECORD_AUTHOR_STEPS = 5
+QUADRATIC_FROM = 4  # budgets (1× included) from which the shape gets a curvature term
+BEYOND = "beyond the fitted budgets"
+STATUS_OK = "ok"
+STATUS_NO_BASELINE = "no baseline run for this seed at 1×"
+_TOL = 1e-9  # in ln(steps): an arm exactly at a budget's loss is inside the range
+# what `smearlens steps-saved` writes (beside the study's report.md, which then has the section) and the figure
+SUMMARY_FILE, SEEDS_FILE, RATE_FILE, BUDGETS_FILE = ("steps_saved.csv", "steps_saved_seeds.csv",
+                                                     "steps_saved_rate.csv", "steps_saved_budgets.csv")
+FIGURE = "steps_saved"
+
+POINT_COLUMNS = ["seed", "steps", "val_loss"]
+SEED_COLUMNS = ["arm", "seed", "baseline_loss", "arm_loss", "loss_diff", "matched_steps", "steps_saved",
+                "pct_saved", "status"]
+SUMMARY_COLUMNS = ["arm", "preset_steps", "n_seeds", "n", "n_beyond", "loss_diff", "loss_ci_low", "loss_ci_high",
+                   "steps_saved", "ci_low", "ci_high", "pct_saved", "pct_ci_low", "pct_ci_high", "df",
+                   "pct_at_mean_loss", "pct_at_mean_ci_low", "pct_at_mean_ci_high", "at_mean_status", "shape", "verdict"]
+RATE_COLUMNS = ["preset_steps", "shape", "budgets", "n_seeds", "n_points", "df", "beta1", "beta1_se", "beta2",
+                "beta2_se", "sigma", "nats_per_pct", "ci_low", "ci_high"]
+
+
+def _t(df: float, level: float = 1 - ALPHA) -> float:
+    from scipy import stats as st
+
+    return float(st.t.ppf(0.5 + level / 2, df)) if df > 0 else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# The shape: the baseline's final loss against ln(steps), pooled over seeds
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The fitted shape of the baseline's final loss in u = ln(steps / n0), shared by seeds and arms."""
+
+    n0: int  # the study's budget (1×)
+    beta: np.ndarray  # [β1] or [β1, β2]
+    cov: np.ndarray  # Cov(β), NaN without residual degrees of freedom
+    df: int  # residual degrees of freedom of the fit
+    sigma: float  # residual SD (nats)
+    budgets: tuple[int, ...]  # the step counts fitted, 1× included
+    n_seeds: int
+    n_points: int
+
+    @property
+    def degree(self) -> int:
+        return len(self.beta)
+
+    @property
+    def b1(self) -> float:
+        return float(self.beta[0])
+
+    @property
+    def b2(self) -> float:
+        return float(self.beta[1]) if self.degree > 1 else 0.0
+
+    @property
+    def u_range(self) -> tuple[float, float]:
+        """ln(smallest budget / n0), ln(largest budget / n0): where the fit has data."""
+        return math.log(min(self.budgets) / self.n0), math.log(max(self.budgets) / self.n0)
+
+    def describe(self) -> str:
+        kind = "quadratic" if self.degree > 1 else "linear"
+        return f"{kind} in ln(steps), {len(self.budgets)} budgets ({', '.join(map(str, self.budgets))})"
+
+    def delta(self, u: np.ndarray | float) -> np.ndarray:
+        """curve(x0 + u) − curve(x0): the loss change from 1× to steps n0·e^u."""
+        u = np.asarray(u, float)
+        return self.b1 * u + self.b2 * u * u
+
+
+def fit_shape(points: pd.DataFrame, n0: int, degree: int | None = None) -> Shape:
+    """OLS of the baseline's final losses (`seed`, `steps`, `val_loss`: one row a run) on u = ln(steps/n0)
+    (and u² with ≥ QUADRATIC_FROM budgets, unless `degree` says) with an intercept per seed."""
+    missing = [c for c in POINT_COLUMNS if c not in points.columns]
+    if missing:
+        raise AnalysisError(f"budget points lack column(s) {', '.join(missing)}")
+    df = points[POINT_COLUMNS].dropna()
+    if (df["steps"] <= 0).any():
+        raise AnalysisError("budget points: steps must be positive")
+    if df.duplicated(["seed", "steps"]).any():
+        dup = df[df.duplicated(["seed", "steps"], keep=False)].drop_duplicates(["seed", "steps"])
+        raise AnalysisError("several baseline runs for one seed and budget: "
+                            + ", ".join(f"seed {s} at {n} steps" for s, n in zip(dup["seed"], dup["steps"])))
+    budgets = tuple(sorted(int(b) for b in df["steps"].unique()))
+    if len(budgets) < 2:
+        raise AnalysisError(f"{len(budgets)} budget(s) ({', '.join(map(str, budgets)) or 'none'}): "
+                            "the shape needs at least 2 step counts")
+    per_seed = df.groupby("seed")["steps"].nunique()
+    if not (per_seed >= 2).any():
+        raise AnalysisError("no seed has runs at 2 or more budgets: the shape within a seed cannot be fitted")
+    degree = degree or (2 if len(budgets) >= QUADRATIC_FROM else 1)
+    if degree not in (1, 2) or (degree == 2 and len(budgets) < 3):
+        raise AnalysisError(f"a shape of degree {degree} needs {'3' if degree == 2 else '1–2'} or more budgets")
+    seeds = sorted(df["seed"].unique())
+    u = np.log(df["steps"].to_numpy(float) / n0)
+    onehot = (df["seed"].to_numpy()[:, None] == np.array(seeds)[None, :]).astype(float)
+    shape_cols = np.column_stack([u ** (k + 1) for k in range(degree)])
+    X = np.hstack([onehot, shape_cols])
+    y = df["val_loss"].to_numpy(float)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    rank = np.linalg.matrix_rank(X)
+    dof = len(y) - rank
+    resid = y - X @ coef
+    k = len(seeds)
+    sigma = float(np.sqrt(resid @ resid / dof)) if dof > 0 else math.nan
+    cov = (sigma ** 2 * np.linalg.pinv(X.T @ X))[k:, k:] if dof > 0 else np.full((degree, degree), math.nan)
+    return Shape(n0=int(n0), beta=coef[k:], cov=cov, df=int(dof), sigma=sigma, budgets=budgets,
+                 n_seeds=k, n_points=len(y))
+
+
+def exchange_rate(shape: Shape, level: float = 1 - ALPHA) -> pd.DataFrame:
+    """The exchange rate at 1×: nats of validation loss that 1% more steps lowers it by (−dL/d% = −β1/100,
+    since d ln(steps) = 0.01 per 1% at 1×), with a t CI at the fit's residual degrees of freedom."""
+    se = np.sqrt(np.diag(shape.cov))
+    rate, rate_se = -shape.b1 / 100, float(se[0]) / 100
+    half = _t(shape.df, level) * rate_se
+    return pd.DataFrame([dict(preset_steps=shape.n0, shape=shape.describe(),
+                              budgets=" ".join(map(str, shape.budgets)), n_seeds=shape.n_seeds,
+                              n_points=shape.n_points, df=shape.df, beta1=shape.b1, beta1_se=float(se[0]),
+                              beta2=shape.b2 if shape.degree > 1 else math.nan,
+                              beta2_se=float(se[1]) if shape.degree > 1 else math.nan, sigma=shape.sigma,
+                              nats_per_pct=rate, ci_low=rate - half, ci_high=rate + half)], columns=RATE_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The inversion
+
+
+def matched_log_steps(loss_diff: np.ndarray | float, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """u = ln(n*/n0) with curve(x0 + u) − curve(x0) = loss_diff on the curve's branch through 1×, and a
+    status per value: "ok", or BEYOND (with which end) where the fitted budgets do not reach that loss."""
+    d = np.atleast_1d(np.asarray(loss_diff, float))
+    b1, b2 = shape.b1, shape.b2
+    disc = b1 * b1 + 4 * b2 * d
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # the root through u = 0 at d = 0, in the form that stays exact as β2 → 0
+        u = 2 * d / (b1 + math.copysign(1.0, b1) * np.sqrt(disc))
+    lo, hi = shape.u_range
+    status = np.full(d.shape, STATUS_OK, dtype=object)
+    lower = b1 < 0  # the usual case: more steps, lower loss
+    # no root: past the curve's turning point (the loss is one the curve never reaches)
+    none = ~np.isfinite(u) & np.isfinite(d)
+    status[none] = f"{BEYOND} (the fitted curve never reaches this loss)"
+    below, above = u < lo - _TOL, u > hi + _TOL
+    few, many = (f"{BEYOND} (above the smallest budget's loss)", f"{BEYOND} (below the largest budget's loss)")
+    status[below] = few if lower else many
+    status[above] = many if lower else few
+    status[np.isnan(d)] = "no loss"
+    u = np.where(status == STATUS_OK, u, np.nan)
+    return u, status
+
+
+def _grad(u: np.ndarray, shape: Shape) -> np.ndarray:
+    """∂(pct saved)/∂β per value: from β1·u + β2·u² = d, ∂u/∂βk = −u^k / (β1 + 2β2·u); ∂pct/∂u = 100·e^u."""
+    slope = shape.b1 + 2 * shape.b2 * u
+    cols = [-(u ** (k + 1)) / slope for k in range(shape.degree)]
+    return (100 * np.exp(u))[:, None] * np.column_stack(cols)
+
+
+def loss_to_steps(loss_diff: float, shape: Shape, ci_low: float | None = None, ci_high: float | None = None,
+                  df: float | None = None, level: float = 1 - ALPHA) -> dict:
+    """Any loss difference (arm − baseline at 1×, nats; negative: the arm is better) as steps: the baseline
+    steps n* that reach it, steps saved n* − n0 and their percentage of n0, with a CI. Given the loss's CI
+    (a t CI with `df` degrees of freedom, or a normal one without), its error and the shape's are added in
+    variance (module docstring); without it, the CI carries the shape's error alone."""
+    u, status = matched_log_steps(loss_diff, shape)
+    u0, s0 = float(u[0]), str(status[0])
+    out = dict(loss_diff=float(loss_diff), matched_steps=math.nan, steps_saved=math.nan, ci_low=math.nan,
+               ci_high=math.nan, pct_saved=math.nan, pct_ci_low=math.nan, pct_ci_high=math.nan, status=s0)
+    if s0 != STATUS_OK:
+        return out
+    pct = 100 * (math.exp(u0) - 1)
+    g = _grad(u, shape)[0]
+    parts = [(float(g @ shape.cov @ g), shape.df)]
+    if ci_low is not None and ci_high is not None:
+        z = _t(df, level) if df is not None else _normal(level)
+        se_d = (ci_high - ci_low) / (2 * z)
+        dpct = 100 * math.exp(u0) / (shape.b1 + 2 * shape.b2 * u0)
+        parts.append((dpct ** 2 * se_d ** 2, df if df is not None else math.inf))
+    lo, hi, _ = _combined_ci(pct, parts, level)
+    out.update(matched_steps=shape.n0 * math.exp(u0), pct_saved=pct, pct_ci_low=lo, pct_ci_high=hi,
+               steps_saved=shape.n0 * pct / 100, ci_low=shape.n0 * lo / 100, ci_high=shape.n0 * hi / 100)
+    return out
+
+
+def _normal(level: float) -> float:
+    from scipy import stats as st
+
+    return float(st.norm.ppf(0.5 + level / 2))
+
+
+def _combined_ci(mean: float, parts: Sequence[tuple[float, float]], level: float) -> tuple[float, float, float]:
+    """mean ± t·√(Σ var) at the Welch–Satterthwaite degrees of freedom of the variances (var, df) summed;
+    returns (low, high, df). NaN where a variance is unknown."""
+    var = sum(v for v, _ in parts)
+    if not math.isfinite(var):
+        return math.nan, math.nan, math.nan
+    if var == 0:
+        return mean, mean, math.inf
+    denom = sum(v * v / d for v, d in parts if v > 0 and d > 0 and math.isfinite(d))
+    dof = var * var / denom if denom > 0 else math.inf
+    q = _t(dof, level) if math.isfinite(dof) else _normal(level)
+    return mean - q * math.sqrt(var), mean + q * math.sqrt(var), dof
+
+
+# ---------------------------------------------------------------------------------------------
+# Per seed and per arm
+
+
+def per_seed_steps(losses: pd.DataFrame, shape: Shape, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per arm (but the baseline) and seed, from the study's final losses (`arm`, `seed`, `val_loss` at n0):
+    the loss difference from the seed's baseline, the matched baseline steps, the steps saved and their
+    percentage of n0 (NaN, with the status saying why, beyond the fitted budgets or without a baseline)."""
+    base = losses[losses["arm"] == baseline].drop_duplicates("seed").set_index("seed")["val_loss"]
+    rows = []
+    for arm in [a for a in arm_order(losses["arm"]) if a != baseline]:
+        own = losses[losses["arm"] == arm].drop_duplicates("seed").sort_values("seed")
+        for seed, loss in zip(own["seed"], own["val_loss"].astype(float)):
+            b = float(base.get(seed, math.nan))
+            d = loss - b
+            row = dict(arm=arm, seed=seed, baseline_loss=b, arm_loss=loss, loss_diff=d, matched_steps=math.nan,
+                       steps_saved=math.nan, pct_saved=math.nan, status=STATUS_NO_BASELINE)
+            if math.isfinite(b):
+                u, status = matched_log_steps(d, shape)
+                row["status"] = str(status[0])
+                if row["status"] == STATUS_OK:
+                    n_star = shape.n0 * math.exp(float(u[0]))
+                    row.update(matched_steps=n_star, steps_saved=n_star - shape.n0,
+                               pct_saved=100 * (n_star / shape.n0 - 1))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)
+
+
+def summarize_steps(seeds: pd.DataFrame, shape: Shape, level: float = 1 - ALPHA) -> pd.DataFrame:
+    """Per arm: the mean steps saved over the seeds with a value, its CI (the seeds' t error plus the shape's,
+    module docstring), the percentage of n0 with its CI, the mean loss difference with its paired t CI over
+    every paired seed, how many seeds lie beyond the fitted budgets, and a verdict in words."""
+    rows = []
+    for arm in arm_order(seeds["arm"]) if len(seeds) else []:
+        g = seeds[seeds["arm"] == arm]
+        paired = g[g["status"] != STATUS_NO_BASELINE]
+        ok = paired[paired["status"] == STATUS_OK]
+        n, n_beyond = len(ok), int(paired["status"].str.startswith(BEYOND).sum())
+        d = paired["loss_diff"].to_numpy(float)
+        d = d[np.isfinite(d)]
+        dlo, dhi = t_ci(d, level)
+        pct, lo, hi, dof = math.nan, math.nan, math.nan, math.nan
+        if n:
+            p = ok["pct_saved"].to_numpy(float)
+            pct = float(p.mean())
+            u = np.log1p(p / 100)
+            g_mean = _grad(u, shape).mean(axis=0)
+            var_shape = float(g_mean @ shape.cov @ g_mean)
+            var_seed = float(p.var(ddof=1)) / n if n >= 2 else math.nan
+            lo, hi, dof = _combined_ci(pct, [(var_seed, n - 1), (var_shape, shape.df)], level)
+        # the mean loss difference converted: it stays inside the budgets when single seeds' noise does not
+        at_mean = (loss_to_steps(float(d.mean()), shape, dlo, dhi, len(d) - 1, level) if len(d) >= 2 else
+                   loss_to_steps(float(d.mean()), shape) if len(d) else None)
+        rows.append(dict(arm=arm, preset_steps=shape.n0, n_seeds=len(paired), n=n, n_beyond=n_beyond,
+                         loss_diff=float(d.mean()) if len(d) else math.nan, loss_ci_low=dlo, loss_ci_high=dhi,
+                         steps_saved=shape.n0 * pct / 100, ci_low=shape.n0 * lo / 100, ci_high=shape.n0 * hi / 100,
+                         pct_saved=pct, pct_ci_low=lo, pct_ci_high=hi, df=dof,
+                         pct_at_mean_loss=at_mean["pct_saved"] if at_mean else math.nan,
+                         pct_at_mean_ci_low=at_mean["pct_ci_low"] if at_mean else math.nan,
+                         pct_at_mean_ci_high=at_mean["pct_ci_high"] if at_mean else math.nan,
+                         at_mean_status=at_mean["status"] if at_mean else "no loss", shape=shape.describe(),
+                         verdict=steps_verdict(pct, lo, hi, n, n_beyond, len(paired), shape)))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def steps_verdict(pct: float, lo: float, hi: float, n: int, n_beyond: int, n_seeds: int, shape: Shape) -> str:
+    """The per-arm verdict in words: which side of 0 steps the CI lies, and what the seeds beyond the fitted
+    budgets do to the mean."""
+    if n_seeds == 0:
+        return "no seed with a baseline run at 1×"
+    if n == 0:
+        return f"{BEYOND} for every seed ({n_beyond}): no number"
+    if not math.isfinite(lo):
+        why = ("the fit has no residual degrees of freedom" if not shape.df else "1 seed with a value")
+        text = f"no CI ({why})"
+    elif lo > 0:
+        text = "saves steps (95% CI above 0)"
+    elif hi < 0:
+        text = "costs steps (95% CI below 0)"
+    else:
+        text = "not distinguishable from 0 steps (95% CI spans 0)"
+    if n_beyond:
+        text += (f"; {n_beyond} of {n_seeds} seeds {BEYOND}, left out: the mean is over the other {n}, without "
+                 "the most extreme seeds (pct_at_mean_loss, the mean loss difference converted, uses them all)")
+    return text
+
+
+def steps_saved_tables(points: pd.DataFrame, losses: pd.DataFrame, n0: int, degree: int | None = None
+                ) -> tuple[Shape, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Everything at once: the shape fitted on `points` (the baseline's runs at every budget, the study's 1×
+    runs included), the exchange rate, the per-seed table and the per-arm summary for the study's `losses`."""
+    shape = fit_shape(points, n0, degree)
+    if shape.b1 >= 0:
+        raise AnalysisError(f"the baseline's final loss does not fall with more steps at {n0} (slope "
+                            f"{shape.b1:+.4g} nats per unit of ln steps over budgets "
+                            f"{', '.join(map(str, shape.budgets))}): no exchange rate")
+    seeds = per_seed_steps(losses, shape)
+    return shape, exchange_rate(shape), seeds, summarize_steps(seeds, shape)
+
+
+def record_author_pct() -> float:
+    """The record's author's estimate of the smear's gain, as a percentage of the record's training steps."""
+    return 100 * RECORD_AUTHOR_STEPS / RECORD_STEPS
+
+
+def fitted_points(points: pd.DataFrame, shape: Shape, anchors: pd.Series) -> pd.DataFrame:
+    """The budget points with each seed's anchored curve at them (`curve`: its 1× loss plus the shape's change;
+    NaN for a seed without a 1× run), for the table and the figure."""
+    out = points[POINT_COLUMNS].copy()
+    base = out["seed"].map(anchors).astype(float)
+    out["curve"] = base + shape.delta(np.log(out["steps"].to_numpy(float) / shape.n0))
+    return out.sort_values(["steps", "seed"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a study folder
+
+
+@dataclass
+class StudyLosses:
+    """A study folder's plan and its finished runs' final validation losses."""
+
+    folder: Path
+    preset: str
+    steps: int
+    plan: dict  # study.json
+    runs: pd.DataFrame  # run, arm, seed, steps, val_loss: finished runs only
+
+
+def read_study_losses(folder: str | Path, arms: Iterable[str] | None = None) -> StudyLosses:
+    """The plan (study.json) and, per run of the plan that finished (its loss.csv validates at the plan's
+    last step), its final validation loss. Unfinished runs are left out; an unreadable plan or loss log is
+    an AnalysisError naming the file."""
+    folder = Path(folder)
+    path = folder / "study.json"
+    if not path.is_file():
+        raise AnalysisError(f"{folder}: no study.json here: not a study folder (`smearlens study --out {folder} …`)")
+    try:
+        plan = json.loads(path.read_text())
+        preset, steps = str(plan["preset"]), int(plan["steps"])
+        planned_arms, seeds = list(map(str, plan["arms"])), [int(s) for s in plan["seeds"]]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as e:
+        raise AnalysisError(f"{path}: not a study plan ({one_line(e)})") from None
+    wanted = set(arms) if arms is not None else set(planned_arms)
+    rows = []
+    for arm in [a for a in planned_arms if a in wanted]:
+        for seed in seeds:
+            log = folder / f"{preset}-s{seed}-{arm}" / "loss.csv"  # the study's run folder name (run_name)
+            if not log.is_file():
+                continue
+            try:
+                val = pd.read_csv(log, usecols=["step", "val_loss"]).dropna()
+            except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise AnalysisError(f"{log}: not a training loss log ({one_line(e)})") from None
+            last = val[val["step"] == steps]
+            if len(last):
+                rows.append(dict(run=log.parent.name, arm=arm, seed=seed, steps=steps,
+                                 val_loss=float(last["val_loss"].iloc[-1])))
+    runs = pd.DataFrame(rows, columns=["run", "arm", "seed", "steps", "val_loss"])
+    return StudyLosses(folder=folder, preset=preset, steps=steps, plan=plan, runs=runs)
+
+
+__all__ = ["RECORD_STEPS", "RECORD_AUTHOR_STEPS", "QUADRATIC_FROM", "BEYOND", "SUMMARY_FILE", "SEEDS_FILE", "RATE_FILE",
+           "BUDGETS_FILE", "FIGURE", "STATUS_OK", "STATUS_NO_BASELINE",
+           "POINT_COLUMNS", "SEED_COLUMNS", "SUMMARY_COLUMNS", "RATE_COLUMNS", "Shape", "fit_shape", "exchange_rate",
+           "matched_log_steps", "loss_to_steps", "per_seed_steps", "summarize_steps", "steps_verdict", "steps_saved_tables",
+           "record_author_pct", "fitted_points", "StudyLosses", "read_study_losses"]

@@ -1,0 +1,89 @@
+"""The report's section "Steps saved at matched loss": the tables `smearlens steps-saved` wrote beside report.md
+(per arm: the loss difference in nats beside the baseline steps it is worth), the exchange rate, the learned
+smear against the record's author's "about 5 steps of 1,645", and the figure."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.stats import steps_saved as ss
+from analysis.writeup.markdown import _md_table, _num
+
+
+def _ci(lo: float, hi: float, fmt: str) -> str:
+    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]" if math.isfinite(lo) else ""
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path) if path.is_file() else None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return None
+
+
+def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: str | Path) -> list[str]:
+    """The section's lines, or none when `folder` (the report's own) holds no `steps_saved.csv`."""
+    folder, figures_dir, where = Path(folder), Path(figures_dir), Path(where)
+    path = folder / ss.SUMMARY_FILE
+    if not path.is_file():
+        return []
+    summary, rate = _read(path), _read(folder / ss.RATE_FILE)
+    body = ["## Steps saved at matched loss", ""]
+    if summary is None or not set(ss.SUMMARY_COLUMNS) <= set(summary.columns):
+        return body + [f"*Absent: `{path.name}` is not a steps-saved table (rerun `smearlens steps-saved`).*", ""]
+    n0 = int(summary["preset_steps"].iloc[0]) if len(summary) else 0
+    body += [f"The baseline trained as full runs at other step budgets, its final loss fitted against ln(steps) "
+             f"({summary['shape'].iloc[0] if len(summary) else '—'}; `analysis/stats/steps_saved.py`), and each arm "
+             f"placed at the baseline steps that reach its loss, paired by seed: steps saved = those steps − "
+             f"{n0} (positive: the arm is ahead). A seed whose loss the budgets do not reach has no number "
+             f"(\"{ss.BEYOND}\"); the column \"mean Δ loss as % of training\" converts the mean loss difference "
+             "instead, every seed in it.", ""]
+    if rate is not None and len(rate):
+        r = rate.iloc[0]
+        body += [f"Exchange rate at {n0} steps: 1% more steps lowers the validation loss by "
+                 f"{_num(r['nats_per_pct'], '{:.4f}')} nats {_ci(r['ci_low'], r['ci_high'], '{:.4f}')} "
+                 f"({int(r['n_seeds'])} seeds, {int(r['n_points'])} runs; budgets {r['budgets']}).", ""]
+    rows = [[r["arm"], f"{_num(r['loss_diff'], '{:+.4f}')} {_ci(r['loss_ci_low'], r['loss_ci_high'], '{:+.4f}')}",
+             f"{_num(r['steps_saved'], '{:+.1f}')} {_ci(r['ci_low'], r['ci_high'], '{:+.1f}')}",
+             f"{_num(r['pct_saved'], '{:+.2f}%')} {_ci(r['pct_ci_low'], r['pct_ci_high'], '{:+.2f}')}",
+             f"{int(r['n'])} of {int(r['n_seeds'])}" + (f" ({int(r['n_beyond'])} beyond)" if r["n_beyond"] else ""),
+             f"{_num(r['pct_at_mean_loss'], '{:+.2f}%')} {_ci(r['pct_at_mean_ci_low'], r['pct_at_mean_ci_high'], '{:+.2f}')}",
+             r["verdict"]] for r in summary.to_dict("records")]
+    body += [_md_table(["arm", "Δ validation loss, nats [95% CI]", f"steps saved of {n0} [95% CI]",
+                        "% of training [95% CI]", "seeds with a value", "mean Δ loss as % of training [95% CI]",
+                        "verdict"], rows), ""]
+    body += [record_comparison(summary), ""]
+    png = figures_dir / f"{ss.FIGURE}.png"
+    if png.is_file():
+        rel = Path(os.path.relpath(png.resolve(), where.resolve())).as_posix()
+        body += [f"![Steps saved at matched loss]({rel})", "",
+                 "*The baseline's final loss at each budget (points moved by their seed's 1× distance from the "
+                 "mean) and the fitted curve; each arm on the curve at its matched steps with its 95% CI (filled: "
+                 "mean over seeds; hollow: the mean loss difference converted).*", ""]
+    return body
+
+
+def record_comparison(summary: pd.DataFrame, arm: str = ss.RECORD_ARM) -> str:
+    """The learned smear's steps saved beside the record's author's estimate (5 of 1,645 steps)."""
+    author = ss.record_author_pct()
+    said = (f"The record's author put the smear's gain at about {ss.RECORD_AUTHOR_STEPS} steps of "
+            f"{ss.RECORD_STEPS:,} ({author:.2f}% of training, at 124M parameters)")
+    rows = summary[summary["arm"] == arm]
+    if rows.empty:
+        return said + f"; this study has no {arm} arm to set beside it."
+    r = rows.iloc[0]
+    pct, lo, hi = r["pct_saved"], r["pct_ci_low"], r["pct_ci_high"]
+    if not math.isfinite(pct):
+        pct, lo, hi = r["pct_at_mean_loss"], r["pct_at_mean_ci_low"], r["pct_at_mean_ci_high"]
+    if not math.isfinite(pct):
+        return said + f"; the learned smear here is {ss.BEYOND}."
+    place = (f"; {author:.2f}% lies {'inside' if lo <= author <= hi else 'outside'} that 95% CI"
+             if math.isfinite(lo) else " (no CI)")
+    return said + f". The learned smear here: {pct:+.2f}% {_ci(lo, hi, '{:+.2f}')} of {int(r['preset_steps'])} steps{place}."
+
+
+__all__ = ["steps_markdown_section", "record_comparison"]

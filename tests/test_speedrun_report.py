@@ -273,6 +273,8 @@ def test_early_smear_arms_by_other_names_still_get_their_rows(tmp_path, speedrun
     assert "| dose-0.8-anneal-20 | dose 0.8 falling to 0 at step 20 | 20 |" in sec
     c = pd.read_csv(tmp_path / sp.CLAIMS_FILE)
     assert c["verdict"].str.startswith("absent").all()  # the plan's claims name the plan's arms
+    assert "**Does an early strong smear beat the fixed dose?** Not testable yet. P3 cannot be tested yet " \
+           "(absent: no runs of dose-0.8-anneal-800)." in sec
 
 
 def test_a_study_without_its_arms_gets_no_section_no_csv_and_no_figures(tmp_path, speedrun_drawing_only):

@@ -166,8 +166,8 @@ def question_answer(claims: pd.DataFrame, key: str, n0: int | None, removals: pd
     tested = [v for v in verdicts if not v.startswith("absent")]
     if not tested:
         lead = "Not testable yet"
-    elif all(v == "lower" for v in tested) and len(tested) == len(verdicts):
-        lead = "Yes"
+    elif all(v == "lower" for v in tested):
+        lead = "Yes" if len(tested) == len(verdicts) else "Yes, where it can be tested"
     elif any(v == "lower" for v in tested):
         lead = "In part"
     elif all(v.startswith("equivalent") for v in tested):

@@ -46,6 +46,7 @@ DOSE = "dose-0.8"
 ANNEAL, HOLD = "dose-0.8-anneal-800", "smear-hold-0.8-400"
 CLAIMS_FILE = "speedrun_claims.csv"  # beside the report
 PREV_CLAIMS = ("prev_mass", "best_prev", "n_prev_heads")  # the previous-token claims, exploratory here
+NO_CURVES = "no budget curves yet"  # the steps status before `smearlens steps-saved` has written its tables
 AFTER_RELEASE = 100  # steps after an early-smear arm's release over which dL/dλ is averaged (and at the end)
 
 SPEEDRUN_CLAIMS: tuple[PlannedClaim, ...] = (
@@ -209,7 +210,7 @@ def with_steps(rows: pd.DataFrame, shape: ss.Shape | None, diff: str = "diff") -
     for r in out.to_dict("records"):
         d = r.get(diff, math.nan)
         if shape is None:
-            cells.append(dict.fromkeys(STEP_COLUMNS[:-1], math.nan) | dict(steps_status="no budget curves yet"))
+            cells.append(dict.fromkeys(STEP_COLUMNS[:-1], math.nan) | dict(steps_status=NO_CURVES))
             continue
         if not (isinstance(d, (int, float)) and math.isfinite(d)):
             cells.append(dict.fromkeys(STEP_COLUMNS[:-1], math.nan) | dict(steps_status="no loss difference"))
@@ -400,4 +401,4 @@ __all__ = ["SPEEDRUN_CLAIMS", "CLAIM_IDS", "CONTRASTS", "QUESTIONS", "CLAIMS_FIL
            "is_noattn0", "is_early_smear", "release_step", "study_present", "claim_arms", "claims_per_seed",
            "speedrun_claims", "shape_from_tables", "with_steps", "claims_table", "arm_comparisons",
            "removal_comparisons", "layer_mass", "prev_mass_by_layer", "layer_moves", "coefficient_curves",
-           "early_smear"]
+           "early_smear", "NO_CURVES"]

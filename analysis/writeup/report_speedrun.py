@@ -25,7 +25,7 @@ from trainer.arms import NOATTN0_SUFFIX
 from trainer.errors import AnalysisError
 
 NATS = "{:+.4f}"
-NO_CURVES = ("no budget curves yet (`smearlens steps-saved` writes them beside the report from the baseline trained "
+NO_CURVES_NOTE = (f"{sp.NO_CURVES} (`smearlens steps-saved` writes them beside the report from the baseline trained "
              "at other step budgets: the plan's part C)")
 
 
@@ -51,7 +51,7 @@ def read_shape(folder: str | Path) -> tuple[ss.Shape | None, str]:
     folder = Path(folder)
     rate_path, budgets_path = folder / ss.RATE_FILE, folder / ss.BUDGETS_FILE
     if not rate_path.is_file():
-        return None, NO_CURVES
+        return None, NO_CURVES_NOTE
     try:
         rate = pd.read_csv(rate_path)
         budgets = pd.read_csv(budgets_path) if budgets_path.is_file() else None
@@ -104,7 +104,7 @@ def _ci(lo: float, hi: float, fmt: str = NATS) -> str:
 def steps_text(r: dict, n0: int | None) -> str:
     """A loss difference's steps equivalent in words, or why there is none."""
     status = r.get("steps_status", "")
-    if not status:
+    if not status or status == sp.NO_CURVES:  # said once, under the primary table
         return ""
     if status != ss.STATUS_OK:
         return status
@@ -196,7 +196,7 @@ def claims_markdown(claims: pd.DataFrame, n0: int | None) -> str:
         power = (f"{_num(r['power_obs'], '{:.2f}')} / {_num(r['power_upper'], '{:.2f}')}" if not absent else "—")
         rows.append([r["id"], r["contrast"], "—" if absent else int(r["n_pairs"]),
                      "—" if absent else f"{_num(r['diff'], NATS)} {_ci(r['ci_low'], r['ci_high'])}",
-                     "—" if absent else (steps_text(r, n0) or "—"), _p(r["p_holm"]),
+                     "—" if absent else (steps_text(r, n0) or r["steps_status"]), _p(r["p_holm"]),
                      "—" if absent else _signflip(r), _p(r.get("p_tost", math.nan)), power, r["verdict"]])
     return _md_table(["", "contrast", "pairs", "estimate, nats [95% CI]", "steps equivalent [95% CI]", "Holm p",
                       "sign-flip p", "TOST p", f"power at ±{sp.SESOI_NATS:g} (observed / upper σ)", "verdict"], rows)
@@ -248,8 +248,9 @@ def early_markdown(early: pd.DataFrame) -> str:
                      f"{_num(r['pressure_final'], '{:+.2e}')} {_ci(r['pressure_final_low'], r['pressure_final_high'], '{:+.1e}')}",
                      r["note"] or ""])
     return _md_table(["arm", "what it is", "release step k", "seeds", "coefficient at k", "at the end",
-                      "change after k [95% CI]", "λ at the end", f"dL/dλ, steps k…k+{sp.AFTER_RELEASE} [95% CI]",
-                      f"dL/dλ, last {sp.AFTER_RELEASE} steps [95% CI]", "note"], rows)
+                      "change after k [95% CI]", "λ at the end",
+                      f"dL/dλ, the {sp.AFTER_RELEASE} steps from k (fewer at the end) [95% CI]",
+                      f"dL/dλ, the last {sp.AFTER_RELEASE} steps [95% CI]", "note"], rows)
 
 
 def speedrun_markdown_section(section: SpeedrunSection, threshold: float,
@@ -305,4 +306,4 @@ def speedrun_markdown_section(section: SpeedrunSection, threshold: float,
 
 
 __all__ = ["SpeedrunSection", "speedrun_section", "speedrun_markdown_section", "read_shape", "claim_sentence",
-           "question_answer", "claims_markdown", "steps_text", "NO_CURVES"]
+           "question_answer", "claims_markdown", "steps_text", "NO_CURVES_NOTE"]

@@ -26,7 +26,7 @@ from trainer.errors import AnalysisError
 
 NATS = "{:+.4f}"
 NO_CURVES_NOTE = (f"{sp.NO_CURVES} (`smearlens steps-saved` writes them beside the report from the baseline trained "
-             "at other step budgets: the plan's part C)")
+                  "at other step budgets: the plan's part C)")
 
 
 @dataclass

@@ -6,7 +6,8 @@ on (paired t, sign-flip, Welch, bootstrap); `mechanism_stats` the paired statist
 `dose_response` the fits across doses and the studies they pool; `gate_arms` why the learned gate stays low;
 `sizes` trends across model widths; `steps_saved` an arm's loss difference as training steps of the baseline
 at matched loss (the speedrun's currency); `planned` a later study's own primary claims (any reference arm, Holm
-over the declared family, 2 × 2 interactions as removal costs); `induction` the induction study's per-seed values.
+over the declared family, 2 × 2 interactions as removal costs); `induction` the induction study's per-seed values;
+`speedrun` the speedrun study's four claims (layer 0's attention, the early smear) and its exploratory numbers.
 May import `analysis.tables`, `analysis.schema`, the trainer and the mechanism's pure table functions (never a
 model's forward), never the write-up: statistics read tables, not models.
 """

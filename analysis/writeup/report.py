@@ -5,8 +5,9 @@ claims fixed in advance, Holm-corrected, with equivalence tests and power; every
 baseline as exploratory comparisons), the conclusion they support (including "too few seeds to
 tell"), a dose-response section when the tables hold ≥ 2 fixed doses (`dose-<c>` arms) and one on why the
 learned gate stays low when they hold its arms (both in analysis/writeup/report_arms.py), steps saved at matched
-loss when `smearlens steps-saved` wrote its tables beside the report (analysis/writeup/report_steps.py), and the
-commands and configs that produced them. By default the figures are drawn directly with `analysis.writeup.plots`, so
+loss when `smearlens steps-saved` wrote its tables beside the report (analysis/writeup/report_steps.py), the
+speedrun study's questions when the arms include a `-noattn0` or an early-smear arm (analysis/writeup/report_speedrun.py,
+with `speedrun_claims.csv` beside the report), and the commands and configs that produced them. By default the figures are drawn directly with `analysis.writeup.plots`, so
 a report never needs a Jupyter kernel; `--notebooks` executes the notebooks instead (papermill).
 """
 
@@ -25,12 +26,14 @@ import pandas as pd
 from analysis.stats import dose_response as dr
 from analysis.stats import headline as hl
 from analysis.stats import mechanism_stats as mech
+from analysis.stats import speedrun as sp
 from analysis.writeup import plots
 from analysis import stats
 from analysis.writeup.notebook_runner import run_notebooks
 from analysis.writeup.markdown import _ci, _md_table, _num, _p, _seeds, _signflip, seed_ranges
 from analysis.writeup.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
 from analysis.writeup.report_mechanism import mechanism_conclusion, mechanism_markdown
+from analysis.writeup.report_speedrun import speedrun_markdown_section, speedrun_section
 from analysis.writeup.report_steps import steps_markdown_section
 from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
 from trainer.errors import AnalysisError, SmearlensError
@@ -38,7 +41,8 @@ from trainer.io import atomic_write_text
 
 DEFAULT_TABLES = Path("checkpoints/analysis")
 DEFAULT_FIGURES = Path("figures")
-STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES  # drawn in their own sections, only when their arms are there
+# drawn in their own sections, only when their arms are there
+STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES + plots.SPEEDRUN_FIGURES
 OWN_SECTIONS = plots.SUMMARY_FIGURES + plots.MECHANISM_FIGURES + STUDY_FIGURES  # not in the Figures section
 
 
@@ -446,6 +450,7 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
     else:
         drawn = plots.draw_all(tables, figures_dir, threshold, formats=formats)
     gate = gate_section(tables, summary)
+    speedrun = speedrun_section(tables, summary, out_path.parent)  # its steps come from the tables beside the report
 
     arms = stats.arm_order(set(tables.arms) | set(stats.ARMS))
     per_arm = {arm: seed_ranges(tables.seeds(arm)) for arm in arms}
@@ -470,12 +475,14 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "significantly across paired seeds after the Holm correction over the primary claims.", "",
     ]
     body += steps_markdown_section(out_path.parent, figures_dir, out_path.parent)  # after `smearlens steps-saved`
+    figure_md = lambda names: _figures_markdown(names, drawn, out_path.parent)
+    if speedrun is not None:
+        body += speedrun_markdown_section(speedrun, threshold, figure_md)
     body += [
         "## Statistics", "", statistics_markdown(summary), "",
         "### Previous-token heads at each threshold", "", thresholds_markdown(summary.thresholds), "",
         "## Per-seed values", "", per_seed_markdown(summary.per_seed), "",
         "## Figures", ""]
-    figure_md = lambda names: _figures_markdown(names, drawn, out_path.parent)
     body += figure_md([n for n in plots.FIGURES if n not in OWN_SECTIONS])
     body += ["## Mechanism: where the previous token travels", "",
              "At each run's final checkpoint: token i−1 is resampled and the change of the prediction at i is traced "
@@ -502,6 +509,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
                                         for n, p in executed.items()] + [""]
     body += _provenance(commands, configs, tables, runs_dir)
     atomic_write_text(out_path.parent / hl.FILE, headline.to_csv(index=False))
+    if speedrun is not None:
+        atomic_write_text(out_path.parent / sp.CLAIMS_FILE, speedrun.csv.to_csv(index=False))
     atomic_write_text(out_path, "\n".join(body) + "\n")
     return out_path
 

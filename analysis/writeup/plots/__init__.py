@@ -8,7 +8,8 @@ scores on 0–1 share one colour scale. Missing input raises AnalysisError sayin
 By family: `heads` (previous-token heads), `smear` (the smear gate), `freed` (freed heads and
 ablations), `gate` (why the learned gate stays low: λ of every arm, what drives it), `inspection` (one
 text, precomputed patterns), `mechanism` (where the previous token travels: path shares, edges, offsets,
-read-out, knock-outs), `dose` (the fixed doses' dose-response), `steps` (steps saved at matched loss), `summary`
+read-out, knock-outs), `dose` (the fixed doses' dose-response), `steps` (steps saved at matched loss), `speedrun`
+(the speedrun study: layer 0's attention with and without a smear, mass per layer, the early smear), `summary`
 (the report's first figure); `style` holds the shared look and saving,
 `registry` the named figures the report and notebooks draw. Everything public is re-exported here,
 so `from analysis import plots; plots.show(...)` is the one way in.
@@ -22,8 +23,10 @@ from analysis.writeup.plots.inspection import (_best_head, attention_grid, atten
 from analysis.writeup.plots.gate import coefficient_over_training, lambda_gradient
 from analysis.writeup.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.writeup.plots.registry import (DOSE_FIGURES, FIGURES, GATE_FIGURES, MECHANISM_FIGURES, NOTEBOOK_FIGURES,
-                                     SUMMARY_FIGURES, FigureSpec, draw_all, draw_figure, notebook_tables, show)
+                                     SPEEDRUN_FIGURES, SUMMARY_FIGURES, FigureSpec, draw_all, draw_figure,
+                                     notebook_tables, show)
 from analysis.writeup.plots.sizes import size_sweep
+from analysis.writeup.plots.speedrun import attn0_grid, early_coefficient, prev_mass_layers
 from analysis.writeup.plots.steps import steps_saved_figure
 from analysis.writeup.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
 from analysis.writeup.plots.summary import summary_figure
@@ -39,5 +42,6 @@ __all__ = [
     "draw_figure", "edge_shares", "freed_head_profiles", "knockout_effects",
     "offset_attention", "path_shares", "readout_by_layer", "inspect_arrays", "notebook_inspect", "notebook_tables",
     "pick_runs", "prev_heads_vs_threshold", "prev_mass_over_training", "prev_token_heatmaps", "save", "show",
-    "show_inspect", "size_sweep", "smear_lambda", "steps_saved_figure", "SUMMARY_FIGURES", "summary_figure", "vocab_extremes",
+    "show_inspect", "size_sweep", "SPEEDRUN_FIGURES", "attn0_grid", "early_coefficient", "prev_mass_layers",
+    "smear_lambda", "steps_saved_figure", "SUMMARY_FIGURES", "summary_figure", "vocab_extremes",
 ]

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 from matplotlib.figure import Figure
 
 from analysis.stats import dose_response as dr
+from analysis.stats import speedrun as sp
 from analysis import stats
 from analysis.writeup.plots.dose import dose_response as dose_response_figure
 from analysis.writeup.plots.freed import ablation_by_head, freed_head_profiles
@@ -17,11 +18,25 @@ from analysis.writeup.plots.gate import coefficient_over_training, lambda_gradie
 from analysis.writeup.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.writeup.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.writeup.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
+from analysis.writeup.plots.speedrun import attn0_grid, early_coefficient, prev_mass_layers
 from analysis.writeup.plots.summary import summary_figure
 from analysis.stats.headline import smear_shares
 from analysis.writeup.plots.style import arms_in, display_markdown, save, seed_text, show_figure
 from analysis.stats import DEFAULT_THRESHOLD, Tables
 from trainer.errors import AnalysisError, SmearlensError
+
+
+def _speedrun(tables: Tables) -> Tables:
+    """`tables`, or AnalysisError when they hold no arm of the speedrun study (its figures belong to its section)."""
+    if not sp.study_present(tables.arms):
+        raise AnalysisError("no arm of the speedrun study (`<arm>-noattn0`, `smear-hold-<c>-<k>`, `dose-<c>-anneal-<k>`)")
+    return tables
+
+
+def _per_seed_losses(tables: Tables, threshold: float):
+    """The per-seed claims with each run's final validation loss, as `stats.summarize` builds them."""
+    per_seed = stats.per_seed_claims(tables.heads, threshold)
+    return per_seed.merge(tables.losses, on="run", how="left") if tables.losses is not None else per_seed
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,27 @@ FIGURES: dict[str, FigureSpec] = {
         "steps (running mean), λ over the same steps, and the mean pressure split by where token i sits in its "
         "document, by the gate value at i and by sign; bands and dots: min–max over seeds.",
         lambda t, th: lambda_gradient(t.get("record_lambda"))),
+    "speedrun_attn0": FigureSpec(
+        "Layer 0's attention with and without a smear",
+        "Final validation loss of each arm run with and without layer 0's attention (record #131), one panel per "
+        "arm: thin lines join a seed's two runs, points are means with t 95% CIs, one loss scale for all panels. "
+        "Last panel: the cost of the removal per seed; P1 and P2 ask whether the smear's and the dose's costs lie "
+        "below the baseline's (dashed).",
+        lambda t, th: attn0_grid(_per_seed_losses(_speedrun(t), th))),
+    "speedrun_prev_by_layer": FigureSpec(
+        "Previous-token mass per layer",
+        "The sum of each layer's heads' previous-token scores at the final step, per arm (mean over seeds, t 95% "
+        "CI; arms slightly offset); dashed, in its base arm's colour: the arm without layer 0's attention, which "
+        "has no point at layer 0.",
+        lambda t, th: prev_mass_layers(sp.prev_mass_by_layer(_speedrun(t).heads))),
+    "speedrun_early_coefficient": FigureSpec(
+        "The early smear's coefficient over training",
+        "Mean coefficient λ·gate on the training batch of each early-smear arm (held then learned, or annealed) "
+        "against the learned smear's and the fixed dose 0.8's (dashed); dotted: each early arm's release step. "
+        "Right, where recorded: dL/dλ, running mean (> 0: gradient descent lowers λ). Line: mean over seeds, band: "
+        "min–max.",
+        lambda t, th: early_coefficient(sp.coefficient_curves(_speedrun(t).get("record_lambda"),
+                                                              t.get("record_smear")))),
 }
 NOTEBOOK_FIGURES = {
     "01_previous_token_heads": ["prev_token_heatmaps", "prev_heads_vs_threshold", "prev_mass_over_training"],
@@ -136,6 +172,7 @@ SUMMARY_FIGURES = ["summary"]  # the report's first screen, not its Figures sect
 MECHANISM_FIGURES = NOTEBOOK_FIGURES["05_mechanism"]  # the report's mechanism section, not its Figures section
 DOSE_FIGURES = ["dose_response"]  # the report's dose-response section (only with ≥ 2 fixed doses)
 GATE_FIGURES = ["coefficient_over_training", "lambda_gradient"]  # the report's "why the gate stays low" section
+SPEEDRUN_FIGURES = ["speedrun_attn0", "speedrun_prev_by_layer", "speedrun_early_coefficient"]  # "The speedrun's questions"
 
 
 def draw_figure(name: str, tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> Figure:

@@ -483,3 +483,18 @@ def test_every_arm_is_documented_in_the_registry_table():
 
     rows = [line for line in trainer.arms.__doc__.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == ["baseline", "smear", "dose-<c>", *list(ARMS)[2:], *PATTERNS[1:]]
+
+
+def test_smeared_key_init_starts_every_s_at_s0_and_shares_the_rest():
+    """Olsson's σ(α = 0) start: every s at 0.5, every other parameter the plain smeared key's, bit for bit."""
+    plain, half = GPT(cfg("smeared-key")), GPT(cfg("smeared-key-init-0.5"))
+    plain.init_weights(3), half.init_weights(3)
+    assert not arm_spec("smeared-key-init-0.5").starts_as_baseline and arm_spec("smeared-key").starts_as_baseline
+    named = dict(half.named_parameters())
+    for name, p in plain.named_parameters():
+        if name in KEY_SMEAR:
+            assert torch.equal(named[name], torch.full_like(p, 0.5)) and not p.any()
+        else:
+            assert torch.equal(named[name], p), name
+    with pytest.raises(ConfigError, match="smeared-key-init-0.5"):
+        arm_spec("smeared-key-init-half")

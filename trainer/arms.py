@@ -26,6 +26,7 @@ residual stream.
 | `smear-init-<λ0>`| e, before the norm                      | as `smear`, λ initialised at λ0                | smear_gate (1, 12), λ |
 | `smear-hold-<c>-<k>` | e, before the norm                  | c · e[i−1] for steps < k, then as `smear`      | smear_gate (1, 12), λ |
 | `dose-<c>-anneal-<k>` | e, before the norm                 | c · (1 − step/k) · e[i−1] for step < k, then 0; 0 at a BOS | none      |
+| `smeared-key-init-<s0>` | the key, every attention layer    | as `smeared-key`, s initialised at s0 (Olsson's σ(0): 0.5) | key_smear (n_heads,) per layer |
 | `<arm>-noattn0`  | as `<arm>`                              | as `<arm>`; layer 0 has no attention (record #131) | `<arm>`'s, less layer 0's qkvo_w, attn_gate |
 
 Notes, and what was decided where the sources leave room:
@@ -73,6 +74,10 @@ flat stream does; position 0 keeps its own key. Their hooks exist only on the la
   the baseline bit for bit (σ(α) = 1 needs α = +∞, and a saturated sigmoid has no gradient); s is not
   clipped to [0, 1]. `attn.hook_key_smear` (B, T, H, D) holds the term added (0 at position 0). s goes to
   Adam with the scalars' learning rate, as canon_w does.
+- `smeared-key-init-<s0>`: `smeared-key` with every s starting at s0 (any finite float), not 0. Olsson's
+  learned σ(α) starting from α = 0 mixes half of k_{j−1} in from the start: `smeared-key-init-0.5`. Added
+  after the one-layer test (figures/induction/PLAN.md) found zero-initialised s stay near 0 where no
+  earlier layer gives a gradient toward them. Not the baseline at step 0 (its keys are mixed).
 
 Arms for why the learned gate stays low. Step-dependent arms read the model's step
 (`GPT.train_step`, a buffer the training loop sets with `GPT.set_step` after each optimiser step, so
@@ -152,6 +157,7 @@ class ArmSpec:
     hold_steps: int = 0  # > 0: coefficient held at λ_init · 0.5, nothing learned in it, for this many steps
     anneal_steps: int = 0  # > 0 (dose): c · max(0, 1 − step/anneal_steps)
     key_mix: str | None = None  # None, "shift" (record #169's key offset), "smear" (Olsson's smeared key)
+    key_smear_init: float = 0.0  # smeared-key's s at step 0 (every head, every layer)
     no_attn0: bool = False  # suffix -noattn0: layer 0 has no attention (record #131), on top of the preset's
 
     @property
@@ -197,7 +203,7 @@ class ArmSpec:
         baseline's too, but not its gradients.)"""
         if self.mix == "dose" or self.key_mix == "shift":
             return False
-        return not self.lambda_init
+        return not self.lambda_init and not self.key_smear_init
 
     @property
     def scheduled(self) -> bool:
@@ -220,8 +226,9 @@ ARMS: dict[str, ArmSpec] = {a.name: a for a in (
     ArmSpec("smeared-key", key_mix="smear"),
 )}
 # parametrised names, parsed by `arm_spec` (rows of the table above, after the registered arms but `dose-<c>`)
-INIT_PREFIX, HOLD_PREFIX, ANNEAL_INFIX = "smear-init-", "smear-hold-", "-anneal-"
-PATTERNS = ("dose-<c>", "smear-init-<λ0>", "smear-hold-<c>-<k>", "dose-<c>-anneal-<k>", f"<arm>{NOATTN0_SUFFIX}")
+INIT_PREFIX, HOLD_PREFIX, ANNEAL_INFIX, KEY_INIT_PREFIX = "smear-init-", "smear-hold-", "-anneal-", "smeared-key-init-"
+PATTERNS = ("dose-<c>", "smear-init-<λ0>", "smear-hold-<c>-<k>", "dose-<c>-anneal-<k>", "smeared-key-init-<s0>",
+            f"<arm>{NOATTN0_SUFFIX}")
 
 
 def _number(text: str, name: str, form: str) -> float:
@@ -241,7 +248,7 @@ def _steps(text: str, name: str, form: str) -> int:
 
 
 _EXAMPLES = {"dose-<c>": "dose-0.8", "smear-init-<λ0>": "smear-init-1.6", "smear-hold-<c>-<k>": "smear-hold-0.8-200",
-             "dose-<c>-anneal-<k>": "dose-0.8-anneal-400"}
+             "dose-<c>-anneal-<k>": "dose-0.8-anneal-400", "smeared-key-init-<s0>": "smeared-key-init-0.5"}
 
 
 def arm_spec(name: str) -> ArmSpec:
@@ -282,6 +289,9 @@ def _parse(base: str, name: str) -> ArmSpec:
         return ArmSpec(base, mix="dose", dose=c)
     if base.startswith(INIT_PREFIX):
         return ArmSpec(base, mix="gate", lambda_init=_number(base[len(INIT_PREFIX):], name, "smear-init-<λ0>"))
+    if base.startswith(KEY_INIT_PREFIX):
+        s0 = _number(base[len(KEY_INIT_PREFIX):], name, "smeared-key-init-<s0>")
+        return ArmSpec(base, key_mix="smear", key_smear_init=s0)
     if base.startswith(HOLD_PREFIX):
         form = "smear-hold-<c>-<k>"
         c, _, k = base[len(HOLD_PREFIX):].rpartition("-")

@@ -130,7 +130,7 @@ class CausalSelfAttention(nn.Module):
         if key_mix == "shift":
             self.hook_key_shift = HookPoint()  # (B, T−1, H, D/2) zero-frequency dims moved one position on
         elif key_mix == "smear":
-            self.key_smear = nn.Parameter(torch.empty(cfg.n_heads))  # s per head; zero-initialised
+            self.key_smear = nn.Parameter(torch.empty(cfg.n_heads))  # s per head; 0 at init (smeared-key-init-<s0>: s0)
             self.hook_key_smear = HookPoint()  # (B, T, H, D) s_h · (k[j−1] − k[j]), 0 at j = 0
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_gate = HookPoint()  # (B, T, H) sigmoid gate on each head's output
@@ -342,7 +342,9 @@ class GPT(HookedRootModule):
                 p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
             elif name == "scalars":
                 p.copy_(self.initial_scalars())
-            else:  # c_proj, lm_head, attention gates, smear gate: zero, as in the record; canon_w, key_smear: zero
+            elif name.endswith(".key_smear"):
+                p.fill_(self.arm_spec.key_smear_init)  # 0 but in smeared-key-init-<s0>
+            else:  # c_proj, lm_head, attention gates, smear gate: zero, as in the record; canon_w: zero
                 p.zero_()
         self.yarn.reset()
         self.window_blocks.fill_(cfg.initial_window)

@@ -179,6 +179,7 @@ def test_the_tables_behind_the_figures(tables):
     curve = ind.score_over_training(tables.record_heads)
     one = curve[(curve["run"] == "cpu-induction-s0-baseline")].set_index("step")["value"]
     assert one[1100] < 0.2 <= one[1200]  # the max over heads crosses where formation_step says
+    assert one[3000] == pytest.approx(0.85, abs=0.02)  # the induction head's score, not a mean over heads
     shares = ind.route_shares(tables.key_shares).set_index("run")
     assert "cpu-induction-s1-smeared-key" not in shares.index  # no induction head, no shares
     r = shares.loc["cpu-induction-s0-keyshift"]

@@ -67,10 +67,10 @@ def test_one_sentence_per_arm_from_the_verdicts(section):
     assert [arm for arm, _ in sentences] == list(ind.STUDY_ARMS)
     said = dict(sentences)
     assert said["keyshift"].startswith("induction needs the previous-token heads less than in the baseline — ablating "
-                                       "them costs the second copy 0.16 nats against the baseline's 8.00 (lower: -7.84")
+                                       "them costs the second copy 0.16 nats against the baseline's 8.00 (lower: -7.84 nats [")
     assert said["smeared-key"].startswith("too few seeds to tell whether induction needs the previous-token heads less")
     assert said["smeared-key"].endswith("; 1 of its 3 runs never formed an induction head.")
-    assert "the head forms at step 1,167 against 1,267 (equivalent within ±300: -100" in said["smear"]
+    assert "the head forms at step 1,167 against 1,267 (equivalent within ±300: -100 steps [" in said["smear"]
     assert "the arm's own mixing carries 0.90 of the induction key's token j−1 (higher: +0.90" in said["keyshift"]
     assert "no difference" not in text
 

@@ -76,9 +76,9 @@ def _copy_settings(tables: Tables) -> tuple[set[float], set[str]]:
         train = manifest.get("train_config") if isinstance(manifest, dict) else None
         if isinstance(train, dict) and "copy_share" in train:
             shares.add(float(train["copy_share"]))
-            low, high = train.get("copy_lengths", (None, None))
-            held = ", ".join(str(x) for x in train.get("copy_holdout", ()))
-            lengths.add(f"{low}–{high}" + (f" without {held}" if held else ""))
+            if len(train.get("copy_lengths") or ()) == 2:
+                held = ", ".join(str(x) for x in train.get("copy_holdout") or ())
+                lengths.add("{}–{}".format(*train["copy_lengths"]) + (f" without {held}" if held else ""))
     if not shares:
         try:
             train = get_preset(tables.preset).train
@@ -178,8 +178,9 @@ def _verdict_phrase(r: dict) -> str:
     if r["verdict"].startswith("absent"):
         return r["verdict"]
     diff, ci = _diff_ci(r)
+    unit = {"nats": " nats", "steps": " steps"}.get(MEASURES[r["claim"]][1], "")
     p = f", Holm p {_p(r['p_holm'])}" if math.isfinite(r.get("p_holm", math.nan)) else ""
-    return f"{r['verdict']}: {diff} {ci}{p}, {int(r.get('n_pairs', 0) or 0)} pairs"
+    return f"{r['verdict']}: {diff}{unit} {ci}{p}, {int(r.get('n_pairs', 0) or 0)} pairs"
 
 
 def answer_sentences(claims: pd.DataFrame, per_seed: pd.DataFrame) -> list[str]:

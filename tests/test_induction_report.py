@@ -77,18 +77,25 @@ def test_one_sentence_per_arm_from_the_verdicts(section):
 
 def test_sentences_for_equivalent_and_absent_claims():
     def row(claim: str, arm: str, verdict: str, **kw) -> dict:
-        return dict(claim=claim, arm=arm, baseline="baseline", verdict=verdict, sesoi=ind.SESOIS[claim], n_pairs=4,
-                    mean_baseline=8.0, mean_arm=7.9, diff=-0.1, ci_low=-0.3, ci_high=0.1, p_holm=0.9, **kw)
+        return dict(dict(claim=claim, arm=arm, baseline="baseline", verdict=verdict, sesoi=ind.SESOIS[claim], n_pairs=4,
+                         mean_baseline=8.0, mean_arm=7.9, diff=-0.1, ci_low=-0.3, ci_high=0.1, p_holm=0.9), **kw)
+    nan = math.nan
     claims = pd.DataFrame([row("copy_cost_prev", "smear", "equivalent within ±1"),
-                           row("copy_cost_prev", "keyshift", "absent: arm missing (keyshift: no runs)"),
+                           row("copy_cost_prev", "keyshift", "absent: fewer than 2 seeds per arm (baseline 4, keyshift 1)",
+                               mean_arm=0.2, n_pairs=0, diff=nan, ci_low=nan, ci_high=nan, p_holm=nan),
+                           row("copy_cost_prev", "smeared-key", "absent: arm missing (smeared-key: no runs)",
+                               mean_arm=nan, n_pairs=0),
                            row("copy_cost_prev", "dose-0.8", "higher")])
-    per_seed = pd.DataFrame(dict(arm=["baseline", "smear"], formed=[True, True]))
+    per_seed = pd.DataFrame(dict(arm=["baseline", "smear", "dose-0.8", "keyshift"], formed=True))
     said = ri.answer_sentences(claims, per_seed)
+    assert len(said) == 3  # smeared-key has no runs: no sentence (the claims table says why)
     assert said[0].startswith("- **smear**: induction needs the previous-token heads as much as in the baseline "
                               "(equivalent within ±1 nats) — ablating them costs")
     assert said[1].startswith("- **dose-0.8**: induction needs the previous-token heads more than in the baseline")
+    # a single pair: the numbers the runs show, without a verdict
     assert said[2] == ("- **keyshift**: whether induction still needs the previous-token heads cannot be answered from "
-                       "these runs (absent: arm missing (keyshift: no runs)).")
+                       "these runs (absent: fewer than 2 seeds per arm (baseline 4, keyshift 1)) — ablating them costs "
+                       "the second copy 0.20 nats against the baseline's 8.00.")
 
 
 def test_exploratory_and_what_the_heads_became(section):
@@ -191,3 +198,12 @@ def test_the_tables_behind_the_figures(tables):
     freed = ind.freed_roles(tables.heads, tables.head_roles, 0.4)
     assert set(freed["arm"]) == set(make_induction_tables()["heads"]["arm"]) and (freed["n_places"] == 1).all()
     assert math.isclose(freed.groupby("metric")["value"].size()["attn_prev"], 15)
+
+
+def test_a_partial_study_names_the_arms_without_runs():
+    lines, claims = ri.induction_markdown_section(
+        Tables(**make_induction_tables(arms=("baseline", "smear"), seeds=(0, 1))), FIGURE_STUB)
+    text = "\n".join(lines)
+    assert "No runs of dose-0.8, keyshift, smeared-key in these tables" in text
+    assert len(claims) == 12 and claims["verdict"].str.startswith("absent: arm missing").sum() == 9
+    assert re.findall(r"^- \*\*([\w.-]+)\*\*", text, re.M) == ["smear"]

@@ -86,7 +86,7 @@ def test_sentences_for_equivalent_and_absent_claims():
                            row("copy_cost_prev", "smeared-key", "absent: arm missing (smeared-key: no runs)",
                                mean_arm=nan, n_pairs=0),
                            row("copy_cost_prev", "dose-0.8", "higher")])
-    per_seed = pd.DataFrame(dict(arm=["baseline", "smear", "dose-0.8", "keyshift"], formed=True))
+    per_seed = pd.DataFrame(dict(arm=["baseline", "smear", "dose-0.8", "keyshift"], formed=True, formation_step=1000.0))
     said = ri.answer_sentences(claims, per_seed)
     assert len(said) == 3  # smeared-key has no runs: no sentence (the claims table says why)
     assert said[0].startswith("- **smear**: induction needs the previous-token heads as much as in the baseline "
@@ -207,3 +207,22 @@ def test_a_partial_study_names_the_arms_without_runs():
     assert "No runs of dose-0.8, keyshift, smeared-key in these tables" in text
     assert len(claims) == 12 and claims["verdict"].str.startswith("absent: arm missing").sum() == 9
     assert re.findall(r"^- \*\*([\w.-]+)\*\*", text, re.M) == ["smear"]
+
+
+def test_a_run_without_records_is_not_counted_as_never_formed():
+    t = make_induction_tables(seeds=(0, 1, 2))
+    t["record_heads"] = t["record_heads"][t["record_heads"]["run"] != "cpu-induction-s2-baseline"]
+    lines, claims = ri.induction_markdown_section(Tables(**t), FIGURE_STUB)
+    text = "\n".join(lines)
+    assert "| baseline | 3 | 2 | 0 | — | 1 |" in text and "no records (left out of (b))" in text
+    assert "| smeared-key | 3 | 2 | 1 | seed 1 (counted as step 3,100) | 0 |" in text
+    assert "The baseline itself never formed" not in text
+    b = claims[(claims["claim"] == "formation_step") & (claims["arm"] == "smear")].iloc[0]
+    assert b["n_pairs"] == 2 and b["never_formed_baseline"] == 0
+
+
+def test_a_baseline_run_without_an_induction_head_is_said():
+    t = make_induction_tables(unformed=frozenset({("baseline", 0)}))
+    text = "\n".join(ri.induction_markdown_section(Tables(**t), FIGURE_STUB)[0])
+    assert "The baseline itself never formed an induction head in 1 of its 3 runs." in text
+    assert re.search(r"\| \(b\) formation step \| smear − baseline \|.*\| 1 / 0 \|", text)

@@ -111,9 +111,15 @@ def data_paragraph(tables: Tables) -> str:
 # ---- (i) the primary claims -------------------------------------------------------------------------------------
 
 
+def _censored(per_seed: pd.DataFrame) -> pd.Series:
+    """Runs recorded to the end without an induction head (a run without records has no formation step at all)."""
+    return ~per_seed["formed"].astype(bool) & per_seed["formation_step"].notna()
+
+
 def never_formed(per_seed: pd.DataFrame) -> dict[str, tuple[int, int]]:
     """arm → (runs that never formed an induction head, runs)."""
-    return {arm: (int((~g["formed"].astype(bool)).sum()), len(g)) for arm, g in per_seed.groupby("arm")}
+    censored = _censored(per_seed)
+    return {arm: (int(censored[g.index].sum()), len(g)) for arm, g in per_seed.groupby("arm")}
 
 
 def induction_claims(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -161,16 +167,18 @@ def claims_markdown(claims: pd.DataFrame) -> str:
 
 
 def formation_markdown(per_seed: pd.DataFrame) -> str:
-    """Per arm: runs, runs that formed an induction head, runs that never did (censored) and where."""
-    censored = never_formed(per_seed)
+    """Per arm: runs, runs that formed an induction head, runs that never did (censored) and where, and runs
+    without the recorder's scores (no formation step: left out of claim (b))."""
+    censored, unrecorded = _censored(per_seed), per_seed["formation_step"].isna()
     rows = []
     for arm in _arms(per_seed):
-        n_never, n = censored[arm]
         g = per_seed[per_seed["arm"] == arm]
         at = ", ".join(f"seed {int(r['seed'])} (counted as step {r['formation_step']:,.0f})"
-                       for r in g[~g["formed"].astype(bool)].to_dict("records"))
-        rows.append([arm, n, n - n_never, n_never, at or "—"])
-    return _md_table(["arm", "runs", "formed an induction head", "never formed (censored)", "censored runs"], rows)
+                       for r in g[censored[g.index]].to_dict("records"))
+        rows.append([arm, len(g), int(g["formed"].astype(bool).sum()), int(censored[g.index].sum()), at or "—"]
+                    + ([int(unrecorded[g.index].sum())] if unrecorded.any() else []))
+    return _md_table(["arm", "runs", "formed an induction head", "never formed (censored)", "censored runs"]
+                     + (["no records (left out of (b))"] if unrecorded.any() else []), rows)
 
 
 def _verdict_phrase(r: dict) -> str:
@@ -323,6 +331,9 @@ def induction_markdown_section(tables: Tables, figures: Callable[[Sequence[str]]
         body += ["### Does induction still need previous-token heads?", "",
                  "Per arm, from claim (a), with (c) and (b) beside it (verdicts of the primary family below):", ""]
         body += answer_sentences(claims, per_seed) + [""]
+        n_never, n = never_formed(per_seed).get(ind.BASELINE, (0, 0))
+        if n_never:
+            body += [f"The baseline itself never formed an induction head in {n_never} of its {n} runs.", ""]
         missing = [a for a in ind.STUDY_ARMS if a not in set(per_seed["arm"])]
         if missing:
             body += [f"No runs of {', '.join(missing)} in these tables: their claims are absent below, and still "

@@ -149,7 +149,7 @@ def knockout_copy_losses(knockouts: pd.DataFrame | None) -> Figure:
         raise AnalysisError("the induction_knockouts table has no copy_loss_second rows")
     arms = _arms(losses)
     conditions = list(CONDITION_STYLE)
-    fig = figure(max(7.0, 1.9 * len(arms) + 2.0), 4.6)
+    fig = figure(max(8.0, 1.9 * len(arms) + 2.0), 4.6)
     ax = fig.subplots()
     x = np.arange(len(arms))
     for j, arm in enumerate(arms):
@@ -174,8 +174,8 @@ def knockout_copy_losses(knockouts: pd.DataFrame | None) -> Figure:
     if len(first):
         handles.append(Line2D([], [], color="#555", ls=":", lw=1.2, label="first copy, clean (unpredictable)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    fig.suptitle("Knock-outs on repeated random sequences: the copy with its previous-token heads ablated, its "
-                 f"mixing removed, or both\nfinal checkpoints, preset {preset_text(knockouts)}", fontsize=10)
+    fig.suptitle("The copy under knock-outs: previous-token heads ablated, the arm's mixing removed, or both\n"
+                 f"repeated random sequences, final checkpoints, preset {preset_text(knockouts)}", fontsize=10)
     return fig
 
 

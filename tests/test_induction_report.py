@@ -215,6 +215,7 @@ def test_a_run_without_records_is_not_counted_as_never_formed():
     lines, claims = ri.induction_markdown_section(Tables(**t), FIGURE_STUB)
     text = "\n".join(lines)
     assert "| baseline | 3 | 2 | 0 | — | 1 |" in text and "no records (left out of (b))" in text
+    assert "| cpu-induction-s2-baseline | 3000 | 8.06 | — (not recorded) |" in text
     assert "| smeared-key | 3 | 2 | 1 | seed 1 (counted as step 3,100) | 0 |" in text
     assert "The baseline itself never formed" not in text
     b = claims[(claims["claim"] == "formation_step") & (claims["arm"] == "smear")].iloc[0]

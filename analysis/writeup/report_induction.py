@@ -283,9 +283,13 @@ def exploratory_markdown(per_seed: pd.DataFrame) -> str:
 
 def per_seed_markdown(per_seed: pd.DataFrame) -> str:
     cols = ["copy_cost_prev", "formation_step", "mix_share", *EXPLORATORY]
-    rows = [[r["arm"], int(r["seed"]), r["run"], int(r["step"])]
-            + [_num(r[c], MEASURES[c][2]) + (" (never formed)" if c == "formation_step" and not r["formed"] else "")
-               for c in cols] for r in per_seed.to_dict("records")]
+    def cell(r: dict, c: str) -> str:
+        if c == "formation_step" and not r["formed"]:
+            return (f"{_num(r[c], MEASURES[c][2])} (never formed)" if math.isfinite(r[c]) else "— (not recorded)")
+        return _num(r[c], MEASURES[c][2])
+
+    rows = [[r["arm"], int(r["seed"]), r["run"], int(r["step"])] + [cell(r, c) for c in cols]
+            for r in per_seed.to_dict("records")]
     return _md_table(["arm", "seed", "run", "step"] + [MEASURES[c][0] for c in cols], rows)
 
 
@@ -328,9 +332,10 @@ def induction_markdown_section(tables: Tables, figures: Callable[[Sequence[str]]
         per_seed = None
     if per_seed is not None:
         claims = induction_claims(per_seed)
-        body += ["### Does induction still need previous-token heads?", "",
-                 "Per arm, from claim (a), with (c) and (b) beside it (verdicts of the primary family below):", ""]
-        body += answer_sentences(claims, per_seed) + [""]
+        sentences = answer_sentences(claims, per_seed)
+        body += ["### Does induction still need previous-token heads?", ""]
+        body += (["Per arm, from claim (a), with (c) and (b) beside it (verdicts of the primary family below):", ""]
+                 + sentences + [""] if sentences else [])
         n_never, n = never_formed(per_seed).get(ind.BASELINE, (0, 0))
         if n_never:
             body += [f"The baseline itself never formed an induction head in {n_never} of its {n} runs.", ""]

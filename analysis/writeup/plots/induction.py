@@ -53,7 +53,7 @@ def formation_over_training(record_heads: pd.DataFrame | None) -> Figure:
     arms = _arms(curves)
     cols = min(3, len(arms))
     rows = -(-len(arms) // cols)
-    fig = figure(4.2 * cols, 2.9 * rows + 0.9)
+    fig = figure(max(8.0, 4.2 * cols), 2.9 * rows + 1.1)  # 8: the legend's five entries fit one row
     axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
     last = float(curves["step"].max())
     for ax, arm in zip(axes, arms):
@@ -86,7 +86,7 @@ def formation_over_training(record_heads: pd.DataFrame | None) -> Figure:
                Line2D([], [], marker="x", ls="", color="black", mew=1.8, label="never formed (censored)"),
                Line2D([], [], color="#555", ls="--", lw=0.9, label=f"induction head: ≥ {INDUCTION_THRESHOLD:g}")]
     fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=8, frameon=False)
-    fig.suptitle(f"When the induction head forms — preset {preset_text(record_heads)}, recorder every "
+    fig.suptitle(f"When the induction head forms\npreset {preset_text(record_heads)}, recorder every "
                  f"{_spacing(curves)} steps", fontsize=11)
     return fig
 
@@ -107,7 +107,7 @@ def key_share_bars(key_shares: pd.DataFrame | None) -> Figure:
     if shares.empty:
         raise AnalysisError("no run has an induction head at its final checkpoint: no key shares to draw")
     arms = _arms(shares)
-    fig = figure(max(6.0, 1.5 * len(arms) + 2.5), 4.6)
+    fig = figure(max(8.5, 1.5 * len(arms) + 2.5), 4.8)  # 8.5: the legend's longest entries fit
     ax = fig.subplots()
     x = np.arange(len(arms))
     for j, arm in enumerate(arms):
@@ -124,6 +124,7 @@ def key_share_bars(key_shares: pd.DataFrame | None) -> Figure:
     n_runs = key_shares.drop_duplicates("run").groupby("arm").size()
     ax.set_xticks(x, [f"{arm_label(a)}\n{int((shares['arm'] == a).sum())} of {int(n_runs.get(a, 0))} runs"
                       for a in arms], fontsize=8)
+    ax.set_xlim(-0.5, len(arms) - 0.5)
     ax.axhline(0, color="#555", lw=0.8)
     ax.axhline(1, color="#555", lw=0.5, ls=":")
     ax.set_ylabel("share of the drop in the induction head's logit\nwhen token j−1 is resampled")
@@ -132,8 +133,8 @@ def key_share_bars(key_shares: pd.DataFrame | None) -> Figure:
     handles.append(Line2D([], [], marker="o", ls="", mfc="white", mec="black", ms=4,
                           label="one seed's share through the route (dot colour), unstacked"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    fig.suptitle(f"Where the induction head's key gets token j−1 — final checkpoints, preset {preset_text(key_shares)}"
-                 "\nx: arm, and the runs with an induction head", fontsize=10)
+    fig.suptitle(f"Where the induction head's key gets token j−1\nfinal checkpoints, preset {preset_text(key_shares)}; "
+                 "under each arm: its runs with an induction head", fontsize=10)
     return fig
 
 
@@ -168,6 +169,7 @@ def knockout_copy_losses(knockouts: pd.DataFrame | None) -> Figure:
     if len(first):
         ax.axhline(float(first.mean()), color="#555", ls=":", lw=1.2)
     ax.set_xticks(x, [arm_label(a) for a in arms], fontsize=9)
+    ax.set_xlim(-0.5, len(arms) - 0.5)  # every arm's slot whole, where bars are left out too
     ax.set_ylabel("loss on the second copy (nats/token)")
     ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=c, label=l) for l, c in CONDITION_STYLE.values()] + [_seed_handle()]
@@ -217,16 +219,18 @@ def freed_head_offsets(heads: pd.DataFrame | None, roles: pd.DataFrame | None,
     right.set_ylabel("score (0–1)")
     right.set_title("induction and duplicate-token scores", fontsize=9)
     for ax in (left, right):
+        ax.set_xlim(-0.5, len(arms) - 0.5)
         ax.grid(axis="y", alpha=0.3)
         ax.axhline(0, color="#555", lw=0.8)
     right.axhline(INDUCTION_THRESHOLD, color="#555", ls="--", lw=0.9)
+    right.set_ylim(0, 1)  # scores are 0–1: one scale whatever the arms reach
     handles = [Patch(color=c, label=f"attention on {l}") for l, c in OFFSET_STYLE.values()]
     handles += [Patch(color="#c44e52", label="induction score"), Patch(color="#8172b3", label="duplicate-token score"),
                 _seed_handle(), Line2D([], [], color="#555", ls="--", lw=0.9,
                                        label=f"induction head: ≥ {INDUCTION_THRESHOLD:g}")]
     fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=8, frameon=False)
-    fig.suptitle(f"What the baseline's previous-token heads (≥ {threshold:g}) became in each arm — the same "
-                 f"places, same seed, final checkpoints, preset {preset_text(roles)}", fontsize=10)
+    fig.suptitle(f"What the baseline's previous-token heads (≥ {threshold:g}) became in each arm\nthe same places "
+                 f"in the same seed, final checkpoints, preset {preset_text(roles)}", fontsize=10)
     return fig
 
 

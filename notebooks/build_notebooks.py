@@ -196,6 +196,60 @@ NOTEBOOKS = {
             "smallest effect of interest). None of this is corrected for multiple comparisons."),
         new_code_cell("report.notebook_mechanism(tables);"),
     ],
+    "06_induction": [
+        new_markdown_cell(
+            "# Induction: does it still need previous-token heads?\n\n"
+            "An induction head copies: at the second occurrence of a token it attends to the token that followed "
+            "the first, which needs a key that says \"my previous token was this one\". In the baseline a "
+            "previous-token head writes that into the key; the smear, a fixed dose of it, the key shift and the "
+            "smeared key each mix token j−1 in directly. The study (`figures/induction/PLAN.md`) trains every arm "
+            "at preset `cpu-induction`, where **half of the training tokens are synthetic**: spans R R of random "
+            "tokens written twice (`trainer/repeats.py`). Its three primary claims, each arm against the baseline "
+            "paired by seed: (a) what ablating the previous-token heads costs the copy, (b) when the induction "
+            "head forms, (c) how much of the key's token j−1 comes through the arm's own mixing.\n\n"
+            "Parameters (papermill `-p`): `tables_dir`, `figures_dir`, `runs_dir`, `preset`, `threshold` (for the "
+            "baseline's previous-token heads). Tables without the induction study's give one line and nothing else."),
+        params(TABLE_PARAMS),
+        new_code_cell('from analysis.writeup import report_induction as induction\n\n'
+                      'tables = induction.notebook_tables(tables_dir, preset=preset, runs_dir=runs_dir)  '
+                      '# None without induction tables'),
+        new_markdown_cell(
+            "## The answer per arm, and the primary claims\n\n"
+            "One sentence per arm from claim (a)'s verdict, with (c) and (b) beside it; then the twelve claims (3 "
+            "measures × 4 arms, Holm over all twelve, TOST at each SESOI, power), and the runs that never formed an "
+            "induction head (censored in (b) one record past their last step)."),
+        new_code_cell("induction.notebook_claims(tables);"),
+        new_markdown_cell(
+            "## When the induction head forms\n\n"
+            "The highest held-out induction score of any head at every record of the training: in the pilot a "
+            "phase change, from below 0.1 to above 0.7 within a few hundred steps. Circles mark each run's "
+            "formation step, crosses the runs that never formed a head."),
+        new_code_cell('induction.show("induction_formation", tables, figures_dir, threshold);'),
+        new_markdown_cell(
+            "## Where the induction head's key gets token j−1\n\n"
+            "Token j−1 is resampled in one route at a time and the drop in the induction head's attention logit "
+            "split between the previous-token heads, the arm's own mixing and the rest (they add up to 1)."),
+        new_code_cell('induction.show("induction_key_shares", tables, figures_dir, threshold);'),
+        new_markdown_cell(
+            "## Knock-outs\n\n"
+            "The loss on the second copy with the previous-token heads ablated, the arm's mixing removed, or both. "
+            "Where the mixing stands in for the heads, ablating the heads alone costs little and both together "
+            "cost the whole copy."),
+        new_code_cell('induction.show("induction_knockouts", tables, figures_dir, threshold);'),
+        new_markdown_cell(
+            "## Exploratory measures\n\n"
+            "The best head's score, the copy loss, the share through the previous-token heads, the number of "
+            "induction heads, the step from which one stays formed and the text validation loss; each arm − "
+            "baseline paired by seed, uncorrected."),
+        new_code_cell("induction.notebook_exploratory(tables)"),
+        new_markdown_cell(
+            "## What the baseline's previous-token heads became\n\n"
+            "The places (layer, head) of the baseline's previous-token heads of each seed, followed into every arm "
+            "of that seed: where a query on text looks, its induction and duplicate-token scores, and what "
+            "ablating it costs."),
+        new_code_cell("induction.notebook_freed(tables, threshold)"),
+        new_code_cell('induction.show("induction_freed_heads", tables, figures_dir, threshold);'),
+    ],
     "04_inspect": [
         new_markdown_cell(
             "# Inspect a text\n\n"

@@ -17,7 +17,7 @@ from PIL import Image
 
 from analysis.writeup import plots
 from analysis import stats
-from fixtures.synthetic_tables import make_tables, write_tables
+from fixtures.synthetic_tables import make_tables, write_induction_tables, write_tables
 from trainer.errors import AnalysisError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +60,8 @@ def executed(tmp_path_factory) -> dict[str, Path]:
     thin.mkdir(parents=True)
     make_tables(arms=("baseline",), seeds=(0,))["heads"].to_parquet(thin / "heads.parquet")
 
+    induction = write_induction_tables(root / "induction" / "checkpoints" / "analysis")
+
     figs = root / "figures"
     jobs = {
         "01": ("01_previous_token_heads", dict(tables_dir=good, figures_dir=figs)),
@@ -69,6 +71,8 @@ def executed(tmp_path_factory) -> dict[str, Path]:
         "01-mixed": ("01_previous_token_heads", dict(tables_dir=mixed, figures_dir=root / "figs-mixed")),
         "03-thin": ("03_freed_heads", dict(tables_dir=thin, figures_dir=root / "figs-thin")),
         "02-thin": ("02_smear_gate", dict(tables_dir=thin, figures_dir=root / "figs-thin")),
+        "06": ("06_induction", dict(tables_dir=induction, figures_dir=figs)),
+        "06-none": ("06_induction", dict(tables_dir=good, figures_dir=root / "figs-none")),  # the demo's: no induction
     }
     # the kernels import this checkout's packages, whichever checkout the environment was installed from
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -132,6 +136,29 @@ def test_notebook_draws_its_figures(executed, key):
     assert "not drawn" not in text
 
 
+def test_induction_notebook_draws_its_figures(executed):
+    text, errors = outputs(executed["06"])
+    assert not errors
+    assert "Preset **cpu-induction**" in text and "Half of the training tokens are synthetic" in text
+    assert "- **keyshift**: induction needs the previous-token heads less than in the baseline" in text
+    assert "| smeared-key | 3 | 2 | 1 | seed 1 (counted as step 3,100) |" in text  # the censored run
+    assert "| arm | places in seeds | on i |" in text
+    for fig in plots.NOTEBOOK_FIGURES["06_induction"]:
+        check_image(executed["figures"] / f"{fig}.png")
+    assert "not drawn" not in text and "absent" not in text.lower()
+
+
+def test_induction_notebook_without_its_tables_says_so_once(executed):
+    _, errors = outputs(executed["06-none"])
+    assert not errors
+    nb = nbformat.read(executed["06-none"], as_version=4)
+    # what the notebook displays; stderr is the environment's (tqdm warns there when ipywidgets is absent)
+    shown = [out.get("data", {}).get("text/markdown", out.get("text", "")) for cell in nb.cells
+             for out in cell.get("outputs", []) if out.get("name") != "stderr"]
+    assert len(shown) == 1 and shown[0].startswith("*No induction tables in"), shown
+    assert not (executed["06-none"].parent.parent / "figs-none").exists()
+
+
 def test_statistics_in_notebooks(executed):
     text, _ = outputs(executed["01"])
     assert "**Conclusion:** Heads are freed up" in text and "Primary claims (fixed before the runs)" in text
@@ -150,6 +177,7 @@ def test_report_runs_every_notebook():
     from analysis.writeup import notebook_runner
 
     assert set(notebook_runner.NOTEBOOKS) == set(plots.NOTEBOOK_FIGURES) | {"04_inspect"}
+    assert set(notebook_runner.NEEDS) <= set(notebook_runner.NOTEBOOKS)
     assert all((NOTEBOOKS / f"{name}.ipynb").exists() for name in notebook_runner.NOTEBOOKS)
 
 

@@ -28,10 +28,12 @@ def good_report(tmp_path_factory) -> tuple[Path, str]:
 def test_report_embeds_every_figure_by_relative_path(good_report):
     out, text = good_report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    # no doses, no gate arms and no speedrun arms here: none of their sections
+    # no doses, no gate arms, no speedrun arms and no induction tables here: none of their sections
     assert len(links) == (len(plots.FIGURES) - len(plots.DOSE_FIGURES) - len(plots.GATE_FIGURES)
-                          - len(plots.SPEEDRUN_FIGURES))
+                          - len(plots.SPEEDRUN_FIGURES) - len(plots.INDUCTION_FIGURES))
     assert "## Dose-response" not in text and "dose_response" not in text
+    assert "## Induction" not in text and "induction_formation" not in text
+    assert not (out.parent / "induction_claims.csv").exists()
     for link in links:
         assert link.startswith("../figures/")
         path = out.parent / link

@@ -15,6 +15,11 @@ Per run, from the tables analyze and the recorder write at `cpu-induction` (anal
 
 Exploratory columns beside them: the best head's score, the copy losses, the share through previous-token
 heads, the number of induction heads, the stable formation step, the text validation loss.
+
+For the report and its figures (analysis/writeup/report_induction.py): `score_over_training` (the best head's
+score at every record), `route_shares` (the best induction head's key shares by prev_heads / the arm's mixing /
+the rest), `copy_losses` (the second copy's loss under each knock-out) and `freed_roles` (what the baseline's
+previous-token places do in every arm, one value per seed).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pandas as pd
 
 from analysis.mechanism.composition import INDUCTION_THRESHOLD, head_formation_steps
 from analysis.mechanism.induction_circuit import PRIMARY
+from analysis.stats.mechanism_stats import freed_head_roles
 from analysis.stats.planned import PlannedClaim
 from analysis.tables import BASELINE, Tables
 from trainer.arms import arm_spec
@@ -54,6 +60,13 @@ def mixing_route(arm: str) -> str | None:
 
 def _final(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["step"] == df.groupby("run")["step"].transform("max")]
+
+
+def _best_head_shares(shares: pd.DataFrame, heads: pd.DataFrame) -> dict[str, float]:
+    """route → share of the strongest of `heads` (one run's `clean`/`induction` rows of `key_shares`)."""
+    best = heads.loc[heads["value"].idxmax()]
+    at = shares[(shares["layer"] == best["layer"]) & (shares["head"] == best["head"]) & (shares["metric"] == "share")]
+    return dict(zip(at["route"], at["value"].astype(float)))
 
 
 def formation(record_heads: pd.DataFrame, record_every: int | None = None) -> pd.DataFrame:
@@ -99,9 +112,7 @@ def induction_per_seed(tables: Tables) -> pd.DataFrame:
                    n_induction_heads=float(len(heads)), mix_share=math.nan, prev_share=math.nan,
                    val_loss=float(losses.get(run, math.nan)))
         if len(heads):  # the shares of the strongest induction head
-            best = heads.loc[heads["value"].idxmax()]
-            at = s[(s["layer"] == best["layer"]) & (s["head"] == best["head"]) & (s["metric"] == "share")]
-            share = dict(zip(at["route"], at["value"]))
+            share = _best_head_shares(s, heads)
             route = mixing_route(arm)
             row["mix_share"] = float(share.get(route, math.nan)) if route else 0.0
             row["prev_share"] = float(share.get("prev_heads", math.nan))
@@ -113,5 +124,83 @@ def induction_per_seed(tables: Tables) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PER_SEED_COLUMNS).sort_values(["arm", "seed"], ignore_index=True)
 
 
+# ---- for the report's tables and figures ----------------------------------------------------------------------
+
+ROUTE_GROUPS = ("prev_heads", "mixing", "rest")  # `route_shares`: the arm's own mixing whatever its route's name
+FREED_METRICS = ("attn_self", "attn_prev", "attn_prev2", "attn_bos", "attn_further", "induction", "duplicate_token",
+                 "ablation_text", "ablation_copy")
+
+
+def _need_table(df: pd.DataFrame | None, what: str, how: str) -> pd.DataFrame:
+    if df is None or not len(df):
+        raise AnalysisError(f"no {what} table ({how})")
+    return df
+
+
+def score_over_training(record_heads: pd.DataFrame | None) -> pd.DataFrame:
+    """run, arm, seed, step, value: at each recorded step the highest `induction_heldout` of any head, the curve
+    whose first crossing of INDUCTION_THRESHOLD is the run's `formation_step`."""
+    rec = _need_table(record_heads, "recorder heads", "train the runs with the recorder on")
+    rec = rec[rec["metric"] == FORMATION_METRIC]
+    if rec.empty:
+        raise AnalysisError(f"the recorder's heads table has no {FORMATION_METRIC!r} rows: were the runs trained "
+                            "with spans in their data (a preset with copy_share > 0)?")
+    out = rec.groupby(["run", "arm", "seed", "step"], as_index=False)["value"].max()
+    return out.sort_values(["arm", "seed", "step"], ignore_index=True)
+
+
+def route_shares(key_shares: pd.DataFrame | None) -> pd.DataFrame:
+    """run, arm, seed, prev_heads, mixing, rest: at each run's final step, the shares of the strongest induction
+    head's token j−1 through the previous-token heads, through the arm's own mixing (0 without one) and through
+    everything else (1 − the two: `other` and any route the arm does not own). Runs without an induction head
+    have no row."""
+    shares = _final(_need_table(key_shares, "key_shares", "analyze the runs with --metrics key_shares"))
+    rows = []
+    for (run, arm, seed), s in shares.groupby(["run", "arm", "seed"]):
+        heads = s[(s["route"] == "clean") & (s["metric"] == "induction") & (s["layer"] >= 0)]
+        if heads.empty:
+            continue
+        share = _best_head_shares(s, heads)
+        route = mixing_route(arm)
+        prev, mix = share.get("prev_heads", math.nan), (share.get(route, math.nan) if route else 0.0)
+        rows.append(dict(run=run, arm=arm, seed=int(seed), prev_heads=prev, mixing=mix, rest=1.0 - prev - mix))
+    return pd.DataFrame(rows, columns=["run", "arm", "seed", *ROUTE_GROUPS])
+
+
+def copy_losses(knockouts: pd.DataFrame | None) -> pd.DataFrame:
+    """run, arm, seed, condition, value, has_mixing: the second copy's loss (nats) at each run's final step under
+    each knock-out condition (clean, prev_heads, smear = the arm's mixing, both), and the first copy's clean
+    loss as condition `first_copy` (the level of an unpredictable token)."""
+    ko = _final(_need_table(knockouts, "induction_knockouts", "analyze the runs with --metrics induction_knockouts"))
+    rows = []
+    for (run, arm, seed), g in ko.groupby(["run", "arm", "seed"]):
+        metric = dict(zip(zip(g["condition"], g["metric"]), g["value"].astype(float)))
+        mixing = bool(metric.get(("clean", "has_mixing"), float(mixing_route(arm) is not None)))
+        for condition in ("clean", "prev_heads", "smear", "both"):
+            if (condition, "copy_loss_second") in metric:
+                rows.append(dict(run=run, arm=arm, seed=int(seed), condition=condition,
+                                 value=metric[(condition, "copy_loss_second")], has_mixing=mixing))
+        if ("clean", "copy_loss_first") in metric:
+            rows.append(dict(run=run, arm=arm, seed=int(seed), condition="first_copy",
+                             value=metric[("clean", "copy_loss_first")], has_mixing=mixing))
+    return pd.DataFrame(rows, columns=["run", "arm", "seed", "condition", "value", "has_mixing"])
+
+
+def freed_roles(heads: pd.DataFrame, roles: pd.DataFrame | None, threshold: float) -> pd.DataFrame:
+    """arm, seed, n_places, metric, value: what the baseline's previous-token places (prev_token ≥ `threshold` in
+    the baseline run of the same seed, `mechanism_stats.freed_head_roles`) do in each arm, each `head_roles`
+    metric averaged over that seed's places, so that every seed weighs the same in an arm's mean."""
+    roles = _need_table(roles, "head_roles", "analyze the runs with --metrics head_roles")
+    freed = freed_head_roles(heads, roles, threshold)
+    if freed.empty:
+        raise AnalysisError(f"no previous-token head (prev_token ≥ {threshold:g}) in a baseline run that has "
+                            "head_roles rows for its seed: nothing to follow into the other arms")
+    freed = freed[freed["metric"].isin(FREED_METRICS)]
+    out = freed.groupby(["arm", "seed", "metric"], as_index=False).agg(
+        value=("value", "mean"), n_places=("layer", "size"))
+    return out[["arm", "seed", "n_places", "metric", "value"]]
+
+
 __all__ = ["FORMATION_METRIC", "PER_SEED_COLUMNS", "STUDY_ARMS", "SESOIS", "INDUCTION_CLAIMS", "mixing_route",
-           "formation", "induction_per_seed", "BASELINE"]
+           "formation", "induction_per_seed", "BASELINE", "ROUTE_GROUPS", "FREED_METRICS", "score_over_training",
+           "route_shares", "copy_losses", "freed_roles"]

@@ -16,7 +16,10 @@ from typing import Sequence
 from trainer.errors import AnalysisError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # the repository's notebooks/
-NOTEBOOKS = ("01_previous_token_heads", "02_smear_gate", "03_freed_heads", "04_inspect", "05_mechanism")
+NOTEBOOKS = ("01_previous_token_heads", "02_smear_gate", "03_freed_heads", "04_inspect", "05_mechanism", "06_induction")
+# A study's notebook runs only where the tables folder holds one of its tables: elsewhere (the demo) it would start
+# a kernel to say there is nothing to show.
+NEEDS = {"06_induction": ("key_shares.parquet", "induction_knockouts.parquet", "head_roles.parquet")}
 
 
 def log_terminal_to(path: str) -> None:
@@ -56,7 +59,8 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
                   names: Sequence[str] = NOTEBOOKS, out_dir: str | Path | None = None) -> dict[str, Path | str]:
     """Execute the notebooks headless (papermill) into `out_dir` (default figures_dir/notebooks).
 
-    Returns, per notebook, the executed copy or why it failed. The notebooks write their figures
+    Returns, per notebook, the executed copy or why it failed; a notebook of NEEDS whose tables are not in
+    tables_dir is not run and not in the result. The notebooks write their figures
     into figures_dir under the same names the report uses; `threshold` None keeps the notebooks' own.
     """
     try:
@@ -69,6 +73,7 @@ def run_notebooks(tables_dir: str | Path, figures_dir: str | Path, *, checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(checkpoints).resolve() if checkpoints else tables_dir.parent
     common = dict(figures_dir=str(figures_dir), preset=preset)
+    names = [n for n in names if n not in NEEDS or any((tables_dir / f).exists() for f in NEEDS[n])]
     if not names:
         return {}
     # The kernels talk over local sockets (IPC), not TCP: nothing listens on a port, and ipykernel has

@@ -7,7 +7,8 @@ tell"), a dose-response section when the tables hold ≥ 2 fixed doses (`dose-<c
 learned gate stays low when they hold its arms (both in analysis/writeup/report_arms.py), steps saved at matched
 loss when `smearlens steps-saved` wrote its tables beside the report (analysis/writeup/report_steps.py), the
 speedrun study's questions when the arms include a `-noattn0` or an early-smear arm (analysis/writeup/report_speedrun.py,
-with `speedrun_claims.csv` beside the report), and the commands and configs that produced them. By default the figures are drawn directly with `analysis.writeup.plots`, so
+with `speedrun_claims.csv` beside the report), the induction study when the tables hold its tables
+(analysis/writeup/report_induction.py, with induction_claims.csv beside the report), and the commands and configs that produced them. By default the figures are drawn directly with `analysis.writeup.plots`, so
 a report never needs a Jupyter kernel; `--notebooks` executes the notebooks instead (papermill).
 """
 
@@ -32,6 +33,7 @@ from analysis import stats
 from analysis.writeup.notebook_runner import run_notebooks
 from analysis.writeup.markdown import _ci, _md_table, _num, _p, _seeds, _signflip, seed_ranges
 from analysis.writeup.report_arms import canon_markdown_section, dose_markdown, gate_markdown_section, gate_section
+from analysis.writeup.report_induction import CLAIMS_FILE as INDUCTION_CLAIMS_FILE, induction_markdown_section
 from analysis.writeup.report_mechanism import mechanism_conclusion, mechanism_markdown
 from analysis.writeup.report_speedrun import speedrun_markdown_section, speedrun_section
 from analysis.writeup.report_steps import steps_markdown_section
@@ -41,8 +43,8 @@ from trainer.io import atomic_write_text
 
 DEFAULT_TABLES = Path("checkpoints/analysis")
 DEFAULT_FIGURES = Path("figures")
-# drawn in their own sections, only when their arms are there
-STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES + plots.SPEEDRUN_FIGURES
+# drawn in their own sections, only when their arms (or the induction tables) are there
+STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES + plots.SPEEDRUN_FIGURES + plots.INDUCTION_FIGURES
 OWN_SECTIONS = plots.SUMMARY_FIGURES + plots.MECHANISM_FIGURES + STUDY_FIGURES  # not in the Figures section
 
 
@@ -444,7 +446,8 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         fresh = lambda p: p.exists() and p.stat().st_mtime >= started  # an old PNG from another run is not ours
         drawn = {n: (figures_dir / f"{n}.png") if fresh(figures_dir / f"{n}.png") else
                  "not drawn by the notebook (see the executed notebook for why)" for n in plots.FIGURES}
-        # no notebook draws the summary or the study figures (dose-response, the gate arms): drawn here
+        # the summary and the study figures are drawn here: no notebook draws the first two kinds, and 06_induction
+        # runs only where its tables are (notebook_runner.NEEDS) while the recorder's scores alone draw a figure
         drawn.update(plots.draw_all(tables, figures_dir, threshold, names=plots.SUMMARY_FIGURES + STUDY_FIGURES,
                                     formats=formats))
     else:
@@ -474,10 +477,12 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
         "smear arm has both fewer previous-token heads and less previous-token mass than the baseline, "
         "significantly across paired seeds after the Holm correction over the primary claims.", "",
     ]
-    body += steps_markdown_section(out_path.parent, figures_dir, out_path.parent)  # after `smearlens steps-saved`
     figure_md = lambda names: _figures_markdown(names, drawn, out_path.parent)
+    body += steps_markdown_section(out_path.parent, figures_dir, out_path.parent)  # after `smearlens steps-saved`
     if speedrun is not None:
         body += speedrun_markdown_section(speedrun, threshold, figure_md)
+    induction, induction_claims = induction_markdown_section(tables, figure_md, threshold)
+    body += induction
     body += [
         "## Statistics", "", statistics_markdown(summary), "",
         "### Previous-token heads at each threshold", "", thresholds_markdown(summary.thresholds), "",
@@ -511,6 +516,10 @@ def write_report(tables_dir: str | Path, figures_dir: str | Path, out_path: str 
     atomic_write_text(out_path.parent / hl.FILE, headline.to_csv(index=False))
     if speedrun is not None:
         atomic_write_text(out_path.parent / sp.CLAIMS_FILE, speedrun.csv.to_csv(index=False))
+    if induction_claims is not None:
+        atomic_write_text(out_path.parent / INDUCTION_CLAIMS_FILE, induction_claims.to_csv(index=False))
+    else:  # an earlier report's claims are not these tables' (a README may cite the file)
+        (out_path.parent / INDUCTION_CLAIMS_FILE).unlink(missing_ok=True)
     atomic_write_text(out_path, "\n".join(body) + "\n")
     return out_path
 

@@ -15,6 +15,8 @@ from analysis import stats
 from analysis.writeup.plots.dose import dose_response as dose_response_figure
 from analysis.writeup.plots.freed import ablation_by_head, freed_head_profiles
 from analysis.writeup.plots.gate import coefficient_over_training, lambda_gradient
+from analysis.writeup.plots.induction import (formation_over_training, freed_head_offsets, key_share_bars,
+                                              knockout_copy_losses)
 from analysis.writeup.plots.mechanism import edge_shares, knockout_effects, offset_attention, path_shares, readout_by_layer
 from analysis.writeup.plots.heads import prev_heads_vs_threshold, prev_mass_over_training, prev_token_heatmaps
 from analysis.writeup.plots.smear import coefficient_by_class, coefficient_histogram, smear_lambda, vocab_extremes
@@ -161,18 +163,49 @@ FIGURES: dict[str, FigureSpec] = {
         "min–max.",
         lambda t, th: early_coefficient(sp.coefficient_curves(_speedrun(t).get("record_lambda"),
                                                               t.get("record_smear")))),
+    "induction_formation": FigureSpec(
+        "When the induction head forms",
+        "Per arm, the highest induction score of any head (the recorder's `induction_heldout`: attention from a "
+        "second-copy token to the token after its first occurrence, mean over the held-out lengths 11, 19, 27 and "
+        "40) at every recorded step; thin lines: seeds, thick: their mean; circles: each run's formation step (the "
+        "first record ≥ 0.2); crosses: runs that never formed one, censored one record past their last.",
+        lambda t, th: formation_over_training(t.get("record_heads"))),
+    "induction_key_shares": FigureSpec(
+        "Where the induction head's key gets token j−1",
+        "For the strongest induction head of each run (final checkpoint), the drop in its attention logit from "
+        "query i to key j when token j−1 is resampled, split by route: the previous-token heads, the arm's own "
+        "mixing (smear term, key shift or key smear) and everything else; the shares add up to 1. Bars: seed "
+        "means, stacked; dots: each seed's share through each route, unstacked. Runs without an induction head "
+        "have no shares.",
+        lambda t, th: key_share_bars(t.get("key_shares"))),
+    "induction_knockouts": FigureSpec(
+        "Knock-outs: does the copy still need the previous-token heads?",
+        "Loss on the second copy of repeated random sequences (held-out lengths) at the final checkpoint: clean, "
+        "with every previous-token head before the best induction head mean-ablated, with the arm's mixing "
+        "removed, and both. Bars: seed means; dots: seeds; dotted: the first copy's loss, which no head can "
+        "predict. Claim (a) is the second bar minus the first.",
+        lambda t, th: knockout_copy_losses(t.get("induction_knockouts"))),
+    "induction_freed_heads": FigureSpec(
+        "The baseline's previous-token places in each arm",
+        "At the places (layer, head) of the baseline's previous-token heads of each seed, in every arm of that "
+        "seed: where a query on text looks (i−1, itself, i−2, the BOS, further; stacked seed means, dots: each "
+        "seed's i−1) and the place's induction and duplicate-token scores on repeated random sequences (bars: seed "
+        "means, dots: seeds).",
+        lambda t, th: freed_head_offsets(t.heads, t.get("head_roles"), th)),
 }
 NOTEBOOK_FIGURES = {
     "01_previous_token_heads": ["prev_token_heatmaps", "prev_heads_vs_threshold", "prev_mass_over_training"],
     "02_smear_gate": ["smear_lambda", "coefficient_histogram", "vocab_extremes", "coefficient_by_class"],
     "03_freed_heads": ["freed_head_profiles", "ablation_by_head"],
     "05_mechanism": ["path_shares", "edge_shares", "offset_attention", "readout_by_layer", "knockout_effects"],
+    "06_induction": ["induction_formation", "induction_key_shares", "induction_knockouts", "induction_freed_heads"],
 }
 SUMMARY_FIGURES = ["summary"]  # the report's first screen, not its Figures section
 MECHANISM_FIGURES = NOTEBOOK_FIGURES["05_mechanism"]  # the report's mechanism section, not its Figures section
 DOSE_FIGURES = ["dose_response"]  # the report's dose-response section (only with ≥ 2 fixed doses)
 GATE_FIGURES = ["coefficient_over_training", "lambda_gradient"]  # the report's "why the gate stays low" section
 SPEEDRUN_FIGURES = ["speedrun_attn0", "speedrun_prev_by_layer", "speedrun_early_coefficient"]  # "The speedrun's questions"
+INDUCTION_FIGURES = NOTEBOOK_FIGURES["06_induction"]  # the report's induction section (only with its tables)
 
 
 def draw_figure(name: str, tables: Tables, threshold: float = DEFAULT_THRESHOLD) -> Figure:

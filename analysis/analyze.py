@@ -404,7 +404,10 @@ def analyze_run(target: RunTarget, tables: Tables, head_metrics: list[str], smea
             tables.has("smear_vocab", run, step) and tables.has("smear_tokens", run, step)))
         mech_todo = [name for name in mechanism if final and (name != "canon" or spec.mix == "canon")
                      and not tables.has(name, run, step)]
-        paths_todo = paths and final and not (tables.has("paths", run, step) and tables.has("offsets", run, step))
+        # the slot method follows positions mixed in attention and hook_smear_out only: a key arm mixes inside
+        # the keys, which it cannot patch (analysis/mechanism/paths.py), so those runs have no path tables
+        paths_todo = (paths and final and spec.key_mix is None
+                      and not (tables.has("paths", run, step) and tables.has("offsets", run, step)))
         if not todo and not smear_todo and not mech_todo and not paths_todo:
             continue
         model, meta = load_checkpoint_model(path, device)

@@ -384,3 +384,10 @@ def test_probes_compute_exactly_the_schema_metrics():
     from analysis import schema
 
     assert P.HEAD_METRICS == schema.HEAD_METRICS
+
+
+def test_key_arms_have_no_path_tables_and_the_rest_is_analysed(tiny_data, tmp_path):
+    """Path attribution cannot patch positions mixed inside the keys: a key arm's run is analysed without it."""
+    run = train_arm(tmp_path, tiny_data, "smeared-key-init-0.5")
+    got = analyze([run], out=tmp_path / "t", metrics=["prev_token", "paths"], tokens=TOKENS, progress=False, **PATHS)
+    assert got["heads"] > 0 and got["paths"] == got["offsets"] == 0

@@ -227,3 +227,18 @@ def test_a_baseline_run_without_an_induction_head_is_said():
     text = "\n".join(ri.induction_markdown_section(Tables(**t), FIGURE_STUB)[0])
     assert "The baseline itself never formed an induction head in 1 of its 3 runs." in text
     assert re.search(r"\| \(b\) formation step \| smear − baseline \|.*\| 1 / 0 \|", text)
+
+
+def test_another_preset_reads_the_plans_claims_as_exploratory_and_no_baseline_circuit_is_said():
+    """The one-layer test: claims fixed for cpu-induction are exploratory elsewhere, and a baseline that never
+    formed an induction head has no previous-token heads to free, so (a) and (c) are not read as an answer."""
+    never = frozenset(("baseline", s) for s in (0, 1, 2))
+    t = make_induction_tables(preset="cpu-induction-1layer", unformed=never)
+    lines, claims = ri.induction_markdown_section(Tables(**t), FIGURE_STUB)
+    text = "\n".join(lines)
+    assert "### The plan's claims, read as exploratory" in text and "### Primary claims" not in text
+    assert "The baseline formed no induction head in any of its 3 runs" in text
+    assert not re.findall(r"^- \*\*([\w.-]+)\*\*", text, re.M)  # no per-arm answer built on an absent circuit
+    assert set(ri.induction_claims_table(claims)["role"]) == {"exploratory"}
+    planned = ri.induction_claims_table(ri.induction_markdown_section(Tables(**make_induction_tables()), FIGURE_STUB)[1])
+    assert set(planned["role"]) == {"primary"}

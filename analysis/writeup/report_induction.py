@@ -44,7 +44,8 @@ MEASURES: dict[str, tuple[str, str, str, str]] = {
     "val_loss": ("text validation loss", "nats", "{:.3f}", "{:+.3f}"),
 }
 EXPLORATORY = ("best_induction", "copy_loss_second", "prev_share", "n_induction_heads", "stable_step", "val_loss")
-CLAIMS_COLUMNS = ["claim", "label", "unit", "arm", "baseline", "sesoi", "n_pairs", "mean_baseline", "mean_arm", "diff",
+PLANNED_PRESET = "cpu-induction"  # the preset figures/induction/PLAN.md fixed the claims for
+CLAIMS_COLUMNS = ["claim", "label", "unit", "arm", "baseline", "role", "sesoi", "n_pairs", "mean_baseline", "mean_arm", "diff",
                   "ci_low", "ci_high", "p_value", "p_signflip", "p_holm", "p_tost", "power_obs", "power_upper",
                   "never_formed_baseline", "never_formed_arm", "verdict", "note"]
 FREED_LABELS = {"attn_self": "on i", "attn_prev": "on i−1", "attn_prev2": "on i−2", "attn_bos": "on BOS",
@@ -332,18 +333,30 @@ def induction_markdown_section(tables: Tables, figures: Callable[[Sequence[str]]
         per_seed = None
     if per_seed is not None:
         claims = induction_claims(per_seed)
-        sentences = answer_sentences(claims, per_seed)
-        body += ["### Does induction still need previous-token heads?", ""]
-        body += (["Per arm, from claim (a), with (c) and (b) beside it (verdicts of the primary family below):", ""]
-                 + sentences + [""] if sentences else [])
+        planned = tables.preset == PLANNED_PRESET  # the plan fixed its claims for this preset only
+        if not planned:
+            claims = claims.assign(role="exploratory")
         n_never, n = never_formed(per_seed).get(ind.BASELINE, (0, 0))
-        if n_never:
-            body += [f"The baseline itself never formed an induction head in {n_never} of its {n} runs.", ""]
+        body += ["### Does induction still need previous-token heads?", ""]
+        if n and n_never == n:  # no baseline circuit: nothing for a previous-token head to be freed from
+            body += [f"The baseline formed no induction head in any of its {n} runs, so there is no previous-token "
+                     "head in an induction circuit to free: claims (a) and (c) are not read here. Which arms form an "
+                     "induction head at all, and when, is in the tables below.", ""]
+        else:
+            sentences = answer_sentences(claims, per_seed)
+            body += (["Per arm, from claim (a), with (c) and (b) beside it (verdicts of the primary family below):", ""]
+                     + sentences + [""] if sentences else [])
+            if n_never:
+                body += [f"The baseline itself never formed an induction head in {n_never} of its {n} runs.", ""]
         missing = [a for a in ind.STUDY_ARMS if a not in set(per_seed["arm"])]
         if missing:
             body += [f"No runs of {', '.join(missing)} in these tables: their claims are absent below, and still "
                      "count in the Holm correction.", ""]
-        body += ["### Primary claims", "", claims_markdown(claims), "", method_markdown(claims), "",
+        body += (["### Primary claims", ""] if planned else [
+            "### The plan's claims, read as exploratory", "",
+            f"These twelve claims were fixed for preset `{PLANNED_PRESET}` (figures/induction/PLAN.md); on "
+            f"`{tables.preset}` they are exploratory, their Holm-adjusted p-values given for comparison only.", ""])
+        body += [claims_markdown(claims), "", method_markdown(claims), "",
                  "Runs that formed an induction head (any head ≥ "
                  f"{INDUCTION_THRESHOLD:g} at a record):", "", formation_markdown(per_seed), ""]
     body += figures(plots.INDUCTION_FIGURES[:3])

@@ -362,4 +362,5 @@ def test_display_token():
     assert plots.display_token(" the") == "␣the"
     assert plots.display_token("\n") == "⏎"
     assert plots.display_token("") == "∅"
+    assert plots.display_token("\x03") == "\\x03"  # no font has a glyph for a control character
     assert len(plots.display_token("x" * 40)) == 18

@@ -105,10 +105,12 @@ def arm_label(arm: str) -> str:
 
 
 def display_token(text: str, limit: int = 18) -> str:
-    """A decoded token made visible: spaces as ␣, newlines as ⏎, tabs as →."""
+    """A decoded token made visible: spaces as ␣, newlines as ⏎, tabs as →, other control characters as \\xNN."""
     if not isinstance(text, str) or text == "":
         return "∅"
     shown = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "→").replace("\r", "␍")
+    # other control characters have no glyph in any font: show their code (a byte-level BPE has them as tokens)
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 

@@ -31,8 +31,13 @@ def _p(p: float) -> str:
 
 
 
+def _interval(lo: float, hi: float, fmt: str, missing: str = "—") -> str:
+    """[lo, hi] in `fmt`, or `missing` where there is no interval."""
+    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]" if math.isfinite(lo) else missing
+
+
 def _ci(r: dict, fmt: str) -> str:
-    return f"[{_num(r['ci_low'], fmt)}, {_num(r['ci_high'], fmt)}]" if math.isfinite(r["ci_low"]) else "—"
+    return _interval(r["ci_low"], r["ci_high"], fmt)
 
 
 def seed_ranges(seeds) -> str:

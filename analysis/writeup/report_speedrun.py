@@ -18,7 +18,7 @@ from analysis.stats import speedrun as sp
 from analysis.stats import steps_saved as ss
 from analysis.stats.claims import claim_label
 from analysis.stats.inference import SD_UPPER_LEVEL
-from analysis.writeup.markdown import _md_table, _num, _p, _signflip
+from analysis.writeup.markdown import _interval, _md_table, _num, _p, _signflip
 from analysis.writeup.plots.registry import SPEEDRUN_FIGURES
 from analysis.stats import Summary, Tables
 from trainer.arms import NOATTN0_SUFFIX
@@ -44,6 +44,10 @@ class SpeedrunSection:
     def csv(self) -> pd.DataFrame:
         """speedrun_claims.csv: one row per claim."""
         return sp.claims_table(self.claims)
+
+
+def _ci(lo: float, hi: float, fmt: str = NATS) -> str:
+    return _interval(lo, hi, fmt, "(no CI)")
 
 
 def read_shape(folder: str | Path) -> tuple[ss.Shape | None, str]:
@@ -97,8 +101,6 @@ def _steps_on_loss(rows: pd.DataFrame, shape: ss.Shape | None) -> pd.DataFrame:
 # Words
 
 
-def _ci(lo: float, hi: float, fmt: str = NATS) -> str:
-    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]" if math.isfinite(lo) else "(no CI)"
 
 
 def steps_text(r: dict, n0: int | None) -> str:

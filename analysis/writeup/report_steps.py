@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.stats import steps_saved as ss
-from analysis.writeup.markdown import _md_table, _num
+from analysis.writeup.markdown import _interval, _md_table, _num
 
 
 def _ci(lo: float, hi: float, fmt: str) -> str:
-    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]" if math.isfinite(lo) else ""
+    return _interval(lo, hi, fmt, "")
 
 
 def _read(path: Path) -> pd.DataFrame | None:

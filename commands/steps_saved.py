@@ -1,14 +1,18 @@
-"""`smearlens steps-saved STUDY --budgets DIR [DIR ...]`: each arm's loss difference as baseline training steps.
+"""`smearlens steps-saved STUDY --budgets DIR [DIR ...]`: each arm's loss difference as training steps.
 
     smearlens study --out studies/budgets-1360 --preset cpu-small --arms baseline --seeds 0-7 --steps 1360
     smearlens steps-saved studies/powered --budgets studies/budgets-1360 studies/budgets-1490 studies/budgets-1730
 
-Each budget folder is an ordinary study of the baseline at another `--steps` (its own schedule), of the same
-preset, `--set` overrides and data as STUDY; the study's own baseline is the 1× point. The statistics are
-`analysis.stats.steps_saved`'s. Writes, into --out (default STUDY, beside its report.md, which then gains the
-section "Steps saved at matched loss" the next time it is written): `steps_saved.csv` (per arm),
-`steps_saved_seeds.csv` (per arm × seed), `steps_saved_rate.csv` (the fitted shape and the exchange rate),
-`steps_saved_budgets.csv` (the baseline's runs at every budget) and `figures/steps_saved.{png,svg}`.
+Each budget folder is an ordinary study at another `--steps` (its own schedule), of the same preset, `--set`
+overrides and data as STUDY; the study's own runs are the 1× points. Its baseline runs give the baseline's curve,
+on which every arm of STUDY is placed (the baseline steps that reach the arm's loss). An arm that has budget runs
+of its own (`--arms dose-0.8` in a budget study) also gets its own curve, read where it reaches the baseline's 1×
+loss: the steps the arm needs for the baseline's result, the speedrun's currency for an arm better than the
+baseline. The statistics are `analysis.stats.steps_saved`'s. Writes, into --out (default STUDY, beside its
+report.md, which then gains the section "Steps saved at matched loss" the next time it is written), each table
+with a `curve` column (whose curve: "baseline" or the arm's): `steps_saved.csv` (per arm and curve),
+`steps_saved_seeds.csv` (per arm, curve and seed), `steps_saved_rate.csv` (each fitted shape and its exchange
+rate), `steps_saved_budgets.csv` (the runs at every budget) and `figures/steps_saved.{png,svg}`.
 """
 
 from __future__ import annotations
@@ -32,19 +36,19 @@ def _setting(plan: dict, key: str) -> object:
 
 
 def budget_points(study: ss.StudyLosses, budgets: Sequence[str | Path]) -> pd.DataFrame:
-    """The baseline's finished runs at every budget (seed, steps, val_loss, folder): the study's own at 1×, then
-    each budget study's; every input problem is one AnalysisError naming the folder or argument."""
-    base = study.runs[study.runs["arm"] == BASELINE]
-    if base.empty:
+    """The finished runs at every budget (arm, seed, steps, val_loss, folder): each budget study's, and the
+    study's own at 1× of the baseline and of every arm with budget runs; every input problem is one
+    AnalysisError naming the folder or argument."""
+    if not (study.runs["arm"] == BASELINE).any():
         raise AnalysisError(f"{study.folder}: no finished baseline runs: the study's baseline is the 1× point")
-    parts = [base.assign(folder=str(study.folder))]
+    parts = []
     seen = {study.folder.resolve(): str(study.folder)}
     for folder in map(Path, budgets):
         if folder.resolve() in seen:
             raise AnalysisError(f"--budgets {folder}: the same folder as {seen[folder.resolve()]}")
         seen[folder.resolve()] = str(folder)
         try:
-            got = ss.read_study_losses(folder, arms=[BASELINE])
+            got = ss.read_study_losses(folder)
         except AnalysisError as e:
             raise AnalysisError(f"--budgets {e}") from None
         for key in SAME_PLAN:
@@ -56,10 +60,12 @@ def budget_points(study: ss.StudyLosses, budgets: Sequence[str | Path]) -> pd.Da
             raise AnalysisError(f"--budgets {folder}: trained for {got.steps} steps, the study's own budget (its "
                                 "baseline is the 1× point): budgets are other step counts")
         if got.runs.empty:
-            raise AnalysisError(f"--budgets {folder}: no finished baseline runs (train them: smearlens study --out "
+            raise AnalysisError(f"--budgets {folder}: no finished runs (train them: smearlens study --out "
                                 f"{folder} --preset {study.preset} --arms baseline --steps {got.steps})")
         parts.append(got.runs.assign(folder=str(folder)))
-    return pd.concat(parts, ignore_index=True)[["seed", "steps", "val_loss", "folder"]]
+    budget_arms = set(pd.concat(parts)["arm"]) | {BASELINE}
+    ones = study.runs[study.runs["arm"].isin(budget_arms)].assign(folder=str(study.folder))
+    return pd.concat([ones, *parts], ignore_index=True)[["arm", "seed", "steps", "val_loss", "folder"]]
 
 
 def run_steps_saved(study: str | Path, budgets: Sequence[str | Path], out: str | Path | None = None) -> pd.DataFrame:
@@ -74,17 +80,23 @@ def run_steps_saved(study: str | Path, budgets: Sequence[str | Path], out: str |
         raise AnalysisError(f"{main.folder}: no finished runs of an arm other than the baseline to convert")
     try:
         shape, rate, seeds, summary = ss.steps_saved_tables(points, main.runs, main.steps)
+        arm_shapes, arm_rate, arm_seeds, arm_summary = ss.arm_curve_tables(points, main.runs, main.steps)
     except AnalysisError as e:
         raise AnalysisError(f"--budgets: {e}") from None
+    shapes = {BASELINE: shape, **arm_shapes}
     out = Path(out) if out is not None else main.folder
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    rate = rate.assign(folders=" ".join(sorted(set(points["folder"]))))  # where the budget points came from
-    anchors = main.runs[main.runs["arm"] == BASELINE].set_index("seed")["val_loss"]
-    fitted = ss.fitted_points(points, shape, anchors).merge(points[["seed", "steps", "folder"]], on=["seed", "steps"])
-    for name, df in ((ss.SUMMARY_FILE, summary), (ss.SEEDS_FILE, seeds), (ss.RATE_FILE, rate),
-                     (ss.BUDGETS_FILE, fitted)):
+    folders = points.groupby("arm")["folder"].agg(lambda f: " ".join(sorted(set(f))))  # where each curve's runs came from
+    rate = pd.concat([rate, arm_rate], ignore_index=True)
+    rate["folders"] = rate["curve"].map(folders)
+    fitted = pd.concat([ss.fitted_points(points, sh, main.runs[main.runs["arm"] == arm].set_index("seed")["val_loss"])
+                        for arm, sh in shapes.items()], ignore_index=True)
+    fitted = fitted.merge(points[["arm", "seed", "steps", "folder"]], on=["arm", "seed", "steps"])
+    summary = pd.concat([summary, arm_summary], ignore_index=True)
+    for name, df in ((ss.SUMMARY_FILE, summary), (ss.SEEDS_FILE, pd.concat([seeds, arm_seeds], ignore_index=True)),
+                     (ss.RATE_FILE, rate), (ss.BUDGETS_FILE, fitted)):
         atomic_write_text(out / name, df.to_csv(index=False))
-    save(steps_saved_figure(fitted, shape, summary, rate), out / "figures", ss.FIGURE)
+    save(steps_saved_figure(fitted, shapes, summary, rate), out / "figures", ss.FIGURE)
     return summary
 
 
@@ -96,7 +108,8 @@ def summary_lines(summary: pd.DataFrame) -> list[str]:
         steps = (f"steps saved {num(r['steps_saved'], '{:+.1f}')} [{num(r['ci_low'], '{:+.1f}')}, "
                  f"{num(r['ci_high'], '{:+.1f}')}] of {r['preset_steps']} ({num(r['pct_saved'], '{:+.2f}%')}); "
                  f"mean loss converted {num(r['pct_at_mean_loss'], '{:+.2f}%')}; " if r["n"] else "")
-        lines.append(f"{r['arm']}: Δ loss {r['loss_diff']:+.4f}; {steps}{r['verdict']}")
+        curve = "" if r["curve"] == BASELINE else " (on its own curve: its steps to the baseline's 1× loss)"
+        lines.append(f"{r['arm']}{curve}: Δ loss {r['loss_diff']:+.4f}; {steps}{r['verdict']}")
     return lines
 
 

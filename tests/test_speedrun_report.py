@@ -167,7 +167,7 @@ def test_steps_equivalents_convert_each_claim_with_the_budget_curves(per_seed, t
 
 
 def test_a_quadratic_rate_without_its_budget_points_is_refused(tmp_path):
-    rate = pd.DataFrame([dict.fromkeys(ss.RATE_COLUMNS, 1.0) | dict(beta2=0.1, budgets="30 40 50")])
+    rate = pd.DataFrame([dict.fromkeys(ss.RATE_COLUMNS, 1.0) | dict(curve="baseline", beta2=0.1, budgets="30 40 50")])
     with pytest.raises(AnalysisError, match="quadratic"):
         sp.shape_from_tables(rate)
     with pytest.raises(AnalysisError, match="not an exchange-rate table"):

@@ -216,6 +216,79 @@ def test_a_baseline_that_does_not_improve_with_steps_has_no_exchange_rate():
         ss.steps_saved_tables(points, study_losses(points, {"a": 1.05}), N0)
 
 
+# ---------------------------------------------------------------------------------------------
+# The arm's own curve: the steps the arm needs to reach the baseline's 1× loss
+
+
+def arm_points(arm: str, gain: float, slope: float = SLOPE, budgets=(850, 930, 1000), seeds=range(4)) -> pd.DataFrame:
+    """An arm `gain` nats below the baseline at every budget, on its own slope: its runs, `arm` column set."""
+    return curve_points(budgets=budgets, seeds=seeds, slope=slope).assign(
+        val_loss=lambda d: d["val_loss"] - gain, arm=arm)
+
+
+def test_a_better_arm_beyond_the_baselines_budgets_is_read_on_its_own_curve():
+    """The arm is 0.0053 nats better than the baseline: more than the baseline's largest budget (1.08×) reaches,
+    so no number on the baseline's curve; on its own curve (the same slope) it reaches the baseline's 1× loss at
+    exactly 0.9 × N0 steps: 10% saved."""
+    gain = SLOPE * math.log(0.9)
+    base = curve_points().assign(arm="baseline")
+    arm = arm_points("dose-0.8", gain)
+    losses = pd.concat([base, arm])[lambda d: d["steps"] == N0][["arm", "seed", "val_loss"]]
+    points = pd.concat([base, arm], ignore_index=True)
+    _, _, _, on_base = ss.steps_saved_tables(points, losses, N0)
+    assert math.isnan(on_base["pct_saved"].iloc[0]) and on_base["curve"].iloc[0] == "baseline"
+    shapes, rate, seeds, summary = ss.arm_curve_tables(points, losses, N0)
+    assert list(shapes) == ["dose-0.8"] and shapes["dose-0.8"].curve == "dose-0.8"
+    assert shapes["dose-0.8"].degree == 1  # its own 3 budgets: a line
+    r = summary.iloc[0]
+    assert r["arm"] == "dose-0.8" and r["curve"] == "dose-0.8"
+    assert r["pct_saved"] == pytest.approx(10.0, abs=1e-6) and r["steps_saved"] == pytest.approx(100.0, abs=1e-4)
+    assert r["pct_at_mean_loss"] == pytest.approx(10.0, abs=1e-6)
+    assert seeds["matched_steps"].to_numpy() == pytest.approx([900.0] * 4, abs=1e-4)  # the arm's steps
+    assert rate["curve"].tolist() == ["dose-0.8"] and rate["nats_per_pct"].iloc[0] == pytest.approx(-SLOPE / 100)
+
+
+def test_the_arms_own_slope_is_the_one_inverted():
+    """An arm whose loss falls twice as fast with steps needs half the distance in ln(steps)."""
+    gain = 2 * SLOPE * math.log(0.9)
+    base = curve_points().assign(arm="baseline")
+    points = pd.concat([base, arm_points("steep", gain, slope=2 * SLOPE)], ignore_index=True)
+    losses = points[points["steps"] == N0][["arm", "seed", "val_loss"]]
+    _, _, _, summary = ss.arm_curve_tables(points, losses, N0)
+    assert summary["pct_saved"].iloc[0] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_an_arm_its_budgets_cannot_bring_to_the_baselines_loss_is_beyond_them():
+    """An arm 0.02 nats better reaches the baseline's 1× loss only below 0.67 × N0: past its smallest budget."""
+    base = curve_points().assign(arm="baseline")
+    points = pd.concat([base, arm_points("far", 0.02)], ignore_index=True)
+    losses = points[points["steps"] == N0][["arm", "seed", "val_loss"]]
+    _, _, seeds, summary = ss.arm_curve_tables(points, losses, N0)
+    assert seeds["pct_saved"].isna().all()
+    assert (seeds["status"] == f"{ss.BEYOND} (above the smallest budget's loss)").all()  # even its fewest steps beat it
+    assert summary["verdict"].iloc[0].startswith(f"{ss.BEYOND} for every seed")
+
+
+def test_the_ci_on_an_arms_own_curve_covers_the_truth_with_noise():
+    rng = np.random.default_rng(5)
+    gain = SLOPE * math.log(0.95)
+    base = curve_points(seeds=range(8), noise=0.0005, rng=rng).assign(arm="baseline")
+    arm = curve_points(seeds=range(8), budgets=(850, 930, 1000), noise=0.0005, rng=rng).assign(
+        val_loss=lambda d: d["val_loss"] - gain, arm="a")
+    points = pd.concat([base, arm], ignore_index=True)
+    losses = points[points["steps"] == N0][["arm", "seed", "val_loss"]]
+    _, _, _, summary = ss.arm_curve_tables(points, losses, N0)
+    r = summary.iloc[0]
+    assert r["pct_ci_low"] < 5.0 < r["pct_ci_high"] and r["pct_ci_high"] - r["pct_ci_low"] > 0.5
+
+
+def test_no_arm_budget_runs_gives_empty_tables_with_their_columns():
+    points = curve_points().assign(arm="baseline")
+    shapes, rate, seeds, summary = ss.arm_curve_tables(points, study_losses(points, {"a": 1.05}), N0)
+    assert shapes == {} and list(rate.columns) == ss.RATE_COLUMNS and list(seeds.columns) == ss.SEED_COLUMNS
+    assert summary.empty and list(summary.columns) == ss.SUMMARY_COLUMNS
+
+
 def test_the_record_authors_estimate_is_0_30_percent():
     assert ss.record_author_pct() == pytest.approx(0.304, abs=0.001)
 
@@ -287,6 +360,39 @@ def test_the_command_writes_the_tables_the_figure_and_the_reports_section(tmp_pa
     assert "1% more steps lowers the validation loss by 0.0005 nats" in section
 
 
+def test_the_command_reads_an_arm_with_budget_runs_on_its_own_curve_too(tmp_path, capsys):
+    from analysis.writeup.report_steps import steps_markdown_section
+    from commands.cli import main as cli_main
+
+    # dose-0.8 is worth 1.3 × N0 baseline steps: beyond the baseline's budgets (up to 1.08×)
+    study, budgets = budget_grid(tmp_path, {"smear": 1.003, "dose-0.8": 1.3})
+    loss = lambda s, n: 3.0 + 0.01 * s + SLOPE * math.log(n * 1.3 / N0)  # the arm at n steps, on the same slope
+    arm_budgets = [fake_study(tmp_path / f"arm-{n}", n, {("dose-0.8", s): loss(s, n) for s in range(3)})
+                   for n in (700, 850)]
+    assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets + arm_budgets)]) == 0
+    printed = capsys.readouterr().out
+    assert "dose-0.8 (on its own curve: its steps to the baseline's 1× loss)" in printed
+    summary = pd.read_csv(study / ss.SUMMARY_FILE)
+    assert summary["curve"].tolist() == ["baseline", "baseline", "dose-0.8"]
+    own = summary[summary["curve"] == "dose-0.8"].iloc[0]
+    # the arm reaches the baseline's 1× loss at N0 / 1.3 = 769.2 steps: 230.8 saved
+    assert own["steps_saved"] == pytest.approx(N0 - N0 / 1.3, abs=1e-3)
+    base_row = summary[(summary["curve"] == "baseline") & (summary["arm"] == "dose-0.8")].iloc[0]
+    assert math.isnan(base_row["steps_saved"]) and base_row["verdict"].startswith(ss.BEYOND)
+    rate = pd.read_csv(study / ss.RATE_FILE).set_index("curve")
+    assert rate.loc["dose-0.8", "budgets"] == "700 850 1000" and str(arm_budgets[0]) in rate.loc["dose-0.8", "folders"]
+    budget_rows = pd.read_csv(study / ss.BUDGETS_FILE)
+    assert budget_rows.groupby("arm").size().to_dict() == {"baseline": 12, "dose-0.8": 9}
+    assert budget_rows["fitted"].to_numpy() == pytest.approx(budget_rows["val_loss"].to_numpy(), abs=1e-9)
+    section = "\n".join(steps_markdown_section(study, study / "figures", study))
+    assert "### On the arm's own curve: its steps to the baseline's loss" in section
+    assert "| dose-0.8 | -0.0131 [-0.0131, -0.0131] | +230.8 [+230.8, +230.8] | +23.08% [+23.08, +23.08] | 3 of 3 |" in section
+    # the speedrun section's shape is still the baseline's
+    from analysis.stats import speedrun as sp
+    shape = sp.shape_from_tables(pd.read_csv(study / ss.RATE_FILE), budget_rows)
+    assert shape.curve == "baseline" and shape.budgets == (850, 930, 1000, 1080)
+
+
 def test_the_command_says_when_an_arm_is_beyond_the_fitted_budgets(tmp_path, capsys):
     from commands.cli import main as cli_main
 
@@ -300,7 +406,7 @@ def test_the_command_says_when_an_arm_is_beyond_the_fitted_budgets(tmp_path, cap
 @pytest.mark.parametrize("case, message", [
     ("other preset", "--budgets {b}: a budget study of preset 'cpu-small', but {s} has 'tiny'"),
     ("other override", "--budgets {b}: a budget study of overrides ['val_every=5']"),
-    ("unfinished", "--budgets {b}: no finished baseline runs (train them: smearlens study --out {b} --preset tiny"),
+    ("unfinished", "--budgets {b}: no finished runs (train them: smearlens study --out {b} --preset tiny"),
     ("same steps", "--budgets {b}: trained for 1000 steps, the study's own budget"),
     ("twice", "--budgets {b}: the same folder as {b}"),
     ("not a study", "--budgets {b}: no study.json here: not a study folder"),

@@ -183,9 +183,15 @@ def shape_from_tables(rate: pd.DataFrame, budgets: pd.DataFrame | None = None) -
     if missing or not len(rate):
         raise AnalysisError(f"{ss.RATE_FILE}: not an exchange-rate table"
                             + (f" (lacks {', '.join(missing)})" if missing else " (no rows)"))
+    if "curve" in rate.columns:  # the baseline's curve; arms' own curves convert nothing here
+        rate = rate[rate["curve"] == BASELINE]
+        if not len(rate):
+            raise AnalysisError(f"{ss.RATE_FILE}: no row for the baseline's curve")
     r = rate.iloc[0]
     n0, quadratic = int(r["preset_steps"]), bool(np.isfinite(float(r["beta2"])))
     if budgets is not None:
+        if "arm" in budgets.columns:
+            budgets = budgets[budgets["arm"] == BASELINE]
         shape = ss.fit_shape(budgets, n0, 2 if quadratic else 1)
         if not math.isclose(shape.b1, float(r["beta1"]), rel_tol=1e-6, abs_tol=1e-9):
             raise AnalysisError(f"{ss.BUDGETS_FILE} refits to a slope of {shape.b1:+.6g}, but {ss.RATE_FILE} has "

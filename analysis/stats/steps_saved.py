@@ -34,6 +34,15 @@ converts the mean paired loss difference (`loss_to_steps`: its paired t CI plus 
 uses every seed and stays inside the budgets; simulated at that scale it covers the truth 96% of the time
 where the mean over the seeds inside covers it 84%.
 
+**The arm's own curve** (the speedrun's currency for an arm *better* than the baseline, whose loss no
+baseline budget may reach: past one epoch the baseline gets worse). The speedrun cuts steps until the target
+loss is barely met, so an arm trained at the same reduced budgets gets a curve of its own (same fit: a shape
+shared by the arm's seeds, each seed anchored at the arm's own 1× loss), and the question turns round: the steps
+n_A at which the arm's curve reaches its seed's baseline 1× loss, curve_A,s(ln n_A) = L_base[s]. Steps saved =
+n0 − n_A, positive when the arm is better, as before. Every function below takes the curve from the `Shape`
+(`Shape.curve`: the baseline's or an arm's), so the inversion, its CI and the tables are the same code; every
+table carries a `curve` column saying whose curve it read.
+
 Pure functions (DataFrames and arrays in, tidy DataFrames out), but for `read_study_losses`, which reads a
 study folder's plan and its runs' final validation losses.
 """
@@ -67,12 +76,12 @@ SUMMARY_FILE, SEEDS_FILE, RATE_FILE, BUDGETS_FILE = ("steps_saved.csv", "steps_s
 FIGURE = "steps_saved"
 
 POINT_COLUMNS = ["seed", "steps", "val_loss"]
-SEED_COLUMNS = ["arm", "seed", "baseline_loss", "arm_loss", "loss_diff", "matched_steps", "steps_saved",
+SEED_COLUMNS = ["arm", "curve", "seed", "baseline_loss", "arm_loss", "loss_diff", "matched_steps", "steps_saved",
                 "pct_saved", "status"]
-SUMMARY_COLUMNS = ["arm", "preset_steps", "n_seeds", "n", "n_beyond", "loss_diff", "loss_ci_low", "loss_ci_high",
+SUMMARY_COLUMNS = ["arm", "curve", "preset_steps", "n_seeds", "n", "n_beyond", "loss_diff", "loss_ci_low", "loss_ci_high",
                    "steps_saved", "ci_low", "ci_high", "pct_saved", "pct_ci_low", "pct_ci_high", "df",
                    "pct_at_mean_loss", "pct_at_mean_ci_low", "pct_at_mean_ci_high", "at_mean_status", "shape", "verdict"]
-RATE_COLUMNS = ["preset_steps", "shape", "budgets", "n_seeds", "n_points", "df", "beta1", "beta1_se", "beta2",
+RATE_COLUMNS = ["curve", "preset_steps", "shape", "budgets", "n_seeds", "n_points", "df", "beta1", "beta1_se", "beta2",
                 "beta2_se", "sigma", "nats_per_pct", "ci_low", "ci_high"]
 
 
@@ -88,7 +97,8 @@ def _t(df: float, level: float = 1 - ALPHA) -> float:
 
 @dataclass(frozen=True)
 class Shape:
-    """The fitted shape of the baseline's final loss in u = ln(steps / n0), shared by seeds and arms."""
+    """The fitted shape of a final loss in u = ln(steps / n0), shared by seeds: the baseline's (shared by every
+    arm: the exchange rate) or an arm's own (`curve`, the arm's name: the speedrun's currency)."""
 
     n0: int  # the study's budget (1×)
     beta: np.ndarray  # [β1] or [β1, β2]
@@ -98,6 +108,20 @@ class Shape:
     budgets: tuple[int, ...]  # the step counts fitted, 1× included
     n_seeds: int
     n_points: int
+    curve: str = BASELINE  # whose runs the shape was fitted on
+
+    @property
+    def sign(self) -> int:
+        """+1 on the baseline's curve (steps saved = n* − n0), −1 on an arm's own (steps saved = n0 − n_A)."""
+        return 1 if self.curve == BASELINE else -1
+
+    def pct_saved(self, u: np.ndarray | float) -> np.ndarray:
+        """The percentage of n0 saved when the matched steps are n0·e^u on this curve."""
+        return self.sign * 100 * np.expm1(np.asarray(u, float))
+
+    def u_at_pct(self, pct: np.ndarray | float) -> np.ndarray:
+        """The inverse of `pct_saved`."""
+        return np.log1p(self.sign * np.asarray(pct, float) / 100)
 
     @property
     def degree(self) -> int:
@@ -126,9 +150,10 @@ class Shape:
         return self.b1 * u + self.b2 * u * u
 
 
-def fit_shape(points: pd.DataFrame, n0: int, degree: int | None = None) -> Shape:
-    """OLS of the baseline's final losses (`seed`, `steps`, `val_loss`: one row a run) on u = ln(steps/n0)
-    (and u² with ≥ QUADRATIC_FROM budgets, unless `degree` says) with an intercept per seed."""
+def fit_shape(points: pd.DataFrame, n0: int, degree: int | None = None, curve: str = BASELINE) -> Shape:
+    """OLS of one curve's final losses (`seed`, `steps`, `val_loss`: one row a run; the baseline's unless
+    `curve` names an arm) on u = ln(steps/n0) (and u² with ≥ QUADRATIC_FROM budgets, unless `degree` says) with
+    an intercept per seed."""
     missing = [c for c in POINT_COLUMNS if c not in points.columns]
     if missing:
         raise AnalysisError(f"budget points lack column(s) {', '.join(missing)}")
@@ -137,7 +162,7 @@ def fit_shape(points: pd.DataFrame, n0: int, degree: int | None = None) -> Shape
         raise AnalysisError("budget points: steps must be positive")
     if df.duplicated(["seed", "steps"]).any():
         dup = df[df.duplicated(["seed", "steps"], keep=False)].drop_duplicates(["seed", "steps"])
-        raise AnalysisError("several baseline runs for one seed and budget: "
+        raise AnalysisError(f"several {curve} runs for one seed and budget: "
                             + ", ".join(f"seed {s} at {n} steps" for s, n in zip(dup["seed"], dup["steps"])))
     budgets = tuple(sorted(int(b) for b in df["steps"].unique()))
     if len(budgets) < 2:
@@ -163,16 +188,17 @@ def fit_shape(points: pd.DataFrame, n0: int, degree: int | None = None) -> Shape
     sigma = float(np.sqrt(resid @ resid / dof)) if dof > 0 else math.nan
     cov = (sigma ** 2 * np.linalg.pinv(X.T @ X))[k:, k:] if dof > 0 else np.full((degree, degree), math.nan)
     return Shape(n0=int(n0), beta=coef[k:], cov=cov, df=int(dof), sigma=sigma, budgets=budgets,
-                 n_seeds=k, n_points=len(y))
+                 n_seeds=k, n_points=len(y), curve=curve)
 
 
 def exchange_rate(shape: Shape, level: float = 1 - ALPHA) -> pd.DataFrame:
-    """The exchange rate at 1×: nats of validation loss that 1% more steps lowers it by (−dL/d% = −β1/100,
-    since d ln(steps) = 0.01 per 1% at 1×), with a t CI at the fit's residual degrees of freedom."""
+    """The exchange rate at 1× on the shape's curve: nats of validation loss that 1% more steps lowers it by
+    (−dL/d% = −β1/100, since d ln(steps) = 0.01 per 1% at 1×), with a t CI at the fit's residual degrees of
+    freedom."""
     se = np.sqrt(np.diag(shape.cov))
     rate, rate_se = -shape.b1 / 100, float(se[0]) / 100
     half = _t(shape.df, level) * rate_se
-    return pd.DataFrame([dict(preset_steps=shape.n0, shape=shape.describe(),
+    return pd.DataFrame([dict(curve=shape.curve, preset_steps=shape.n0, shape=shape.describe(),
                               budgets=" ".join(map(str, shape.budgets)), n_seeds=shape.n_seeds,
                               n_points=shape.n_points, df=shape.df, beta1=shape.b1, beta1_se=float(se[0]),
                               beta2=shape.b2 if shape.degree > 1 else math.nan,
@@ -185,9 +211,11 @@ def exchange_rate(shape: Shape, level: float = 1 - ALPHA) -> pd.DataFrame:
 
 
 def matched_log_steps(loss_diff: np.ndarray | float, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
-    """u = ln(n*/n0) with curve(x0 + u) − curve(x0) = loss_diff on the curve's branch through 1×, and a
-    status per value: "ok", or BEYOND (with which end) where the fitted budgets do not reach that loss."""
-    d = np.atleast_1d(np.asarray(loss_diff, float))
+    """For a loss difference arm − baseline at 1×: u = ln(n/n0) on the curve's branch through 1×, where the
+    baseline's curve reaches the arm's loss (curve(x0 + u) − curve(x0) = loss_diff) or, on an arm's own curve,
+    where the arm reaches the baseline's (= −loss_diff); and a status per value: "ok", or BEYOND (with which
+    end) where the fitted budgets do not reach that loss."""
+    d = shape.sign * np.atleast_1d(np.asarray(loss_diff, float))
     b1, b2 = shape.b1, shape.b2
     disc = b1 * b1 + 4 * b2 * d
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -209,16 +237,17 @@ def matched_log_steps(loss_diff: np.ndarray | float, shape: Shape) -> tuple[np.n
 
 
 def _grad(u: np.ndarray, shape: Shape) -> np.ndarray:
-    """∂(pct saved)/∂β per value: from β1·u + β2·u² = d, ∂u/∂βk = −u^k / (β1 + 2β2·u); ∂pct/∂u = 100·e^u."""
+    """∂(pct saved)/∂β per value: from β1·u + β2·u² = ±d, ∂u/∂βk = −u^k / (β1 + 2β2·u); ∂pct/∂u = ±100·e^u."""
     slope = shape.b1 + 2 * shape.b2 * u
     cols = [-(u ** (k + 1)) / slope for k in range(shape.degree)]
-    return (100 * np.exp(u))[:, None] * np.column_stack(cols)
+    return (shape.sign * 100 * np.exp(u))[:, None] * np.column_stack(cols)
 
 
 def loss_to_steps(loss_diff: float, shape: Shape, ci_low: float | None = None, ci_high: float | None = None,
                   df: float | None = None, level: float = 1 - ALPHA) -> dict:
-    """Any loss difference (arm − baseline at 1×, nats; negative: the arm is better) as steps: the baseline
-    steps n* that reach it, steps saved n* − n0 and their percentage of n0, with a CI. Given the loss's CI
+    """Any loss difference (arm − baseline at 1×, nats; negative: the arm is better) as steps: the matched
+    steps on the shape's curve (the baseline steps n* that reach the arm's loss, or the arm's steps n_A that
+    reach the baseline's), steps saved (n* − n0, or n0 − n_A) and their percentage of n0, with a CI. Given the loss's CI
     (a t CI with `df` degrees of freedom, or a normal one without), its error and the shape's are added in
     variance (module docstring); without it, the CI carries the shape's error alone."""
     u, status = matched_log_steps(loss_diff, shape)
@@ -227,13 +256,13 @@ def loss_to_steps(loss_diff: float, shape: Shape, ci_low: float | None = None, c
                ci_high=math.nan, pct_saved=math.nan, pct_ci_low=math.nan, pct_ci_high=math.nan, status=s0)
     if s0 != STATUS_OK:
         return out
-    pct = 100 * (math.exp(u0) - 1)
+    pct = float(shape.pct_saved(u0))
     g = _grad(u, shape)[0]
     parts = [(float(g @ shape.cov @ g), shape.df)]
     if ci_low is not None and ci_high is not None:
         z = _t(df, level) if df is not None else _normal(level)
         se_d = (ci_high - ci_low) / (2 * z)
-        dpct = 100 * math.exp(u0) / (shape.b1 + 2 * shape.b2 * u0)
+        dpct = 100 * math.exp(u0) / (shape.b1 + 2 * shape.b2 * u0)  # ∂pct/∂d: the two signs cancel
         parts.append((dpct ** 2 * se_d ** 2, df if df is not None else math.inf))
     lo, hi, _ = _combined_ci(pct, parts, level)
     out.update(matched_steps=shape.n0 * math.exp(u0), pct_saved=pct, pct_ci_low=lo, pct_ci_high=hi,
@@ -266,25 +295,27 @@ def _combined_ci(mean: float, parts: Sequence[tuple[float, float]], level: float
 
 
 def per_seed_steps(losses: pd.DataFrame, shape: Shape, baseline: str = BASELINE) -> pd.DataFrame:
-    """Per arm (but the baseline) and seed, from the study's final losses (`arm`, `seed`, `val_loss` at n0):
-    the loss difference from the seed's baseline, the matched baseline steps, the steps saved and their
-    percentage of n0 (NaN, with the status saying why, beyond the fitted budgets or without a baseline)."""
+    """Per arm (but the baseline; on an arm's own curve, that arm alone) and seed, from the study's final
+    losses (`arm`, `seed`, `val_loss` at n0): the loss difference from the seed's baseline, the matched steps on
+    the shape's curve, the steps saved and their percentage of n0 (NaN, with the status saying why, beyond the
+    fitted budgets or without a baseline)."""
     base = losses[losses["arm"] == baseline].drop_duplicates("seed").set_index("seed")["val_loss"]
+    arms = [a for a in arm_order(losses["arm"]) if a != baseline]
     rows = []
-    for arm in [a for a in arm_order(losses["arm"]) if a != baseline]:
+    for arm in arms if shape.curve == baseline else [a for a in arms if a == shape.curve]:
         own = losses[losses["arm"] == arm].drop_duplicates("seed").sort_values("seed")
         for seed, loss in zip(own["seed"], own["val_loss"].astype(float)):
             b = float(base.get(seed, math.nan))
             d = loss - b
-            row = dict(arm=arm, seed=seed, baseline_loss=b, arm_loss=loss, loss_diff=d, matched_steps=math.nan,
+            row = dict(arm=arm, curve=shape.curve, seed=seed, baseline_loss=b, arm_loss=loss, loss_diff=d, matched_steps=math.nan,
                        steps_saved=math.nan, pct_saved=math.nan, status=STATUS_NO_BASELINE)
             if math.isfinite(b):
                 u, status = matched_log_steps(d, shape)
                 row["status"] = str(status[0])
                 if row["status"] == STATUS_OK:
-                    n_star = shape.n0 * math.exp(float(u[0]))
-                    row.update(matched_steps=n_star, steps_saved=n_star - shape.n0,
-                               pct_saved=100 * (n_star / shape.n0 - 1))
+                    pct = float(shape.pct_saved(u[0]))
+                    row.update(matched_steps=shape.n0 * math.exp(float(u[0])), steps_saved=shape.n0 * pct / 100,
+                               pct_saved=pct)
             rows.append(row)
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
@@ -306,7 +337,7 @@ def summarize_steps(seeds: pd.DataFrame, shape: Shape, level: float = 1 - ALPHA)
         if n:
             p = ok["pct_saved"].to_numpy(float)
             pct = float(p.mean())
-            u = np.log1p(p / 100)
+            u = shape.u_at_pct(p)
             g_mean = _grad(u, shape).mean(axis=0)
             var_shape = float(g_mean @ shape.cov @ g_mean)
             var_seed = float(p.var(ddof=1)) / n if n >= 2 else math.nan
@@ -314,7 +345,7 @@ def summarize_steps(seeds: pd.DataFrame, shape: Shape, level: float = 1 - ALPHA)
         # the mean loss difference converted: it stays inside the budgets when single seeds' noise does not
         at_mean = (loss_to_steps(float(d.mean()), shape, dlo, dhi, len(d) - 1, level) if len(d) >= 2 else
                    loss_to_steps(float(d.mean()), shape) if len(d) else None)
-        rows.append(dict(arm=arm, preset_steps=shape.n0, n_seeds=len(paired), n=n, n_beyond=n_beyond,
+        rows.append(dict(arm=arm, curve=shape.curve, preset_steps=shape.n0, n_seeds=len(paired), n=n, n_beyond=n_beyond,
                          loss_diff=float(d.mean()) if len(d) else math.nan, loss_ci_low=dlo, loss_ci_high=dhi,
                          steps_saved=shape.n0 * pct / 100, ci_low=shape.n0 * lo / 100, ci_high=shape.n0 * hi / 100,
                          pct_saved=pct, pct_ci_low=lo, pct_ci_high=hi, df=dof,
@@ -348,17 +379,49 @@ def steps_verdict(pct: float, lo: float, hi: float, n: int, n_beyond: int, n_see
     return text
 
 
-def steps_saved_tables(points: pd.DataFrame, losses: pd.DataFrame, n0: int, degree: int | None = None
-                ) -> tuple[Shape, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Everything at once: the shape fitted on `points` (the baseline's runs at every budget, the study's 1×
-    runs included), the exchange rate, the per-seed table and the per-arm summary for the study's `losses`."""
-    shape = fit_shape(points, n0, degree)
+def _falls(shape: Shape) -> None:
     if shape.b1 >= 0:
-        raise AnalysisError(f"the baseline's final loss does not fall with more steps at {n0} (slope "
+        raise AnalysisError(f"the {shape.curve}'s final loss does not fall with more steps at {shape.n0} (slope "
                             f"{shape.b1:+.4g} nats per unit of ln steps over budgets "
                             f"{', '.join(map(str, shape.budgets))}): no exchange rate")
+
+
+def _curve_points(points: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """One curve's rows of `points` (all of them where `points` has no `arm` column: the baseline's)."""
+    return points[points["arm"] == arm] if "arm" in points.columns else points if arm == BASELINE else points.iloc[:0]
+
+
+def steps_saved_tables(points: pd.DataFrame, losses: pd.DataFrame, n0: int, degree: int | None = None
+                ) -> tuple[Shape, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Everything at once on the baseline's curve: the shape fitted on the baseline's `points` (its runs at
+    every budget, the study's 1× runs included; rows of other arms, where `points` has an `arm` column, are
+    `arm_curve_tables`'), the exchange rate, the per-seed table and the per-arm summary for the study's
+    `losses`."""
+    shape = fit_shape(_curve_points(points, BASELINE), n0, degree)
+    _falls(shape)
     seeds = per_seed_steps(losses, shape)
     return shape, exchange_rate(shape), seeds, summarize_steps(seeds, shape)
+
+
+def arm_curve_tables(points: pd.DataFrame, losses: pd.DataFrame, n0: int, degree: int | None = None
+                     ) -> tuple[dict[str, Shape], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The same on each arm's own curve, for every arm (but the baseline) that `points` (with an `arm` column)
+    has runs of at a budget other than n0: its shapes by arm, and the rate, per-seed and summary tables of them
+    all (empty, with their columns, when no arm has its own budget runs)."""
+    shapes: dict[str, Shape] = {}
+    if "arm" in points.columns:
+        for arm in arm_order(points["arm"]):
+            own = points[points["arm"] == arm]
+            if arm != BASELINE and (own["steps"] != n0).any():
+                shapes[arm] = fit_shape(own, n0, degree, curve=arm)
+                _falls(shapes[arm])
+    seeds = [per_seed_steps(losses, shape) for shape in shapes.values()]
+    return (shapes,
+            pd.concat([exchange_rate(sh) for sh in shapes.values()], ignore_index=True) if shapes else
+            pd.DataFrame(columns=RATE_COLUMNS),
+            pd.concat(seeds, ignore_index=True) if seeds else pd.DataFrame(columns=SEED_COLUMNS),
+            pd.concat([summarize_steps(t, sh) for t, sh in zip(seeds, shapes.values())], ignore_index=True)
+            if seeds else pd.DataFrame(columns=SUMMARY_COLUMNS))
 
 
 def record_author_pct() -> float:
@@ -367,11 +430,13 @@ def record_author_pct() -> float:
 
 
 def fitted_points(points: pd.DataFrame, shape: Shape, anchors: pd.Series) -> pd.DataFrame:
-    """The budget points with each seed's anchored curve at them (`curve`: its 1× loss plus the shape's change;
-    NaN for a seed without a 1× run), for the table and the figure."""
-    out = points[POINT_COLUMNS].copy()
+    """The shape's own budget points (`arm`, the shape's curve: the baseline's unless it is an arm's) with each
+    seed's anchored curve at them (`fitted`: its 1× loss, `anchors` by seed, plus the shape's change; NaN for a
+    seed without a 1× run), for the table and the figure."""
+    out = _curve_points(points, shape.curve)[POINT_COLUMNS].copy()
     base = out["seed"].map(anchors).astype(float)
-    out["curve"] = base + shape.delta(np.log(out["steps"].to_numpy(float) / shape.n0))
+    out.insert(0, "arm", shape.curve)
+    out["fitted"] = base + shape.delta(np.log(out["steps"].to_numpy(float) / shape.n0))
     return out.sort_values(["steps", "seed"]).reset_index(drop=True)
 
 
@@ -427,4 +492,5 @@ __all__ = ["RECORD_STEPS", "RECORD_AUTHOR_STEPS", "QUADRATIC_FROM", "BEYOND", "S
            "BUDGETS_FILE", "FIGURE", "STATUS_OK", "STATUS_NO_BASELINE",
            "POINT_COLUMNS", "SEED_COLUMNS", "SUMMARY_COLUMNS", "RATE_COLUMNS", "Shape", "fit_shape", "exchange_rate",
            "matched_log_steps", "loss_to_steps", "per_seed_steps", "summarize_steps", "steps_verdict", "steps_saved_tables",
+           "arm_curve_tables",
            "record_author_pct", "fitted_points", "StudyLosses", "read_study_losses"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.stats import steps_saved as ss
+from analysis.tables import BASELINE
 from analysis.writeup.markdown import _interval, _md_table, _num
 
 
@@ -35,6 +36,12 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
     body = ["## Steps saved at matched loss", ""]
     if summary is None or not set(ss.SUMMARY_COLUMNS) <= set(summary.columns):
         return body + [f"*Absent: `{path.name}` is not a steps-saved table (rerun `smearlens steps-saved`).*", ""]
+    curve = summary["curve"] if "curve" in summary.columns else pd.Series(BASELINE, index=summary.index)
+    own, summary = summary[curve != BASELINE], summary[curve == BASELINE]
+    if rate is not None and "curve" in rate.columns:
+        own_rate, rate = rate[rate["curve"] != BASELINE].set_index("curve"), rate[rate["curve"] == BASELINE]
+    else:
+        own_rate = None
     n0 = int(summary["preset_steps"].iloc[0]) if len(summary) else 0
     body += [f"The baseline trained as full runs at other step budgets, its final loss fitted against ln(steps) "
              f"({summary['shape'].iloc[0] if len(summary) else '—'}; `analysis/stats/steps_saved.py`), and each arm "
@@ -57,6 +64,8 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
                         "% of training [95% CI]", "seeds with a value", "mean Δ loss as % of training [95% CI]",
                         "verdict"], rows), ""]
     body += [record_comparison(summary), ""]
+    if len(own):
+        body += own_curve_lines(own, own_rate, n0)
     png = figures_dir / f"{ss.FIGURE}.png"
     if png.is_file():
         rel = Path(os.path.relpath(png.resolve(), where.resolve())).as_posix()
@@ -65,6 +74,30 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
                  "mean) and the fitted curve; each arm on the curve at its matched steps with its 95% CI (filled: "
                  "mean over seeds; hollow: the mean loss difference converted).*", ""]
     return body
+
+
+def own_curve_lines(own: pd.DataFrame, rate: pd.DataFrame | None, n0: int) -> list[str]:
+    """The arms trained at the budgets too, each on its own curve: the steps it needs to reach its seed's baseline
+    1× loss (the speedrun's currency for an arm better than the baseline, whose loss no baseline budget reaches)."""
+    lines = ["### On the arm's own curve: its steps to the baseline's loss", "",
+             "The speedrun's own currency: each of these arms was trained at the budgets too, its final loss fitted "
+             "the same way (a shape shared by its seeds, each seed anchored at the arm's own 1× run), and read where "
+             f"it reaches its seed's baseline loss at {n0} steps. Steps saved = {n0} − those steps (positive: the "
+             "arm gets the baseline's result sooner).", ""]
+    rows = []
+    for r in own.to_dict("records"):
+        fit = rate.loc[r["arm"]] if rate is not None and r["arm"] in rate.index else None
+        rows.append([r["arm"], f"{_num(r['loss_diff'], '{:+.4f}')} {_ci(r['loss_ci_low'], r['loss_ci_high'], '{:+.4f}')}",
+                     f"{_num(r['steps_saved'], '{:+.1f}')} {_ci(r['ci_low'], r['ci_high'], '{:+.1f}')}",
+                     f"{_num(r['pct_saved'], '{:+.2f}%')} {_ci(r['pct_ci_low'], r['pct_ci_high'], '{:+.2f}')}",
+                     f"{int(r['n'])} of {int(r['n_seeds'])}" + (f" ({int(r['n_beyond'])} beyond)" if r["n_beyond"] else ""),
+                     f"{_num(r['pct_at_mean_loss'], '{:+.2f}%')} {_ci(r['pct_at_mean_ci_low'], r['pct_at_mean_ci_high'], '{:+.2f}')}",
+                     "—" if fit is None else f"{_num(fit['nats_per_pct'], '{:.4f}')} {_ci(fit['ci_low'], fit['ci_high'], '{:.4f}')}"
+                     f" ({int(fit['n_seeds'])} seeds; {fit['budgets']})",
+                     r["verdict"]])
+    return lines + [_md_table(["arm", "Δ validation loss, nats [95% CI]", f"steps saved of {n0} [95% CI]",
+                               "% of training [95% CI]", "seeds with a value", "mean Δ loss as % of training [95% CI]",
+                               "its own rate, nats per 1% [95% CI]", "verdict"], rows), ""]
 
 
 def record_comparison(summary: pd.DataFrame, arm: str = ss.RECORD_ARM) -> str:
@@ -86,4 +119,4 @@ def record_comparison(summary: pd.DataFrame, arm: str = ss.RECORD_ARM) -> str:
     return said + f". The learned smear here: {pct:+.2f}% {_ci(lo, hi, '{:+.2f}')} of {int(r['preset_steps'])} steps{place}."
 
 
-__all__ = ["steps_markdown_section", "record_comparison"]
+__all__ = ["steps_markdown_section", "own_curve_lines", "record_comparison"]

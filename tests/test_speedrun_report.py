@@ -269,8 +269,8 @@ def test_early_smear_arms_by_other_names_still_get_their_rows(tmp_path, speedrun
         del EFFECT["smear-hold-0.8-10"], EFFECT["dose-0.8-anneal-20"]
     out = report.write_report(folder, tmp_path / "figures", tmp_path / "report.md")
     sec = _section(out.read_text())
-    assert "| smear-hold-0.8-10 | held at 0.8 until step 10, then learned | 10 |" in sec
-    assert "| dose-0.8-anneal-20 | dose 0.8 falling to 0 at step 20 | 20 |" in sec
+    assert "| smear-hold-0.8-10 | coefficient held at 0.8 for 10 steps, then learned | 10 |" in sec
+    assert "| dose-0.8-anneal-20 | dose 0.8 falling linearly to 0 at step 20 | 20 |" in sec
     c = pd.read_csv(tmp_path / sp.CLAIMS_FILE)
     assert c["verdict"].str.startswith("absent").all()  # the plan's claims name the plan's arms
     assert "**Does an early strong smear beat the fixed dose?** Not testable yet. P3 cannot be tested yet " \

@@ -33,6 +33,7 @@ import pandas as pd
 
 from analysis.stats import steps_saved as ss
 from analysis.stats.claims import compare_arms, head_scores
+from analysis.stats.gate_arms import describe
 from analysis.stats.inference import ALPHA, t_ci
 from analysis.stats.mechanism_stats import one_sample
 from analysis.stats.planned import PlannedClaim, compare_planned, removal_costs
@@ -349,19 +350,6 @@ EARLY_COLUMNS = ["arm", "kind", "release_step", "last_step", "n_seeds", "coef_re
                  "pressure_final_high", "note"]
 
 
-def _kind(arm: str) -> str:
-    s = _spec(arm)
-    if s is None:
-        return "—"
-    if s.hold_steps:
-        return f"held at {s.lambda_init / 2:g} until step {s.hold_steps}, then learned"
-    if s.anneal_steps:
-        return f"dose {s.dose:g} falling to 0 at step {s.anneal_steps}"
-    if s.fixed_dose is not None:
-        return f"fixed dose {s.fixed_dose:g}"
-    return "learned λ·gate from the start" if s.mix == "gate" else (s.mix or "no smear")
-
-
 def early_smear(curves: pd.DataFrame, arms: Iterable[str] | None = None, window: int = AFTER_RELEASE,
                 alpha: float = ALPHA) -> pd.DataFrame:
     """Per early-smear arm (by pattern) and, at each of their release steps k, the learned smear and the fixed
@@ -377,10 +365,10 @@ def early_smear(curves: pd.DataFrame, arms: Iterable[str] | None = None, window:
         for who in [arm] + [a for a in (RECORD_ARM, DOSE) if a in present]:
             g = curves[curves["arm"] == who]
             if g.empty:
-                rows.append(dict(arm=who, kind=_kind(who), release_step=k, n_seeds=0, note="no recorded coefficient"))
+                rows.append(dict(arm=who, kind=describe(who), release_step=k, n_seeds=0, note="no recorded coefficient"))
                 continue
             last = int(g["step"].max())
-            row = dict(arm=who, kind=_kind(who), release_step=k, last_step=last, n_seeds=int(g["seed"].nunique()),
+            row = dict(arm=who, kind=describe(who), release_step=k, last_step=last, n_seeds=int(g["seed"].nunique()),
                        note="" if who == arm else f"for comparison, at {arm}'s release step")
             if last < k:
                 rows.append(dict(row, note=f"the runs end at step {last}, before the release at step {k}"))

@@ -142,24 +142,32 @@ def prev_mass_over_steps(heads: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class PrimaryClaim:
-    """A claim fixed before the runs: `arm` − baseline on `claim`, with its smallest effect of interest."""
+class PlannedClaim:
+    """`arm` − `reference` on the per-seed column `measure`, with its smallest effect of interest (in its unit)."""
 
-    claim: str
+    measure: str
+    arm: str
     sesoi: float
-    why: str
-    arm: str = RECORD_ARM
+    reference: str = BASELINE
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.sesoi > 0 and math.isfinite(self.sesoi)):
+            raise AnalysisError(f"planned claim {self.measure} ({self.arm} − {self.reference}): the SESOI must be a "
+                                f"positive number, not {self.sesoi!r}")
+        if self.arm == self.reference:
+            raise AnalysisError(f"planned claim {self.measure}: arm and reference are both {self.arm!r}")
 
 
-PRIMARY_CLAIMS: tuple[PrimaryClaim, ...] = (
-    PrimaryClaim("prev_mass", 0.05,
+PRIMARY_CLAIMS: tuple[PlannedClaim, ...] = (
+    PlannedClaim("prev_mass", RECORD_ARM, 0.05, why=
                  "The sum of all heads' previous-token scores is the most direct measure of how much "
                  "attention goes to copying the previous token. 0.05 is a twentieth of one perfect "
                  "previous-token head: below it the smear moved too little attention to matter."),
-    PrimaryClaim("best_prev", 0.05,
+    PlannedClaim("best_prev", RECORD_ARM, 0.05, why=
                  "The strongest previous-token head, on the 0–1 score: the smear frees up a head only if "
                  "even the best one weakens. 0.05 is about the seed-to-seed spread of a head's score."),
-    PrimaryClaim("n_prev_heads", 0.5,
+    PlannedClaim("n_prev_heads", RECORD_ARM, 0.5, why=
                  "Heads at or above the threshold: the count a reader sees. Half a head per seed on "
                  "average is the smallest change in a count that is more than rounding."),
 )
@@ -169,7 +177,7 @@ is in the claim's own unit (see `why`): a smaller true difference would not matt
 is not significant is tested for equivalence within ±SESOI, and its power is given at the SESOI."""
 if len(PRIMARY_CLAIMS) > 3:  # a fixed, small family: the point of declaring it in advance
     raise AssertionError("at most three primary claims")
-SESOI = {p.claim: p.sesoi for p in reversed(PRIMARY_CLAIMS)}  # claim -> its smallest effect of interest
+SESOI = {p.measure: p.sesoi for p in reversed(PRIMARY_CLAIMS)}  # claim -> its smallest effect of interest
 # exploratory: 0.01 nats/token of validation loss, ten times the record's own smear gain (3.2790 vs 3.2781)
 SESOI["val_loss"] = 0.01
 FREED_UP_CLAIMS = ("n_prev_heads", "prev_mass")  # "freed up" needs both lower (SPEC)
@@ -177,9 +185,9 @@ FREED_UP_CLAIMS = ("n_prev_heads", "prev_mass")  # "freed up" needs both lower (
 VERDICTS = ("lower", "higher", "equivalent within ±{sesoi:g}", "too few seeds to tell")
 
 
-def primary_claim(claim: str, arm: str) -> PrimaryClaim | None:
+def primary_claim(claim: str, arm: str) -> PlannedClaim | None:
     """The declared primary claim for `arm` − baseline on `claim`, or None (exploratory)."""
-    return next((p for p in PRIMARY_CLAIMS if p.claim == claim and p.arm == arm), None)
+    return next((p for p in PRIMARY_CLAIMS if p.measure == claim and p.arm == arm), None)
 
 
 def _fmt_p(p: float) -> str:
@@ -283,8 +291,8 @@ def compare_all(per_seed: pd.DataFrame, claims: Iterable[str] | None = None, *, 
     arms = [a for a in arm_order(per_seed["arm"]) if a != BASELINE] or [RECORD_ARM]
     rows = []
     for p in PRIMARY_CLAIMS:  # always the whole family, so Holm does not depend on what is shown
-        if p.claim in per_seed.columns and per_seed[p.claim].notna().any():
-            rows.append(compare_arms(per_seed, p.claim, arm=p.arm, alpha=alpha, **kw))
+        if p.measure in per_seed.columns and per_seed[p.measure].notna().any():
+            rows.append(compare_arms(per_seed, p.measure, arm=p.arm, alpha=alpha, **kw))
     primary = [r for r in rows if "p_value" in r and not r["verdict"].startswith("absent")]
     declared = len(PRIMARY_CLAIMS)
     adjusted = holm([r["p_value"] for r in primary] + [math.nan] * (declared - len(primary)))
@@ -442,7 +450,7 @@ __all__ = [
     "validate_tables", "window_growth_tokens", "AnalysisError",
     # the claims (this module)
     "DEFAULT_THRESHOLD", "THRESHOLDS", "CLAIMS", "claim_label", "TOKEN_CLASSES", "final_rows", "head_scores",
-    "baseline_prev_positions", "per_seed_claims", "threshold_sweep", "prev_mass_over_steps", "PrimaryClaim",
+    "baseline_prev_positions", "per_seed_claims", "threshold_sweep", "prev_mass_over_steps", "PlannedClaim",
     "PRIMARY_CLAIMS", "SESOI", "FREED_UP_CLAIMS", "VERDICTS", "primary_claim", "compare_arms", "compare_all",
     "compare_thresholds", "plan_seeds", "verdict", "freed_up_verdict", "Summary", "summarize", "smear_final", "token_class",
     "with_token_class", "vocab_extremes",

@@ -14,33 +14,14 @@ interaction of a 2 × 2 is then `compare_arms` of those costs between the two ba
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
 
-from analysis.stats.claims import compare_arms, verdict
+from analysis.stats.claims import PlannedClaim, compare_arms, verdict  # noqa: F401 (PlannedClaim: re-exported)
 from analysis.stats.inference import ALPHA, holm
 from analysis.tables import BASELINE
 from trainer.errors import AnalysisError
-
-
-@dataclass(frozen=True)
-class PlannedClaim:
-    """`arm` − `reference` on the per-seed column `measure`, with its smallest effect of interest (in its unit)."""
-
-    measure: str
-    arm: str
-    sesoi: float
-    reference: str = BASELINE
-    why: str = ""
-
-    def __post_init__(self) -> None:
-        if not (self.sesoi > 0 and math.isfinite(self.sesoi)):
-            raise AnalysisError(f"planned claim {self.measure} ({self.arm} − {self.reference}): the SESOI must be a "
-                                f"positive number, not {self.sesoi!r}")
-        if self.arm == self.reference:
-            raise AnalysisError(f"planned claim {self.measure}: arm and reference are both {self.arm!r}")
 
 
 def compare_planned(per_seed: pd.DataFrame, claims: Sequence[PlannedClaim], *, alpha: float = ALPHA) -> pd.DataFrame:

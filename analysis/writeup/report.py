@@ -159,7 +159,7 @@ def statistics_markdown(summary: Summary) -> str:
     primary, exploratory = summary.primary, summary.exploratory
     parts = []
     if len(primary):
-        why = "\n".join(f"- {stats.claim_label(p.claim, summary.threshold)}, {p.arm} − {stats.BASELINE}, "
+        why = "\n".join(f"- {stats.claim_label(p.measure, summary.threshold)}, {p.arm} − {stats.BASELINE}, "
                         f"SESOI {p.sesoi:g}: {p.why}" for p in stats.PRIMARY_CLAIMS)
         notes = [f"- {r['label']}: {r['note']}." for r in primary.to_dict("records") if r["note"]]
         parts += ["### Primary claims (fixed before the runs)", "", primary_markdown(primary), ""]
@@ -263,7 +263,7 @@ def _seed_kinds(tables: Tables, arms: Sequence[str] | None = None) -> dict[int, 
 
 def _machine_measures(per_seed: pd.DataFrame) -> list[str]:
     """What the machine checks compare: the primary measures and validation loss."""
-    return [c.claim for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
+    return [c.measure for c in stats.PRIMARY_CLAIMS] + (["val_loss"] if "val_loss" in per_seed else [])
 
 
 def arms_by_machine(tables: Tables, per_seed: pd.DataFrame) -> str:

@@ -272,9 +272,10 @@ def cmd_dose_report(args: argparse.Namespace) -> None:
 
 
 def cmd_steps_saved(args: argparse.Namespace) -> None:
-    from commands.steps_saved import run_steps_saved, summary_lines
+    from commands.steps_saved import run_shape_from, run_steps_saved, summary_lines
 
-    summary = run_steps_saved(args.study, args.budgets, args.out)
+    summary = (run_shape_from(args.study, args.shape_from, args.out) if args.shape_from else
+               run_steps_saved(args.study, args.budgets, args.out))
     print("\n".join(summary_lines(summary)))
     out = Path(args.out or args.study)
     print(f"wrote {out / 'steps_saved.csv'} (and _seeds, _rate, _budgets) and {out / 'figures' / 'steps_saved.png'}")
@@ -554,8 +555,13 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
                                            "from the baseline trained at other step budgets",
                        description=steps.__doc__.split("\n\n")[0])
     p.add_argument("study", metavar="STUDY", help="the study folder whose arms are converted (its baseline: 1×)")
-    p.add_argument("--budgets", nargs="+", required=True, metavar="DIR",
-                   help="study folders of the baseline at other --steps (same preset, --set and data)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--budgets", nargs="+", metavar="DIR",
+                     help="study folders at other --steps (same preset, --set and data): the baseline's give its "
+                          "curve, an arm's its own")
+    src.add_argument("--shape-from", metavar="DIR",
+                     help="instead: the baseline's curve that steps-saved wrote into DIR for another study of the "
+                          "same preset and budget")
     p.add_argument("--out", help="folder for steps_saved*.csv and figures/steps_saved.{png,svg} (default: STUDY, "
                                  "beside its report.md, which then shows them)")
     p.set_defaults(func=cmd_steps_saved)

@@ -13,6 +13,12 @@ report.md, which then gains the section "Steps saved at matched loss" the next t
 with a `curve` column (whose curve: "baseline" or the arm's): `steps_saved.csv` (per arm and curve),
 `steps_saved_seeds.csv` (per arm, curve and seed), `steps_saved_rate.csv` (each fitted shape and its exchange
 rate), `steps_saved_budgets.csv` (the runs at every budget) and `figures/steps_saved.{png,svg}`.
+
+    smearlens steps-saved studies/powered --shape-from studies/speedrun
+
+converts a study without budget runs of its own on the baseline's curve another steps-saved fitted (the same
+preset and budget; each seed anchored at this study's own baseline). Where the two studies' settings differ
+(bf16 budget runs, fp32 study runs), the tables and the report's section say so beside the shape.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import pandas as pd
 
 from analysis.stats import steps_saved as ss
 from analysis.tables import BASELINE
-from trainer.errors import AnalysisError
+from trainer.errors import AnalysisError, one_line
 from trainer.io import atomic_write_text
 
 SAME_PLAN = ("preset", "overrides", "data")  # a budget study differs from the study only in its steps
@@ -68,24 +74,34 @@ def budget_points(study: ss.StudyLosses, budgets: Sequence[str | Path]) -> pd.Da
     return pd.concat([ones, *parts], ignore_index=True)[["arm", "seed", "steps", "val_loss", "folder"]]
 
 
+def _read_study(study: str | Path) -> ss.StudyLosses:
+    main = ss.read_study_losses(study)
+    if not (main.runs["arm"] != BASELINE).any():
+        raise AnalysisError(f"{main.folder}: no finished runs of an arm other than the baseline to convert")
+    return main
+
+
+def _write(out: Path, summary: pd.DataFrame, seeds: pd.DataFrame, rate: pd.DataFrame, fitted: pd.DataFrame,
+           shapes: dict[str, ss.Shape]) -> None:
+    from analysis.writeup.plots import save, steps_saved_figure
+
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, df in ((ss.SUMMARY_FILE, summary), (ss.SEEDS_FILE, seeds), (ss.RATE_FILE, rate), (ss.BUDGETS_FILE, fitted)):
+        atomic_write_text(out / name, df.to_csv(index=False))
+    save(steps_saved_figure(fitted, shapes, summary, rate), out / "figures", ss.FIGURE)
+
+
 def run_steps_saved(study: str | Path, budgets: Sequence[str | Path], out: str | Path | None = None) -> pd.DataFrame:
     """Read STUDY and the budget studies, write the tables and the figure into `out` (default STUDY); returns
     the per-arm summary."""
-    from analysis.writeup.plots import save, steps_saved_figure
-
-    main = ss.read_study_losses(study)
+    main = _read_study(study)
     points = budget_points(main, budgets)
-    arms = main.runs[main.runs["arm"] != BASELINE]
-    if arms.empty:
-        raise AnalysisError(f"{main.folder}: no finished runs of an arm other than the baseline to convert")
     try:
         shape, rate, seeds, summary = ss.steps_saved_tables(points, main.runs, main.steps)
         arm_shapes, arm_rate, arm_seeds, arm_summary = ss.arm_curve_tables(points, main.runs, main.steps)
     except AnalysisError as e:
         raise AnalysisError(f"--budgets: {e}") from None
     shapes = {BASELINE: shape, **arm_shapes}
-    out = Path(out) if out is not None else main.folder
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     folders = points.groupby("arm")["folder"].agg(lambda f: " ".join(sorted(set(f))))  # where each curve's runs came from
     rate = pd.concat([rate, arm_rate], ignore_index=True)
     rate["folders"] = rate["curve"].map(folders)
@@ -93,10 +109,55 @@ def run_steps_saved(study: str | Path, budgets: Sequence[str | Path], out: str |
                         for arm, sh in shapes.items()], ignore_index=True)
     fitted = fitted.merge(points[["arm", "seed", "steps", "folder"]], on=["arm", "seed", "steps"])
     summary = pd.concat([summary, arm_summary], ignore_index=True)
-    for name, df in ((ss.SUMMARY_FILE, summary), (ss.SEEDS_FILE, pd.concat([seeds, arm_seeds], ignore_index=True)),
-                     (ss.RATE_FILE, rate), (ss.BUDGETS_FILE, fitted)):
-        atomic_write_text(out / name, df.to_csv(index=False))
-    save(steps_saved_figure(fitted, shapes, summary, rate), out / "figures", ss.FIGURE)
+    _write(Path(out) if out is not None else main.folder, summary, pd.concat([seeds, arm_seeds], ignore_index=True),
+           rate, fitted, shapes)
+    return summary
+
+
+def _read_csv(path: Path, flag: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise AnalysisError(f"{flag} {path}: not a steps-saved table ({one_line(e)})") from None
+
+
+def run_shape_from(study: str | Path, source: str | Path, out: str | Path | None = None) -> pd.DataFrame:
+    """Convert STUDY's arms on the baseline's curve that `smearlens steps-saved` fitted for another study
+    (`source`: the folder holding its steps_saved_rate.csv and steps_saved_budgets.csv), each seed's curve
+    anchored at STUDY's own baseline; the tables say where the shape came from, and with which settings."""
+    main = _read_study(study)
+    source = Path(source)
+    rate_path, budgets_path = source / ss.RATE_FILE, source / ss.BUDGETS_FILE
+    if not rate_path.is_file():
+        raise AnalysisError(f"--shape-from {source}: no {ss.RATE_FILE} here (write it first: smearlens steps-saved "
+                            f"{source} --budgets DIR …)")
+    rate = _read_csv(rate_path, "--shape-from")
+    budgets = _read_csv(budgets_path, "--shape-from") if budgets_path.is_file() else None
+    try:
+        shape = ss.shape_from_tables(rate, budgets)
+    except AnalysisError as e:
+        raise AnalysisError(f"--shape-from {source}: {e}") from None
+    if shape.n0 != main.steps:
+        raise AnalysisError(f"--shape-from {source}: its shape is fitted around {shape.n0} steps, but {main.folder} "
+                            f"trained for {main.steps}: a shape converts only a study of its own budget")
+    where = f"fitted in {source}"
+    plan_path = source / "study.json"
+    if plan_path.is_file():
+        theirs = ss.read_study_losses(source).plan
+        if theirs.get("preset") != main.preset:
+            raise AnalysisError(f"--shape-from {source}: a shape of preset {theirs.get('preset')!r}, but "
+                                f"{main.folder} has {main.preset!r}")
+        differ = [k for k in ("overrides", "data") if _setting(theirs, k) != _setting(main.plan, k)]
+        if differ:  # e.g. bf16 budget runs converting fp32 runs: allowed, and said wherever the shape is named
+            where += "; " + ", ".join(f"its runs' {k} {_setting(theirs, k)!r}, this study's {_setting(main.plan, k)!r}"
+                                      for k in differ)
+    seeds = ss.per_seed_steps(main.runs, shape)
+    summary = ss.summarize_steps(seeds, shape).assign(shape=f"{shape.describe()}, {where}")
+    rate = ss.exchange_rate(shape).assign(shape=f"{shape.describe()}, {where}", folders=str(source))
+    fitted = (budgets[budgets["arm"] == BASELINE] if budgets is not None and "arm" in budgets.columns else budgets)
+    if fitted is None or not len(fitted):
+        raise AnalysisError(f"--shape-from {source}: no baseline rows in {ss.BUDGETS_FILE} to draw the curve from")
+    _write(Path(out) if out is not None else main.folder, summary, seeds, rate, fitted, {BASELINE: shape})
     return summary
 
 
@@ -113,4 +174,4 @@ def summary_lines(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-__all__ = ["run_steps_saved", "budget_points", "summary_lines", "SAME_PLAN"]
+__all__ = ["run_steps_saved", "run_shape_from", "budget_points", "summary_lines", "SAME_PLAN"]

@@ -152,7 +152,7 @@ def test_without_loss_logs_every_claim_is_absent_and_says_why(per_seed):
 
 def test_steps_equivalents_convert_each_claim_with_the_budget_curves(per_seed, tmp_path):
     shape = write_budget_tables(tmp_path)
-    rebuilt = sp.shape_from_tables(pd.read_csv(tmp_path / ss.RATE_FILE), pd.read_csv(tmp_path / ss.BUDGETS_FILE))
+    rebuilt = ss.shape_from_tables(pd.read_csv(tmp_path / ss.RATE_FILE), pd.read_csv(tmp_path / ss.BUDGETS_FILE))
     assert rebuilt.b1 == pytest.approx(shape.b1) and np.allclose(rebuilt.cov, shape.cov)
     c = sp.with_steps(sp.speedrun_claims(per_seed), rebuilt).set_index("id")
     p1 = c.loc["P1"]
@@ -169,9 +169,9 @@ def test_steps_equivalents_convert_each_claim_with_the_budget_curves(per_seed, t
 def test_a_quadratic_rate_without_its_budget_points_is_refused(tmp_path):
     rate = pd.DataFrame([dict.fromkeys(ss.RATE_COLUMNS, 1.0) | dict(curve="baseline", beta2=0.1, budgets="30 40 50")])
     with pytest.raises(AnalysisError, match="quadratic"):
-        sp.shape_from_tables(rate)
+        ss.shape_from_tables(rate)
     with pytest.raises(AnalysisError, match="not an exchange-rate table"):
-        sp.shape_from_tables(rate.drop(columns=["beta1"]))
+        ss.shape_from_tables(rate.drop(columns=["beta1"]))
 
 
 def test_early_smear_arms_are_found_by_pattern_not_name():

@@ -388,9 +388,55 @@ def test_the_command_reads_an_arm_with_budget_runs_on_its_own_curve_too(tmp_path
     assert "### On the arm's own curve: its steps to the baseline's loss" in section
     assert "| dose-0.8 | -0.0131 [-0.0131, -0.0131] | +230.8 [+230.8, +230.8] | +23.08% [+23.08, +23.08] | 3 of 3 |" in section
     # the speedrun section's shape is still the baseline's
-    from analysis.stats import speedrun as sp
-    shape = sp.shape_from_tables(pd.read_csv(study / ss.RATE_FILE), budget_rows)
+    shape = ss.shape_from_tables(pd.read_csv(study / ss.RATE_FILE), budget_rows)
     assert shape.curve == "baseline" and shape.budgets == (850, 930, 1000, 1080)
+
+
+def test_another_study_is_converted_on_a_shape_fitted_elsewhere(tmp_path, capsys):
+    """The powered study's case: fp32 runs without budget runs of their own, converted on the bf16 speedrun
+    study's baseline curve, each seed anchored at its own baseline; the tables say where the shape came from."""
+    from commands.cli import main as cli_main
+
+    study, budgets = budget_grid(tmp_path, {"smear": 1.003})
+    assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets)]) == 0
+    loss = lambda s, n: 3.2 + 0.02 * s + SLOPE * math.log(n / N0)  # other levels: the anchors are its own
+    other = fake_study(tmp_path / "powered", N0, {**{("baseline", s): loss(s, N0) for s in range(5)},
+                                                   **{("dose-0.8", s): loss(s, N0 * 1.05) for s in range(5)}},
+                       overrides=("autocast=fp32",))
+    capsys.readouterr()
+    assert cli_main(["steps-saved", str(other), "--shape-from", str(study)]) == 0
+    assert "dose-0.8: Δ loss" in capsys.readouterr().out
+    summary = pd.read_csv(other / ss.SUMMARY_FILE)
+    assert summary["arm"].tolist() == ["dose-0.8"] and summary["n"].iloc[0] == 5
+    assert summary["pct_saved"].iloc[0] == pytest.approx(5.0, abs=1e-6)
+    assert f"fitted in {study}; its runs' overrides [], this study's ['autocast=fp32']" in summary["shape"].iloc[0]
+    rate = pd.read_csv(other / ss.RATE_FILE)
+    assert rate["folders"].iloc[0] == str(study) and rate["nats_per_pct"].iloc[0] == pytest.approx(0.0005)
+    assert (other / "figures" / "steps_saved.png").is_file()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no tables", "--shape-from {src}: no steps_saved_rate.csv here (write it first"),
+    ("other budget", "--shape-from {src}: its shape is fitted around 1000 steps, but {s} trained for 1200"),
+    ("other preset", "--shape-from {src}: a shape of preset 'tiny', but {s} has 'cpu-small'"),
+    ("garbled", "--shape-from {src}/steps_saved_rate.csv: not a steps-saved table"),
+])
+def test_a_bad_shape_source_is_one_line_naming_it(case, message, tmp_path, capsys):
+    from commands.cli import main as cli_main
+
+    src, budgets = budget_grid(tmp_path, {"smear": 1.003})
+    if case != "no tables":
+        assert cli_main(["steps-saved", str(src), "--budgets", *map(str, budgets)]) == 0
+    if case == "garbled":
+        (src / ss.RATE_FILE).write_bytes(b"\xff\xfe\x00garbage")
+    steps = 1200 if case == "other budget" else N0
+    study = fake_study(tmp_path / "other", steps, {("baseline", 0): 3.0, ("smear", 0): 2.9},
+                       preset="cpu-small" if case == "other preset" else "tiny")
+    capsys.readouterr()
+    assert cli_main(["steps-saved", str(study), "--shape-from", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("smearlens: error: " + message.format(src=src, s=study)), err
 
 
 def test_the_command_says_when_an_arm_is_beyond_the_fitted_budgets(tmp_path, capsys):
@@ -432,9 +478,10 @@ def test_bad_budgets_are_one_line_naming_the_folder(case, message, tmp_path, cap
     assert err.startswith("smearlens: error: " + message.format(b=b, s=study)), err
 
 
-def test_steps_saved_needs_budgets(tmp_path, capsys):
+def test_steps_saved_needs_budgets_or_a_shape_not_both(tmp_path, capsys):
     from commands.cli import main as cli_main
 
-    with pytest.raises(SystemExit) as e:
-        cli_main(["steps-saved", str(tmp_path)])
-    assert e.value.code == 2 and "--budgets" in capsys.readouterr().err
+    for given in ([], ["--budgets", "a", "--shape-from", "b"]):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["steps-saved", str(tmp_path), *given])
+        assert e.value.code == 2 and "--budgets" in capsys.readouterr().err

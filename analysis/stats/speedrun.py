@@ -18,7 +18,7 @@ pattern, not only the plan's two) over training: the coefficient λ·gate at the
 the end, and dL/dλ after the release, beside the learned smear's over the same steps.
 
 Loss differences become baseline steps with `steps_saved.loss_to_steps` where the budget tables exist:
-`shape_from_tables` rebuilds the fitted shape from `smearlens steps-saved`'s csv files.
+`steps_saved.shape_from_tables` rebuilds the fitted shape from `smearlens steps-saved`'s csv files.
 
 Pure functions: DataFrames in, DataFrames out.
 """
@@ -174,37 +174,6 @@ def speedrun_claims(per_seed: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFram
 
 # ---------------------------------------------------------------------------------------------
 # Steps at matched loss
-
-
-def shape_from_tables(rate: pd.DataFrame, budgets: pd.DataFrame | None = None) -> ss.Shape:
-    """The fitted shape of `smearlens steps-saved` from its tables: refitted on the budget points
-    (`steps_saved_budgets.csv`: exact, covariance included) where given, checked against the rate table;
-    else rebuilt from the rate table alone, which holds the whole covariance only for a linear shape."""
-    missing = [c for c in ss.RATE_COLUMNS if c not in rate.columns]
-    if missing or not len(rate):
-        raise AnalysisError(f"{ss.RATE_FILE}: not an exchange-rate table"
-                            + (f" (lacks {', '.join(missing)})" if missing else " (no rows)"))
-    if "curve" in rate.columns:  # the baseline's curve; arms' own curves convert nothing here
-        rate = rate[rate["curve"] == BASELINE]
-        if not len(rate):
-            raise AnalysisError(f"{ss.RATE_FILE}: no row for the baseline's curve")
-    r = rate.iloc[0]
-    n0, quadratic = int(r["preset_steps"]), bool(np.isfinite(float(r["beta2"])))
-    if budgets is not None:
-        if "arm" in budgets.columns:
-            budgets = budgets[budgets["arm"] == BASELINE]
-        shape = ss.fit_shape(budgets, n0, 2 if quadratic else 1)
-        if not math.isclose(shape.b1, float(r["beta1"]), rel_tol=1e-6, abs_tol=1e-9):
-            raise AnalysisError(f"{ss.BUDGETS_FILE} refits to a slope of {shape.b1:+.6g}, but {ss.RATE_FILE} has "
-                                f"{float(r['beta1']):+.6g}: the two are from different fits (rerun `smearlens steps-saved`)")
-        return shape
-    if quadratic:
-        raise AnalysisError(f"{ss.RATE_FILE} holds a quadratic shape, whose covariance needs {ss.BUDGETS_FILE} "
-                            "(rerun `smearlens steps-saved`)")
-    budgets_steps = tuple(int(b) for b in str(r["budgets"]).split())
-    return ss.Shape(n0=n0, beta=np.array([float(r["beta1"])]), cov=np.array([[float(r["beta1_se"]) ** 2]]),
-                    df=int(r["df"]), sigma=float(r["sigma"]), budgets=budgets_steps, n_seeds=int(r["n_seeds"]),
-                    n_points=int(r["n_points"]))
 
 
 def with_steps(rows: pd.DataFrame, shape: ss.Shape | None, diff: str = "diff") -> pd.DataFrame:
@@ -393,6 +362,6 @@ def early_smear(curves: pd.DataFrame, arms: Iterable[str] | None = None, window:
 __all__ = ["SPEEDRUN_CLAIMS", "CLAIM_IDS", "CONTRASTS", "QUESTIONS", "CLAIMS_FILE", "CLAIM_COLUMNS", "STEP_COLUMNS",
            "EARLY_COLUMNS", "LOSS", "COST", "SESOI_NATS", "DOSE", "ANNEAL", "HOLD", "PREV_CLAIMS", "AFTER_RELEASE",
            "is_noattn0", "is_early_smear", "release_step", "study_present", "claim_arms", "claims_per_seed",
-           "speedrun_claims", "shape_from_tables", "with_steps", "claims_table", "arm_comparisons",
+           "speedrun_claims", "with_steps", "claims_table", "arm_comparisons",
            "removal_comparisons", "layer_mass", "prev_mass_by_layer", "layer_moves", "coefficient_curves",
            "early_smear", "NO_CURVES"]

@@ -440,6 +440,37 @@ def fitted_points(points: pd.DataFrame, shape: Shape, anchors: pd.Series) -> pd.
     return out.sort_values(["steps", "seed"]).reset_index(drop=True)
 
 
+def shape_from_tables(rate: pd.DataFrame, budgets: pd.DataFrame | None = None) -> Shape:
+    """The fitted shape of `smearlens steps-saved` from its tables: refitted on the budget points
+    (`steps_saved_budgets.csv`: exact, covariance included) where given, checked against the rate table;
+    else rebuilt from the rate table alone, which holds the whole covariance only for a linear shape."""
+    missing = [c for c in RATE_COLUMNS if c not in rate.columns]
+    if missing or not len(rate):
+        raise AnalysisError(f"{RATE_FILE}: not an exchange-rate table"
+                            + (f" (lacks {', '.join(missing)})" if missing else " (no rows)"))
+    if "curve" in rate.columns:  # the baseline's curve; arms' own curves convert nothing here
+        rate = rate[rate["curve"] == BASELINE]
+        if not len(rate):
+            raise AnalysisError(f"{RATE_FILE}: no row for the baseline's curve")
+    r = rate.iloc[0]
+    n0, quadratic = int(r["preset_steps"]), bool(np.isfinite(float(r["beta2"])))
+    if budgets is not None:
+        if "arm" in budgets.columns:
+            budgets = budgets[budgets["arm"] == BASELINE]
+        shape = fit_shape(budgets, n0, 2 if quadratic else 1)
+        if not math.isclose(shape.b1, float(r["beta1"]), rel_tol=1e-6, abs_tol=1e-9):
+            raise AnalysisError(f"{BUDGETS_FILE} refits to a slope of {shape.b1:+.6g}, but {RATE_FILE} has "
+                                f"{float(r['beta1']):+.6g}: the two are from different fits (rerun `smearlens steps-saved`)")
+        return shape
+    if quadratic:
+        raise AnalysisError(f"{RATE_FILE} holds a quadratic shape, whose covariance needs {BUDGETS_FILE} "
+                            "(rerun `smearlens steps-saved`)")
+    budgets_steps = tuple(int(b) for b in str(r["budgets"]).split())
+    return Shape(n0=n0, beta=np.array([float(r["beta1"])]), cov=np.array([[float(r["beta1_se"]) ** 2]]),
+                    df=int(r["df"]), sigma=float(r["sigma"]), budgets=budgets_steps, n_seeds=int(r["n_seeds"]),
+                    n_points=int(r["n_points"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading a study folder
 
@@ -492,5 +523,5 @@ __all__ = ["RECORD_STEPS", "RECORD_AUTHOR_STEPS", "QUADRATIC_FROM", "BEYOND", "S
            "BUDGETS_FILE", "FIGURE", "STATUS_OK", "STATUS_NO_BASELINE",
            "POINT_COLUMNS", "SEED_COLUMNS", "SUMMARY_COLUMNS", "RATE_COLUMNS", "Shape", "fit_shape", "exchange_rate",
            "matched_log_steps", "loss_to_steps", "per_seed_steps", "summarize_steps", "steps_verdict", "steps_saved_tables",
-           "arm_curve_tables",
+           "arm_curve_tables", "shape_from_tables",
            "record_author_pct", "fitted_points", "StudyLosses", "read_study_losses"]

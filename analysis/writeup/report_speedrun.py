@@ -59,7 +59,7 @@ def read_shape(folder: str | Path) -> tuple[ss.Shape | None, str]:
     try:
         rate = pd.read_csv(rate_path)
         budgets = pd.read_csv(budgets_path) if budgets_path.is_file() else None
-        shape = sp.shape_from_tables(rate, budgets)
+        shape = ss.shape_from_tables(rate, budgets)
     except (AnalysisError, ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as e:
         return None, f"no steps: the budget tables beside the report cannot be used ({e})"

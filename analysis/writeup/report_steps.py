@@ -54,15 +54,8 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
         body += [f"Exchange rate at {n0} steps: 1% more steps lowers the validation loss by "
                  f"{_num(r['nats_per_pct'], '{:.4f}')} nats {_ci(r['ci_low'], r['ci_high'], '{:.4f}')} "
                  f"({int(r['n_seeds'])} seeds, {int(r['n_points'])} runs; budgets {r['budgets']}).", ""]
-    rows = [[r["arm"], f"{_num(r['loss_diff'], '{:+.4f}')} {_ci(r['loss_ci_low'], r['loss_ci_high'], '{:+.4f}')}",
-             f"{_num(r['steps_saved'], '{:+.1f}')} {_ci(r['ci_low'], r['ci_high'], '{:+.1f}')}",
-             f"{_num(r['pct_saved'], '{:+.2f}%')} {_ci(r['pct_ci_low'], r['pct_ci_high'], '{:+.2f}')}",
-             f"{int(r['n'])} of {int(r['n_seeds'])}" + (f" ({int(r['n_beyond'])} beyond)" if r["n_beyond"] else ""),
-             f"{_num(r['pct_at_mean_loss'], '{:+.2f}%')} {_ci(r['pct_at_mean_ci_low'], r['pct_at_mean_ci_high'], '{:+.2f}')}",
-             r["verdict"]] for r in summary.to_dict("records")]
-    body += [_md_table(["arm", "Δ validation loss, nats [95% CI]", f"steps saved of {n0} [95% CI]",
-                        "% of training [95% CI]", "seeds with a value", "mean Δ loss as % of training [95% CI]",
-                        "verdict"], rows), ""]
+    rows = [_cells(r) + [r["verdict"]] for r in summary.to_dict("records")]
+    body += [_md_table(_columns(n0) + ["verdict"], rows), ""]
     body += [record_comparison(summary), ""]
     if len(own):
         body += own_curve_lines(own, own_rate, n0)
@@ -76,6 +69,20 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
     return body
 
 
+def _columns(n0: int) -> list[str]:
+    return ["arm", "Δ validation loss, nats [95% CI]", f"steps saved of {n0} [95% CI]", "% of training [95% CI]",
+            "seeds with a value", "mean Δ loss as % of training [95% CI]"]
+
+
+def _cells(r: dict) -> list[str]:
+    """A summary row's cells under `_columns`."""
+    return [r["arm"], f"{_num(r['loss_diff'], '{:+.4f}')} {_ci(r['loss_ci_low'], r['loss_ci_high'], '{:+.4f}')}",
+            f"{_num(r['steps_saved'], '{:+.1f}')} {_ci(r['ci_low'], r['ci_high'], '{:+.1f}')}",
+            f"{_num(r['pct_saved'], '{:+.2f}%')} {_ci(r['pct_ci_low'], r['pct_ci_high'], '{:+.2f}')}",
+            f"{int(r['n'])} of {int(r['n_seeds'])}" + (f" ({int(r['n_beyond'])} beyond)" if r["n_beyond"] else ""),
+            f"{_num(r['pct_at_mean_loss'], '{:+.2f}%')} {_ci(r['pct_at_mean_ci_low'], r['pct_at_mean_ci_high'], '{:+.2f}')}"]
+
+
 def own_curve_lines(own: pd.DataFrame, rate: pd.DataFrame | None, n0: int) -> list[str]:
     """The arms trained at the budgets too, each on its own curve: the steps it needs to reach its seed's baseline
     1× loss (the speedrun's currency for an arm better than the baseline, whose loss no baseline budget reaches)."""
@@ -87,17 +94,10 @@ def own_curve_lines(own: pd.DataFrame, rate: pd.DataFrame | None, n0: int) -> li
     rows = []
     for r in own.to_dict("records"):
         fit = rate.loc[r["arm"]] if rate is not None and r["arm"] in rate.index else None
-        rows.append([r["arm"], f"{_num(r['loss_diff'], '{:+.4f}')} {_ci(r['loss_ci_low'], r['loss_ci_high'], '{:+.4f}')}",
-                     f"{_num(r['steps_saved'], '{:+.1f}')} {_ci(r['ci_low'], r['ci_high'], '{:+.1f}')}",
-                     f"{_num(r['pct_saved'], '{:+.2f}%')} {_ci(r['pct_ci_low'], r['pct_ci_high'], '{:+.2f}')}",
-                     f"{int(r['n'])} of {int(r['n_seeds'])}" + (f" ({int(r['n_beyond'])} beyond)" if r["n_beyond"] else ""),
-                     f"{_num(r['pct_at_mean_loss'], '{:+.2f}%')} {_ci(r['pct_at_mean_ci_low'], r['pct_at_mean_ci_high'], '{:+.2f}')}",
-                     "—" if fit is None else f"{_num(fit['nats_per_pct'], '{:.4f}')} {_ci(fit['ci_low'], fit['ci_high'], '{:.4f}')}"
-                     f" ({int(fit['n_seeds'])} seeds; {fit['budgets']})",
-                     r["verdict"]])
-    return lines + [_md_table(["arm", "Δ validation loss, nats [95% CI]", f"steps saved of {n0} [95% CI]",
-                               "% of training [95% CI]", "seeds with a value", "mean Δ loss as % of training [95% CI]",
-                               "its own rate, nats per 1% [95% CI]", "verdict"], rows), ""]
+        own_rate = ("—" if fit is None else f"{_num(fit['nats_per_pct'], '{:.4f}')} "
+                    f"{_ci(fit['ci_low'], fit['ci_high'], '{:.4f}')} ({int(fit['n_seeds'])} seeds; {fit['budgets']})")
+        rows.append(_cells(r) + [own_rate, r["verdict"]])
+    return lines + [_md_table(_columns(n0) + ["its own rate, nats per 1% [95% CI]", "verdict"], rows), ""]
 
 
 def record_comparison(summary: pd.DataFrame, arm: str = ss.RECORD_ARM) -> str:

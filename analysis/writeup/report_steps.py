@@ -65,7 +65,9 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
         body += [f"![Steps saved at matched loss]({rel})", "",
                  "*The baseline's final loss at each budget (points moved by their seed's 1× distance from the "
                  "mean) and the fitted curve; each arm on the curve at its matched steps with its 95% CI (filled: "
-                 "mean over seeds; hollow: the mean loss difference converted).*", ""]
+                 "mean over seeds; hollow: the mean loss difference converted)"
+                 + ("; dashed, an arm's own curve and its runs, the square where it reaches the baseline's 1× loss"
+                    if len(own) else "") + ".*", ""]
     return body
 
 

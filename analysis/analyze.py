@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -136,22 +137,28 @@ class Tables:
 
     def refresh(self, name: str) -> None:
         """Read the table again if another process has rewritten it since this one last did."""
-        stamp = self._stamp(name)
-        if name not in self.frames or stamp != self.stamps[name]:
-            self.frames[name], self.stamps[name] = self._read(name), stamp
+        if name not in self.frames or self._stamp(name) != self.stamps[name]:
+            self.frames[name], self.stamps[name] = self._read(name)
 
-    def _read(self, name: str) -> pd.DataFrame:
+    def _read(self, name: str) -> tuple[pd.DataFrame, tuple | None]:
+        """The table on disk and the stamp of the very file read (None: no table yet)."""
         path = self.path(name)
-        if not path.exists():
-            return pd.DataFrame(columns=COLUMNS[name])
         try:
-            frame = pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise AnalysisError(f"{path}: not a readable parquet table ({e}); delete it to recompute") from None
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return pd.DataFrame(columns=COLUMNS[name]), None
+        # One open file: read by its path, pyarrow opens it more than once, and another process's rewrite
+        # (a rename) in between mixes two files' bytes into one read ("Page was smaller than expected").
+        with f:
+            st = os.fstat(f.fileno())
+            try:
+                frame = pd.read_parquet(f)
+            except Exception as e:  # pyarrow raises several types for a damaged file
+                raise AnalysisError(f"{path}: not a readable parquet table ({e}); delete it to recompute") from None
         missing = set(COLUMNS[name]) - set(frame.columns)
         if missing:
             raise AnalysisError(f"{path}: table lacks columns {sorted(missing)}; delete it to recompute")
-        return frame
+        return frame, (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def has(self, name: str, run: str, step: int, metric: str | None = None) -> bool:
         self.refresh(name)

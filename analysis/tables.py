@@ -88,7 +88,8 @@ class Tables:
 
 def _read_parquet(path: Path, kind: str) -> pd.DataFrame:
     try:
-        table = pq.read_table(path)
+        with open(path, "rb") as f:  # one open file: see analysis.analyze.Tables._read
+            table = pq.read_table(f)
         table.validate(full=True)  # e.g. invalid UTF-8 in a string column fails here, not deep in pandas later
         df = table.to_pandas()
     except Exception as e:  # pyarrow raises several types for a bad file; all mean the same to a user

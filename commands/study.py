@@ -170,7 +170,8 @@ def analysed_runs(plan: StudyPlan, runs: Sequence[Path], tables: Path) -> set[Pa
         return set()
     import pandas as pd
 
-    heads = pd.read_parquet(tables / "heads.parquet", columns=["run", "step"])
+    with open(tables / "heads.parquet", "rb") as f:  # one open file: analyses may rewrite it meanwhile
+        heads = pd.read_parquet(f, columns=["run", "step"])
     final = set(heads.loc[heads["step"] == plan.steps, "run"].astype(str))
     return {run for run in marked if run.name in final}
 

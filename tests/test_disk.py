@@ -213,3 +213,44 @@ def test_two_analyze_runs_on_one_folder_keep_every_key_once(runs, tmp_path):
         sizes = tables[name].groupby("step").size()
         assert list(sizes.index) == [2, 4] and sizes.nunique() == 1, name
     assert (tables["smear_vocab"].groupby("step")["token_id"].nunique() == 512).all()
+
+
+def _rewrite_heads_until(out: Path, stop) -> None:
+    """Rewrite heads.parquet as another `analyze` does (atomically, a different size each time) until `stop`."""
+    from analysis.analyze import Tables
+
+    tables, i = Tables(out, csv=False), 0
+    while not stop.is_set():
+        n = 200 + 150 * (i % 7)
+        tables.write("heads", pd.DataFrame({c: range(n) if c in ("step", "layer", "head") else [0.5] * n
+                                            if c == "value" else ["r"] * n for c in COLUMNS["heads"]}))
+        i += 1
+
+
+def test_a_table_read_while_another_process_rewrites_it_is_never_torn(tmp_path):
+    """Read by path, pyarrow opens a parquet file more than once, so another analysis's rewrite (an atomic
+    rename) in between gave a read half of one file and half of the next ("Page was smaller than expected",
+    seen in CI with --jobs 2). Each read now holds one open file: thousands of reads under rewrites, none fails."""
+    import multiprocessing as mp
+    import time
+
+    from analysis.analyze import Tables
+
+    out = tmp_path / "analysis"
+    out.mkdir()
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    writer = ctx.Process(target=_rewrite_heads_until, args=(out, stop))
+    writer.start()
+    try:
+        reader, reads, rewrites = Tables(out, csv=False), 0, set()
+        deadline = time.monotonic() + 60
+        while len(rewrites) < 150 and time.monotonic() < deadline:
+            reader.refresh("heads")  # raised AnalysisError on a torn read
+            rewrites.add(reader.stamps["heads"])
+            reads += 1
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert len(rewrites) >= 150, f"the writer rewrote the table only {len(rewrites)} times in 60 s"
+    assert not reader.frames["heads"].empty and reads >= 150

@@ -19,6 +19,7 @@ from analysis.mechanism.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAUL
 from analysis.measures.recorder import DEFAULT_EVERY
 from analysis.writeup.report import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
+from commands.cli_reading import add_reading_parsers
 from trainer.arms import ARMS, DOSE_PREFIX, NOATTN0_SUFFIX, arm_spec
 from trainer.config import PRESETS, ModelConfig, TrainConfig, check_fields, expects, field_type, get_preset, shown
 from trainer.corpus import embedded_data
@@ -255,30 +256,6 @@ def cmd_study_copy(args: argparse.Namespace) -> None:
     copy = copy_sweep if (Path(args.study) / SWEEP_MANIFEST).exists() else copy_study
     runs = copy(args.study, args.dest)
     print(f"copied {args.study} to {args.dest} without checkpoints: {len(runs)} analysed runs")
-
-
-def cmd_sweep_report(args: argparse.Namespace) -> None:
-    from analysis.writeup.sweep_report import write_sweep_report
-
-    print(f"wrote {write_sweep_report(args.studies, args.out, commands=[*args.commands, args.command_line])}")
-
-
-def cmd_dose_report(args: argparse.Namespace) -> None:
-    from analysis.writeup.dose_report import write_dose_report
-
-    arms = [a for item in args.arms for a in item.split(",") if a] or None
-    path = write_dose_report(args.sources, args.out, arms=arms, threshold=args.threshold, commands=[args.command_line])
-    print(f"wrote {path}")
-
-
-def cmd_steps_saved(args: argparse.Namespace) -> None:
-    from commands.steps_saved import run_shape_from, run_steps_saved, summary_lines
-
-    summary = (run_shape_from(args.study, args.shape_from, args.out) if args.shape_from else
-               run_steps_saved(args.study, args.budgets, args.out))
-    print("\n".join(summary_lines(summary)))
-    out = Path(args.out or args.study)
-    print(f"wrote {out / 'steps_saved.csv'} (and _seeds, _rate, _budgets) and {out / 'figures' / 'steps_saved.png'}")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -532,40 +509,6 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dest", help="where the copy goes (updated in place if it exists)")
     p.set_defaults(func=cmd_study_copy)
 
-    p = sub.add_parser("sweep-report", help="the size sweep's report over finished study folders (one size each)")
-    p.add_argument("studies", nargs="+", metavar="STUDY", help="study folders made by `smearlens study`")
-    p.add_argument("--out", required=True, help="folder for report.md, figures/ and tables/")
-    p.add_argument("--command", dest="commands", action="append", default=[], metavar="CMD",
-                   help="a command that produced the studies, listed in the report (repeatable)")
-    p.set_defaults(func=cmd_sweep_report)
-
-    p = sub.add_parser("dose-report", help="the dose-response over several studies pooled (a seed of a later "
-                                           "study is a unit of its own, paired with its own baseline)")
-    p.add_argument("sources", nargs="+", metavar="[NAME=]PATH",
-                   help="study folders, tables folders or dose_table.csv files; the first one's seeds are 0, 1, …")
-    p.add_argument("--arms", action="append", default=[], metavar="ARM[,ARM…]", help="keep only these arms")
-    p.add_argument("--out", required=True, help="folder for report.md, figures/ and tables/")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"previous-token head threshold (default {DEFAULT_THRESHOLD})")
-    p.set_defaults(func=cmd_dose_report)
-
-    import commands.steps_saved as steps
-
-    p = sub.add_parser("steps-saved", help="each arm's loss difference as baseline training steps at matched loss, "
-                                           "from the baseline trained at other step budgets",
-                       description=steps.__doc__.split("\n\n")[0])
-    p.add_argument("study", metavar="STUDY", help="the study folder whose arms are converted (its baseline: 1×)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--budgets", nargs="+", metavar="DIR",
-                     help="study folders at other --steps (same preset, --set and data): the baseline's give its "
-                          "curve, an arm's its own")
-    src.add_argument("--shape-from", metavar="DIR",
-                     help="instead: the baseline's curve that steps-saved wrote into DIR for another study of the "
-                          "same preset and budget")
-    p.add_argument("--out", help="folder for steps_saved*.csv and figures/steps_saved.{png,svg} (default: STUDY, "
-                                 "beside its report.md, which then shows them)")
-    p.set_defaults(func=cmd_steps_saved)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smearlens", description="Does the smear gate free up attention heads?")
@@ -574,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis_parsers(sub)
     add_study_parser(sub)
     add_sweep_parsers(sub)
+    add_reading_parsers(sub)
     add_demo_parser(sub)
     add_record_parsers(sub)
     return parser

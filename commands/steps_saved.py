@@ -143,7 +143,7 @@ def run_shape_from(study: str | Path, source: str | Path, out: str | Path | None
     where = f"fitted in {source}"
     plan_path = source / "study.json"
     if plan_path.is_file():
-        theirs = ss.read_study_losses(source).plan
+        theirs = ss.read_study_losses(source, arms=[]).plan  # its plan only, not its runs' logs
         if theirs.get("preset") != main.preset:
             raise AnalysisError(f"--shape-from {source}: a shape of preset {theirs.get('preset')!r}, but "
                                 f"{main.folder} has {main.preset!r}")

@@ -20,7 +20,6 @@ import pandas as pd
 
 from analysis.stats.claims import PlannedClaim, compare_arms, verdict  # noqa: F401 (PlannedClaim: re-exported)
 from analysis.stats.inference import ALPHA, holm
-from analysis.tables import BASELINE
 from trainer.errors import AnalysisError
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
 
 from analysis.stats import steps_saved as ss

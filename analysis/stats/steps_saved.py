@@ -448,10 +448,9 @@ def shape_from_tables(rate: pd.DataFrame, budgets: pd.DataFrame | None = None) -
     if missing or not len(rate):
         raise AnalysisError(f"{RATE_FILE}: not an exchange-rate table"
                             + (f" (lacks {', '.join(missing)})" if missing else " (no rows)"))
-    if "curve" in rate.columns:  # the baseline's curve; arms' own curves convert nothing here
-        rate = rate[rate["curve"] == BASELINE]
-        if not len(rate):
-            raise AnalysisError(f"{RATE_FILE}: no row for the baseline's curve")
+    rate = rate[rate["curve"] == BASELINE]  # arms' own curves convert nothing here
+    if not len(rate):
+        raise AnalysisError(f"{RATE_FILE}: no row for the baseline's curve")
     r = rate.iloc[0]
     n0, quadratic = int(r["preset_steps"]), bool(np.isfinite(float(r["beta2"])))
     if budgets is not None:

@@ -30,7 +30,6 @@ def _p(p: float) -> str:
     return "< 0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
-
 def _interval(lo: float, hi: float, fmt: str, missing: str = "—") -> str:
     """[lo, hi] in `fmt`, or `missing` where there is no interval."""
     return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]" if math.isfinite(lo) else missing

@@ -101,8 +101,6 @@ def _steps_on_loss(rows: pd.DataFrame, shape: ss.Shape | None) -> pd.DataFrame:
 # Words
 
 
-
-
 def steps_text(r: dict, n0: int | None) -> str:
     """A loss difference's steps equivalent in words, or why there is none."""
     status = r.get("steps_status", "")

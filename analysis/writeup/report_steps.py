@@ -36,12 +36,11 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
     body = ["## Steps saved at matched loss", ""]
     if summary is None or not set(ss.SUMMARY_COLUMNS) <= set(summary.columns):
         return body + [f"*Absent: `{path.name}` is not a steps-saved table (rerun `smearlens steps-saved`).*", ""]
-    curve = summary["curve"] if "curve" in summary.columns else pd.Series(BASELINE, index=summary.index)
-    own, summary = summary[curve != BASELINE], summary[curve == BASELINE]
-    if rate is not None and "curve" in rate.columns:
-        own_rate, rate = rate[rate["curve"] != BASELINE].set_index("curve"), rate[rate["curve"] == BASELINE]
-    else:
-        own_rate = None
+    own, summary = summary[summary["curve"] != BASELINE], summary[summary["curve"] == BASELINE]
+    if rate is not None and not set(ss.RATE_COLUMNS) <= set(rate.columns):
+        rate = None  # not a rate table: the section goes on without the rates
+    own_rate = rate[rate["curve"] != BASELINE].set_index("curve") if rate is not None else None
+    rate = rate[rate["curve"] == BASELINE] if rate is not None else None
     n0 = int(summary["preset_steps"].iloc[0]) if len(summary) else 0
     body += [f"The baseline trained as full runs at other step budgets, its final loss fitted against ln(steps) "
              f"({summary['shape'].iloc[0] if len(summary) else '—'}; `analysis/stats/steps_saved.py`), and each arm "

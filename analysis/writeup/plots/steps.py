@@ -34,17 +34,14 @@ def _draw_curve(ax, points: pd.DataFrame, shape: Shape, dashed: bool):
     return mean_curve
 
 
-def steps_saved_figure(points: pd.DataFrame, shapes: Shape | Mapping[str, Shape], summary: pd.DataFrame,
+def steps_saved_figure(points: pd.DataFrame, shapes: Mapping[str, Shape], summary: pd.DataFrame,
                        rate: pd.DataFrame) -> Figure:
     """`points` (arm, seed, steps, val_loss, fitted: `stats.steps_saved.fitted_points` of every curve), the fitted
-    `shapes` by curve (or the baseline's alone), the per-arm `summary` and the exchange `rate`. On the baseline's
+    `shapes` by curve (the baseline's first), the per-arm `summary` and the exchange `rate`. On the baseline's
     curve, each arm: filled, the mean over seeds of the matched steps with its CI; hollow, the mean loss
     difference converted. On an arm's own curve (squares): where it reaches the baseline's 1× loss."""
     points = need(points, "budget points")
-    shapes = {BASELINE: shapes} if isinstance(shapes, Shape) else dict(shapes)
     shape = shapes[BASELINE]
-    if "arm" not in points.columns:
-        points = points.assign(arm=BASELINE)
     fig = figure(8, 5)
     ax = fig.subplots()
     curves = {arm: _draw_curve(ax, points[points["arm"] == arm], sh, dashed=arm != BASELINE)
@@ -53,8 +50,8 @@ def steps_saved_figure(points: pd.DataFrame, shapes: Shape | Mapping[str, Shape]
     ax.annotate(f"study's budget, {shape.n0} steps", (shape.n0, 1), xycoords=("data", "axes fraction"),
                 xytext=(-3, -12), textcoords="offset points", ha="right", fontsize=8, color="#555")
     beyond = []
-    curve_of = summary["curve"] if "curve" in summary.columns else pd.Series(BASELINE, index=summary.index)
-    for r, curve in zip(summary.to_dict("records"), curve_of):
+    for r in summary.to_dict("records"):
+        curve = r["curve"]
         color, own = ARM_COLORS[r["arm"]], curve != BASELINE
         marks = [(r["pct_saved"], r["pct_ci_low"], r["pct_ci_high"], True)]
         if not own:
@@ -82,7 +79,7 @@ def steps_saved_figure(points: pd.DataFrame, shapes: Shape | Mapping[str, Shape]
     top.set_xlabel("steps relative to the study's budget (%)")
     ax.set_xlabel("training steps (each a full run with its own schedule)")
     ax.set_ylabel("final validation loss (nats/token)")
-    r = rate[rate["curve"] == BASELINE].iloc[0] if "curve" in rate.columns else rate.iloc[0]
+    r = rate[rate["curve"] == BASELINE].iloc[0]
     ax.set_title(f"Steps saved at matched loss: 1% more baseline steps lowers the loss by {r['nats_per_pct']:.4g} "
                  f"nats [{r['ci_low']:.3g}, {r['ci_high']:.3g}]", fontsize=10)
     ax.margins(x=0.06)

@@ -24,12 +24,16 @@ def cmd_dose_report(args: argparse.Namespace) -> None:
 
 
 def cmd_steps_saved(args: argparse.Namespace) -> None:
-    from commands.steps_saved import run_shape_from, run_steps_saved, summary_lines
+    import pandas as pd
+
+    from analysis.stats.steps_saved import RATE_FILE
+    from commands.steps_saved import rate_lines, run_shape_from, run_steps_saved, summary_lines
 
     summary = (run_shape_from(args.study, args.shape_from, args.out) if args.shape_from else
                run_steps_saved(args.study, args.budgets, args.out))
-    print("\n".join(summary_lines(summary)))
     out = Path(args.out or args.study)
+    print("\n".join(rate_lines(pd.read_csv(out / RATE_FILE)) + (
+        summary_lines(summary) or ["no arm but the baseline has finished runs: its curve and exchange rate only"])))
     print(f"wrote {out / 'steps_saved.csv'} (and _seeds, _rate, _budgets) and {out / 'figures' / 'steps_saved.png'}")
 
 

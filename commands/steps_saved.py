@@ -74,9 +74,11 @@ def budget_points(study: ss.StudyLosses, budgets: Sequence[str | Path]) -> pd.Da
     return pd.concat([ones, *parts], ignore_index=True)[["arm", "seed", "steps", "val_loss", "folder"]]
 
 
-def _read_study(study: str | Path) -> ss.StudyLosses:
+def _read_study(study: str | Path, baseline_only: bool = False) -> ss.StudyLosses:
+    """STUDY's final losses; with `baseline_only`, a study whose only finished runs are its baseline's is read
+    too (its budget curves then give the exchange rate, and no arm is converted yet)."""
     main = ss.read_study_losses(study)
-    if not (main.runs["arm"] != BASELINE).any():
+    if not baseline_only and not (main.runs["arm"] != BASELINE).any():
         raise AnalysisError(f"{main.folder}: no finished runs of an arm other than the baseline to convert")
     return main
 
@@ -93,8 +95,9 @@ def _write(out: Path, summary: pd.DataFrame, seeds: pd.DataFrame, rate: pd.DataF
 
 def run_steps_saved(study: str | Path, budgets: Sequence[str | Path], out: str | Path | None = None) -> pd.DataFrame:
     """Read STUDY and the budget studies, write the tables and the figure into `out` (default STUDY); returns
-    the per-arm summary."""
-    main = _read_study(study)
+    the per-arm summary (empty, the curve and the exchange rate written all the same, while STUDY has finished
+    runs of the baseline only)."""
+    main = _read_study(study, baseline_only=True)
     points = budget_points(main, budgets)
     try:
         shape, rate, seeds, summary = ss.steps_saved_tables(points, main.runs, main.steps)
@@ -174,4 +177,11 @@ def summary_lines(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-__all__ = ["run_steps_saved", "run_shape_from", "budget_points", "summary_lines", "SAME_PLAN"]
+def rate_lines(rate: pd.DataFrame) -> list[str]:
+    """One line per curve: the exchange rate at 1×, nats per 1% of steps, with its CI."""
+    return [f"exchange rate on the {r['curve']}'s curve at {r['preset_steps']} steps: {r['nats_per_pct']:.5f} nats "
+            f"per 1% of steps [{r['ci_low']:.5f}, {r['ci_high']:.5f}] ({r['n_seeds']} seeds, budgets {r['budgets']})"
+            for r in rate.to_dict("records")]
+
+
+__all__ = ["run_steps_saved", "run_shape_from", "budget_points", "summary_lines", "rate_lines", "SAME_PLAN"]

@@ -415,11 +415,32 @@ def test_another_study_is_converted_on_a_shape_fitted_elsewhere(tmp_path, capsys
     assert (other / "figures" / "steps_saved.png").is_file()
 
 
+def test_a_study_of_the_baseline_alone_gives_the_curve_and_the_exchange_rate(tmp_path, capsys):
+    """Part C before part B's arms: the baseline's 1× runs and its budget runs give the exchange rate and the
+    curve that another study is converted on; no arm is converted, and the command says so."""
+    from analysis.writeup.report_steps import steps_markdown_section
+    from commands.cli import main as cli_main
+
+    study, budgets = budget_grid(tmp_path, {})
+    assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets)]) == 0
+    printed = capsys.readouterr().out
+    assert "exchange rate on the baseline's curve at 1000 steps: 0.00050 nats per 1% of steps" in printed
+    assert "no arm but the baseline has finished runs" in printed
+    assert pd.read_csv(study / ss.SUMMARY_FILE).empty
+    assert pd.read_csv(study / ss.RATE_FILE)["nats_per_pct"].iloc[0] == pytest.approx(SLOPE / -100)
+    section = "\n".join(steps_markdown_section(study, study / "figures", study))
+    assert "lowers the validation loss by 0.0005 nats" in section and "No arm is converted here" in section
+    other = fake_study(tmp_path / "powered", N0, {("baseline", 0): 3.0, ("dose-0.8", 0): 3.0 + SLOPE * math.log(1.05)})
+    assert cli_main(["steps-saved", str(other), "--shape-from", str(study)]) == 0
+    assert pd.read_csv(other / ss.SUMMARY_FILE)["pct_saved"].iloc[0] == pytest.approx(5.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("case, message", [
     ("no tables", "--shape-from {src}: no steps_saved_rate.csv here (write it first"),
     ("other budget", "--shape-from {src}: its shape is fitted around 1000 steps, but {s} trained for 1200"),
     ("other preset", "--shape-from {src}: a shape of preset 'tiny', but {s} has 'cpu-small'"),
     ("garbled", "--shape-from {src}/steps_saved_rate.csv: not a steps-saved table"),
+    ("no arm", "{s}: no finished runs of an arm other than the baseline to convert"),
 ])
 def test_a_bad_shape_source_is_one_line_naming_it(case, message, tmp_path, capsys):
     from commands.cli import main as cli_main
@@ -430,7 +451,8 @@ def test_a_bad_shape_source_is_one_line_naming_it(case, message, tmp_path, capsy
     if case == "garbled":
         (src / ss.RATE_FILE).write_bytes(b"\xff\xfe\x00garbage")
     steps = 1200 if case == "other budget" else N0
-    study = fake_study(tmp_path / "other", steps, {("baseline", 0): 3.0, ("smear", 0): 2.9},
+    runs = {("baseline", 0): 3.0} if case == "no arm" else {("baseline", 0): 3.0, ("smear", 0): 2.9}
+    study = fake_study(tmp_path / "other", steps, runs,
                        preset="cpu-small" if case == "other preset" else "tiny")
     capsys.readouterr()
     assert cli_main(["steps-saved", str(study), "--shape-from", str(src)]) == 2
@@ -456,7 +478,6 @@ def test_the_command_says_when_an_arm_is_beyond_the_fitted_budgets(tmp_path, cap
     ("same steps", "--budgets {b}: trained for 1000 steps, the study's own budget"),
     ("twice", "--budgets {b}: the same folder as {b}"),
     ("not a study", "--budgets {b}: no study.json here: not a study folder"),
-    ("no arm", "{s}: no finished runs of an arm other than the baseline"),
     ("disjoint seeds", "--budgets: no seed has runs at 2 or more budgets"),
 ])
 def test_bad_budgets_are_one_line_naming_the_folder(case, message, tmp_path, capsys):

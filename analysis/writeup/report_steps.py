@@ -41,9 +41,11 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
         rate = None  # not a rate table: the section goes on without the rates
     own_rate = rate[rate["curve"] != BASELINE].set_index("curve") if rate is not None else None
     rate = rate[rate["curve"] == BASELINE] if rate is not None else None
-    n0 = int(summary["preset_steps"].iloc[0]) if len(summary) else 0
+    # a study of the baseline alone (part C before the arms) has a curve and a rate but no summary row
+    fit = summary if len(summary) else rate if rate is not None and len(rate) else None
+    n0 = int(fit["preset_steps"].iloc[0]) if fit is not None else 0
     body += [f"The baseline trained as full runs at other step budgets, its final loss fitted against ln(steps) "
-             f"({summary['shape'].iloc[0] if len(summary) else '—'}; `analysis/stats/steps_saved.py`), and each arm "
+             f"({fit['shape'].iloc[0] if fit is not None else '—'}; `analysis/stats/steps_saved.py`), and each arm "
              f"placed at the baseline steps that reach its loss, paired by seed: steps saved = those steps − "
              f"{n0} (positive: the arm is ahead). A seed whose loss the budgets do not reach has no number "
              f"(\"{ss.BEYOND}\"); the column \"mean Δ loss as % of training\" converts the mean loss difference "
@@ -53,9 +55,12 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
         body += [f"Exchange rate at {n0} steps: 1% more steps lowers the validation loss by "
                  f"{_num(r['nats_per_pct'], '{:.4f}')} nats {_ci(r['ci_low'], r['ci_high'], '{:.4f}')} "
                  f"({int(r['n_seeds'])} seeds, {int(r['n_points'])} runs; budgets {r['budgets']}).", ""]
-    rows = [_cells(r) + [r["verdict"]] for r in summary.to_dict("records")]
-    body += [_md_table(_columns(n0) + ["verdict"], rows), ""]
-    body += [record_comparison(summary), ""]
+    if len(summary):
+        rows = [_cells(r) + [r["verdict"]] for r in summary.to_dict("records")]
+        body += [_md_table(_columns(n0) + ["verdict"], rows), "", record_comparison(summary), ""]
+    else:
+        body += ["No arm is converted here: the study has finished runs of its baseline alone, whose curve and "
+                 "exchange rate convert other studies (`smearlens steps-saved STUDY --shape-from` this folder).", ""]
     if len(own):
         body += own_curve_lines(own, own_rate, n0)
     png = figures_dir / f"{ss.FIGURE}.png"

@@ -62,19 +62,25 @@ def watch_and_kill(proc: subprocess.Popen, out: Path, cluster: Cluster, workers:
     """Once a run on a worker node has a complete checkpoint and trains on, remove that node; returns the
     run, its newest complete checkpoint then and that checkpoint's mtime."""
     by_id = {w.node_id[:8]: w for w in workers}
-    deadline = time.monotonic() + 240
+    # generous: on a machine busy with other work, Ray's start and the first steps can take minutes (a CI run
+    # beside two training processes missed 240 s)
+    deadline = time.monotonic() + 600
+    seen: dict[str, tuple[list, int]] = {}
     while proc.poll() is None and time.monotonic() < deadline:
         for run in RUNS:
             log = out / run / "train.log"
             nodes = re.findall(r"on node \S+ \((\w+)\)", log.read_text(errors="replace")) if log.exists() else []
             step = done_steps(out / run)
+            seen[run] = (nodes, step)
             # on a worker node, with a checkpoint to resume from and steps left to train
             if nodes and nodes[-1] in by_id and 0 < step < STEPS - 5:
                 newest = ckpt.complete_checkpoints(out / run)[-1]
                 cluster.remove_node(by_id[nodes[-1]], allow_graceful=False)
                 return run, newest, newest.stat().st_mtime_ns
         time.sleep(0.02)
-    pytest.fail("no run was caught training: " + (out / "ray.err").read_text()[-2000:])
+    why = f"the study exited ({proc.returncode})" if proc.poll() is not None else "600 s passed"
+    pytest.fail(f"no run was caught training on a worker node ({why}; workers {sorted(by_id)}; last seen, per run, "
+                f"its nodes and steps: {seen}): " + (out / "ray.err").read_text()[-2000:])
 
 
 def test_a_study_survives_a_lost_node_and_equals_local_processes(cluster, tiny_data, tmp_path):

@@ -180,7 +180,7 @@ def summary_lines(summary: pd.DataFrame) -> list[str]:
 def rate_lines(rate: pd.DataFrame) -> list[str]:
     """One line per curve: the exchange rate at 1×, nats per 1% of steps, with its CI."""
     return [f"exchange rate on the {r['curve']}'s curve at {r['preset_steps']} steps: {r['nats_per_pct']:.5f} nats "
-            f"per 1% of steps [{r['ci_low']:.5f}, {r['ci_high']:.5f}] ({r['n_seeds']} seeds, budgets {r['budgets']})"
+            f"per 1% of steps [{r['ci_low']:.5f}, {r['ci_high']:.5f}] ({r['n_seeds']} seeds; {r['shape']})"
             for r in rate.to_dict("records")]
 
 

@@ -425,6 +425,7 @@ def test_a_study_of_the_baseline_alone_gives_the_curve_and_the_exchange_rate(tmp
     assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets)]) == 0
     printed = capsys.readouterr().out
     assert "exchange rate on the baseline's curve at 1000 steps: 0.00050 nats per 1% of steps" in printed
+    assert "not monotone" not in printed
     assert "no arm but the baseline has finished runs" in printed
     assert pd.read_csv(study / ss.SUMMARY_FILE).empty
     assert pd.read_csv(study / ss.RATE_FILE)["nats_per_pct"].iloc[0] == pytest.approx(SLOPE / -100)
@@ -433,6 +434,46 @@ def test_a_study_of_the_baseline_alone_gives_the_curve_and_the_exchange_rate(tmp
     other = fake_study(tmp_path / "powered", N0, {("baseline", 0): 3.0, ("dose-0.8", 0): 3.0 + SLOPE * math.log(1.05)})
     assert cli_main(["steps-saved", str(other), "--shape-from", str(study)]) == 0
     assert pd.read_csv(other / ss.SUMMARY_FILE)["pct_saved"].iloc[0] == pytest.approx(5.0, abs=1e-6)
+
+
+def test_the_verdict_reads_the_mean_loss_converted_not_the_seeds_inside_the_budgets(tmp_path):
+    """The powered study's case: an arm better than the baseline in half its seeds (beyond the budgets, left out
+    of the per-seed mean) and worse in the other half. The per-seed mean keeps only the worse seeds and costs
+    steps; the verdict reads the mean loss difference converted, which is about 0."""
+    loss = lambda s, n: 3.0 + 0.01 * s + SLOPE * math.log(n / N0)
+    factor = lambda s: 1.3 if s % 2 else 1 / 1.3  # equal and opposite in ln(steps): a mean difference of 0
+    study = fake_study(tmp_path / "study", N0, {**{("baseline", s): loss(s, N0) for s in range(6)},
+                                                **{("smear", s): loss(s, N0 * factor(s)) for s in range(6)}})
+    budgets = [fake_study(tmp_path / f"b-{n}", n, {("baseline", s): loss(s, n) for s in range(6)}) for n in (700, 850, 930)]
+    from commands.steps_saved import run_steps_saved
+
+    summary = run_steps_saved(study, budgets).iloc[0]
+    assert summary["n_beyond"] == 3 and summary["pct_saved"] == pytest.approx(100 * (1 / 1.3 - 1))  # biased
+    assert summary["pct_at_mean_loss"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["verdict"].startswith("not distinguishable from 0 steps (95% CI spans 0); 3 of 6 seeds")
+
+
+def test_a_curve_that_turns_inside_its_budgets_is_said_to_wherever_it_is_read(tmp_path, capsys):
+    """cpu-small's case (part C: the baseline's final loss at 0.7× below the one at 0.79× in every seed): a
+    quadratic with its turning point inside the budgets. The inversion stays on the branch through 1×, and the
+    shape, the verdicts, the command and the report's section say that the curve is not monotone."""
+    from analysis.writeup.report_steps import steps_markdown_section
+    from commands.cli import main as cli_main
+
+    b1, b2 = -0.5, -1.25  # turns at u = −b1 / 2b2 = −0.2: 1000·e^−0.2 = 818.7 steps
+    loss = lambda s, n: 3.0 + 0.01 * s + b1 * math.log(n / N0) + b2 * math.log(n / N0) ** 2
+    u = 0.5 * math.log(0.95)  # the arm: the baseline's loss at 0.95^0.5 × N0 = 974.7 steps on the branch
+    study = fake_study(tmp_path / "study", N0, {**{("baseline", s): loss(s, N0) for s in range(3)},
+                                                **{("smear", s): loss(s, N0 * math.exp(u)) for s in range(3)}})
+    budgets = [fake_study(tmp_path / f"b-{n}", n, {("baseline", s): loss(s, n) for s in range(3)}) for n in (700, 800, 900)]
+    assert cli_main(["steps-saved", str(study), "--budgets", *map(str, budgets)]) == 0
+    assert "not monotone: it turns at 819 steps, inside the budgets" in capsys.readouterr().out
+    summary = pd.read_csv(study / ss.SUMMARY_FILE).iloc[0]
+    assert summary["pct_saved"] == pytest.approx(100 * math.expm1(u), abs=1e-6)  # the branch through 1×
+    assert "the fitted curve turns at 819 steps" in summary["verdict"] and "not monotone" in summary["shape"]
+    section = "\n".join(steps_markdown_section(study, study / "figures", study))
+    assert "**The baseline's final loss is not monotone in its budget here** (the baseline's mean final loss by " \
+           "budget: 700 steps" in section
 
 
 @pytest.mark.parametrize("case, message", [

@@ -140,9 +140,24 @@ class Shape:
         """ln(smallest budget / n0), ln(largest budget / n0): where the fit has data."""
         return math.log(min(self.budgets) / self.n0), math.log(max(self.budgets) / self.n0)
 
+    @property
+    def turning_steps(self) -> float:
+        """The steps, strictly inside the fitted budgets, at which the quadratic curve turns (NaN where it is
+        monotone over them). The final loss is then no one-to-one function of the budget: a loss read off the
+        branch through 1× is also reached beyond the turn, so the steps saved there are to the nearest budget
+        that reaches it, not the fewest."""
+        if self.b2 == 0:
+            return math.nan
+        u = -self.b1 / (2 * self.b2)
+        lo, hi = self.u_range
+        return self.n0 * math.exp(u) if lo < u < hi else math.nan
+
     def describe(self) -> str:
         kind = "quadratic" if self.degree > 1 else "linear"
-        return f"{kind} in ln(steps), {len(self.budgets)} budgets ({', '.join(map(str, self.budgets))})"
+        text = f"{kind} in ln(steps), {len(self.budgets)} budgets ({', '.join(map(str, self.budgets))})"
+        turn = self.turning_steps
+        return text + (f"; not monotone: it turns at {turn:,.0f} steps, inside the budgets" if math.isfinite(turn)
+                       else "")
 
     def delta(self, u: np.ndarray | float) -> np.ndarray:
         """curve(x0 + u) − curve(x0): the loss change from 1× to steps n0·e^u."""
@@ -353,29 +368,38 @@ def summarize_steps(seeds: pd.DataFrame, shape: Shape, level: float = 1 - ALPHA)
                          pct_at_mean_ci_low=at_mean["pct_ci_low"] if at_mean else math.nan,
                          pct_at_mean_ci_high=at_mean["pct_ci_high"] if at_mean else math.nan,
                          at_mean_status=at_mean["status"] if at_mean else "no loss", shape=shape.describe(),
-                         verdict=steps_verdict(pct, lo, hi, n, n_beyond, len(paired), shape)))
+                         verdict=steps_verdict(at_mean, n, n_beyond, len(paired), shape)))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def steps_verdict(pct: float, lo: float, hi: float, n: int, n_beyond: int, n_seeds: int, shape: Shape) -> str:
-    """The per-arm verdict in words: which side of 0 steps the CI lies, and what the seeds beyond the fitted
-    budgets do to the mean."""
+def steps_verdict(at_mean: dict | None, n: int, n_beyond: int, n_seeds: int, shape: Shape) -> str:
+    """The per-arm verdict in words. It reads the headline, the mean paired loss difference converted
+    (`at_mean`, `loss_to_steps`' result: every seed in it), and says which side of 0 steps its CI lies; then
+    what the seeds beyond the fitted budgets do to the per-seed mean, which leaves them out and is biased by it
+    (an arm better than the baseline in some seeds and worse in others keeps only its worse seeds)."""
     if n_seeds == 0:
         return "no seed with a baseline run at 1×"
-    if n == 0:
-        return f"{BEYOND} for every seed ({n_beyond}): no number"
-    if not math.isfinite(lo):
-        why = ("the fit has no residual degrees of freedom" if not shape.df else "1 seed with a value")
-        text = f"no CI ({why})"
-    elif lo > 0:
-        text = "saves steps (95% CI above 0)"
-    elif hi < 0:
-        text = "costs steps (95% CI below 0)"
+    status = at_mean["status"] if at_mean else "no loss"
+    if status != STATUS_OK:
+        head = f"the mean loss difference is {status}: no number"
+    elif not math.isfinite(at_mean["pct_ci_low"]):
+        head = f"no CI ({'the fit has no residual degrees of freedom' if not shape.df else '1 seed'})"
+    elif at_mean["pct_ci_low"] > 0:
+        head = "saves steps (95% CI above 0)"
+    elif at_mean["pct_ci_high"] < 0:
+        head = "costs steps (95% CI below 0)"
     else:
-        text = "not distinguishable from 0 steps (95% CI spans 0)"
-    if n_beyond:
-        text += (f"; {n_beyond} of {n_seeds} seeds {BEYOND}, left out: the mean is over the other {n}, without "
-                 "the most extreme seeds (pct_at_mean_loss, the mean loss difference converted, uses them all)")
+        head = "not distinguishable from 0 steps (95% CI spans 0)"
+    if n == 0 and n_beyond:
+        text = f"{BEYOND} for every seed ({n_beyond}): no number" + (f"; {head}" if status == STATUS_OK else "")
+    elif n_beyond:
+        text = (f"{head}; {n_beyond} of {n_seeds} seeds {BEYOND}, left out: the per-seed mean is over the other {n}, "
+                "biased by it (the verdict reads the mean loss difference converted, every seed in it)")
+    else:
+        text = head
+    if math.isfinite(shape.turning_steps):
+        text += (f"; read on the branch through 1×: the fitted curve turns at {shape.turning_steps:,.0f} steps, and "
+                 "budgets below the turn may reach the same loss in fewer steps")
     return text
 
 

@@ -55,6 +55,8 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
         body += [f"Exchange rate at {n0} steps: 1% more steps lowers the validation loss by "
                  f"{_num(r['nats_per_pct'], '{:.4f}')} nats {_ci(r['ci_low'], r['ci_high'], '{:.4f}')} "
                  f"({int(r['n_seeds'])} seeds, {int(r['n_points'])} runs; budgets {r['budgets']}).", ""]
+        if "not monotone" in str(r["shape"]):
+            body += [not_monotone_line(_read(folder / ss.BUDGETS_FILE)), ""]
     if len(summary):
         rows = [_cells(r) + [r["verdict"]] for r in summary.to_dict("records")]
         body += [_md_table(_columns(n0) + ["verdict"], rows), "", record_comparison(summary), ""]
@@ -73,6 +75,19 @@ def steps_markdown_section(folder: str | Path, figures_dir: str | Path, where: s
                  + ("; dashed, an arm's own curve and its runs, the square where it reaches the baseline's 1× loss"
                     if len(own) else "") + ".*", ""]
     return body
+
+
+def not_monotone_line(budgets: pd.DataFrame | None) -> str:
+    """The warning for a baseline curve that turns inside its budgets, with the mean final loss at each."""
+    means = ""
+    if budgets is not None and {"arm", "steps", "val_loss"} <= set(budgets.columns):
+        m = budgets[budgets["arm"] == BASELINE].groupby("steps")["val_loss"].agg(["mean", "size"])
+        means = " (the baseline's mean final loss by budget: " + ", ".join(
+            f"{int(n):,} steps {r['mean']:.4f} ({int(r['size'])} seeds)" for n, r in m.iterrows()) + ")"
+    return ("**The baseline's final loss is not monotone in its budget here**" + means + ": a loss difference is "
+            "read on the fitted curve's branch through 1×, the nearest budget that reaches it; budgets below the "
+            "turn may reach the same loss in fewer steps, so the speedrun's currency is ill-defined at this size "
+            "beyond small differences, and the exchange rate is the curve's local slope at 1×.")
 
 
 def _columns(n0: int) -> list[str]:

@@ -352,10 +352,12 @@ def test_the_command_writes_the_tables_the_figure_and_the_reports_section(tmp_pa
     tables = write_tables(tmp_path / "tables", arms=("baseline", "smear", "dose-0.8"))
     text = report.write_report(tables, study / "figures", study / "report.md").read_text()
     section = text.split("## Steps saved at matched loss", 1)[1].split("\n## ", 1)[0]
-    assert "| dose-0.8 | -0.0024 " in section  # lower loss, steps saved and "+50.0 [+50.0, +50.0] | +5.00% [+5.00, +5.00] | 3 of 3 |" in section
+    # lower loss, steps saved and their share of training
+    assert "| dose-0.8 | -0.0024 " in section and "+50.0 [+50.0, +50.0] | +5.00% [+5.00, +5.00] | 3 of 3 |" in section
     assert "about 5 steps of 1,645 (0.30% of training" in section
     # noiseless: the CI has no width, and 5/1,645 = 0.304% is not 0.300%
-    assert "The learned smear here: +0.30% [+0.30, +0.30] of 1000 steps; 0.30% lies outside that 95% CI" in section
+    assert ("The learned smear here (its mean loss difference converted): +0.30% [+0.30, +0.30] of 1000 steps; "
+            "0.30% lies outside that 95% CI") in section
     assert "![Steps saved at matched loss](figures/steps_saved.png)" in section
     assert "1% more steps lowers the validation loss by 0.0005 nats" in section
 
@@ -547,3 +549,16 @@ def test_steps_saved_needs_budgets_or_a_shape_not_both(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli_main(["steps-saved", str(tmp_path), *given])
         assert e.value.code == 2 and "--budgets" in capsys.readouterr().err
+
+
+def test_the_record_comparison_reads_the_mean_loss_converted_and_says_when_it_cannot_tell():
+    from analysis.writeup.report_steps import record_comparison
+
+    row = dict(arm="smear", preset_steps=1600, pct_saved=-1.37, pct_ci_low=-1.93, pct_ci_high=-0.80,  # biased
+               pct_at_mean_loss=-0.10, pct_at_mean_ci_low=-0.67, pct_at_mean_ci_high=0.46, at_mean_status="ok")
+    text = record_comparison(pd.DataFrame([row]))
+    assert ("The learned smear here (its mean loss difference converted): -0.10% [-0.67, +0.46] of 1600 steps; both 0 "
+            "and 0.30% lie inside that 95% CI: too few seeds to tell them apart") in text
+    beyond = dict(row, pct_at_mean_loss=math.nan, at_mean_status=f"{ss.BEYOND} (below the largest budget's loss)")
+    assert f"mean loss difference here is {ss.BEYOND} (below the largest budget's loss): no number" in \
+        record_comparison(pd.DataFrame([beyond]))

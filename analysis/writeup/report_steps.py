@@ -130,14 +130,18 @@ def record_comparison(summary: pd.DataFrame, arm: str = ss.RECORD_ARM) -> str:
     if rows.empty:
         return said + f"; this study has no {arm} arm to set beside it."
     r = rows.iloc[0]
-    pct, lo, hi = r["pct_saved"], r["pct_ci_low"], r["pct_ci_high"]
+    # the headline, as for the verdict: the mean loss difference converted (every seed in it)
+    pct, lo, hi = r["pct_at_mean_loss"], r["pct_at_mean_ci_low"], r["pct_at_mean_ci_high"]
     if not math.isfinite(pct):
-        pct, lo, hi = r["pct_at_mean_loss"], r["pct_at_mean_ci_low"], r["pct_at_mean_ci_high"]
-    if not math.isfinite(pct):
-        return said + f"; the learned smear here is {ss.BEYOND}."
-    place = (f"; {author:.2f}% lies {'inside' if lo <= author <= hi else 'outside'} that 95% CI"
-             if math.isfinite(lo) else " (no CI)")
-    return said + f". The learned smear here: {pct:+.2f}% {_ci(lo, hi, '{:+.2f}')} of {int(r['preset_steps'])} steps{place}."
+        return said + f"; the learned smear's mean loss difference here is {r['at_mean_status']}: no number."
+    if not math.isfinite(lo):
+        place = " (no CI)"
+    elif lo <= author <= hi and lo <= 0 <= hi:
+        place = f"; both 0 and {author:.2f}% lie inside that 95% CI: too few seeds to tell them apart"
+    else:
+        place = f"; {author:.2f}% lies {'inside' if lo <= author <= hi else 'outside'} that 95% CI"
+    return (said + f". The learned smear here (its mean loss difference converted): {pct:+.2f}% "
+            f"{_ci(lo, hi, '{:+.2f}')} of {int(r['preset_steps'])} steps{place}.")
 
 
 __all__ = ["steps_markdown_section", "own_curve_lines", "record_comparison"]

@@ -42,7 +42,7 @@ def steps_saved_figure(points: pd.DataFrame, shapes: Mapping[str, Shape], summar
     difference converted. On an arm's own curve (squares): where it reaches the baseline's 1× loss."""
     points = need(points, "budget points")
     shape = shapes[BASELINE]
-    fig = figure(8, 5)
+    fig = figure(8, 6.5)
     ax = fig.subplots()
     curves = {arm: _draw_curve(ax, points[points["arm"] == arm], sh, dashed=arm != BASELINE)
               for arm, sh in shapes.items()}
@@ -64,8 +64,9 @@ def steps_saved_figure(points: pd.DataFrame, shapes: Mapping[str, Shape], summar
             x = at(pct)
             ends = sorted([at(pl), at(ph)])
             err = [[x - ends[0]], [ends[1] - x]] if math.isfinite(pl) else None
+            inside = f" inside the budgets, {int(r['n'])} of {int(r['n_seeds'])}" if r["n_beyond"] else ""
             what = ("its steps to the baseline's 1× loss" if own else
-                    "mean over seeds" if filled else "mean loss")
+                    f"mean over seeds{inside}" if filled else "mean loss difference converted")
             label = (f"{arm_label(r['arm'])}: {pct:+.2f}% [{pl:+.2f}, {ph:+.2f}]" if math.isfinite(pl) else
                      f"{arm_label(r['arm'])}: {pct:+.2f}%") + f" ({what})"
             ax.errorbar([x], [float(curves[curve if own else BASELINE](x))], xerr=err, fmt="s" if own else "o",
@@ -80,11 +81,11 @@ def steps_saved_figure(points: pd.DataFrame, shapes: Mapping[str, Shape], summar
     ax.set_xlabel("training steps (each a full run with its own schedule)")
     ax.set_ylabel("final validation loss (nats/token)")
     r = rate[rate["curve"] == BASELINE].iloc[0]
-    ax.set_title(f"Steps saved at matched loss: 1% more baseline steps lowers the loss by {r['nats_per_pct']:.4g} "
+    ax.set_title(f"Steps saved at matched loss\n1% more baseline steps at 1× lowers the loss by {r['nats_per_pct']:.4g} "
                  f"nats [{r['ci_low']:.3g}, {r['ci_high']:.3g}]", fontsize=10)
     ax.margins(x=0.06)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")  # the curve falls from upper left to lower right
+    fig.legend(fontsize=7, loc="outside lower center")  # below the axes: no curve shape is assumed (one may turn)
     return fig
 
 

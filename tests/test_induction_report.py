@@ -54,6 +54,7 @@ def test_section_states_the_data_the_claims_and_the_censored_runs(section):
     assert re.search(r"\| \(b\) formation step \| smeared-key − baseline \|.*\| 0 / 1 \| too few seeds to tell \|", text)
     assert "| smeared-key | 3 | 2 | 1 | seed 1 (counted as step 3,100) |" in text
     assert "| baseline | 3 | 3 | 0 | — |" in text
+    assert "| smeared-key | 3 / 2 of 3 | 1 / 0 | 1.000 | 2 |" in text  # formed_pairs: seed 1 formed in one arm only
     # the figures in their places: three after the claims, the fourth after what the heads became
     order = [text.index(f"<figure {n}>") for n in plots.INDUCTION_FIGURES]
     assert order == sorted(order) and text.index("### Primary claims") < order[0]
@@ -242,3 +243,22 @@ def test_another_preset_reads_the_plans_claims_as_exploratory_and_no_baseline_ci
     assert set(ri.induction_claims_table(claims)["role"]) == {"exploratory"}
     planned = ri.induction_claims_table(ri.induction_markdown_section(Tables(**make_induction_tables()), FIGURE_STUB)[1])
     assert set(planned["role"]) == {"primary"}
+
+
+def test_formed_pairs_counts_discordant_seeds_and_reads_the_cost_where_both_formed():
+    """Six seeds: the baseline forms an induction head in all, the arm in seeds 0–1 only. McNemar's exact p over
+    the 4 discordant seeds is 2 · 0.5⁴; the copy cost is read over seeds 0–1 alone, where the arm's heads cost 0.5
+    against the baseline's 8 (the arm's 0-cost runs without a head do not enter)."""
+    rows = []
+    for seed in range(6):
+        rows.append(dict(arm="baseline", seed=seed, formed=True, copy_cost_prev=8.0, prev_share=1.0, mix_share=0.0))
+        formed = seed < 2
+        rows.append(dict(arm="keyshift", seed=seed, formed=formed, copy_cost_prev=0.5 if formed else 0.0,
+                         prev_share=0.1 if formed else math.nan, mix_share=0.9 if formed else math.nan))
+    out = ind.formed_pairs(pd.DataFrame(rows)).iloc[0]
+    assert (out["arm"], out["pairs"], out["formed_baseline"], out["formed_arm"]) == ("keyshift", 6, 6, 2)
+    assert (out["baseline_only"], out["arm_only"], out["both_formed"]) == (4, 0, 2)
+    assert out["p_mcnemar"] == pytest.approx(2 * 0.5 ** 4)
+    assert (out["copy_cost_baseline"], out["copy_cost_arm"]) == (8.0, 0.5)
+    assert (out["prev_share_arm"], out["mix_share_arm"]) == (pytest.approx(0.1), pytest.approx(0.9))
+    assert ind.formed_pairs(pd.DataFrame(rows[1::2])).empty  # no baseline, nothing to pair

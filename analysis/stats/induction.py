@@ -204,3 +204,41 @@ def freed_roles(heads: pd.DataFrame, roles: pd.DataFrame | None, threshold: floa
 __all__ = ["FORMATION_METRIC", "PER_SEED_COLUMNS", "STUDY_ARMS", "SESOIS", "INDUCTION_CLAIMS", "mixing_route",
            "formation", "induction_per_seed", "BASELINE", "ROUTE_GROUPS", "FREED_METRICS", "score_over_training",
            "route_shares", "copy_losses", "freed_roles"]
+
+
+FORMED_PAIR_COLUMNS = ["arm", "pairs", "formed_baseline", "formed_arm", "baseline_only", "arm_only", "p_mcnemar",
+                       "both_formed", "copy_cost_baseline", "copy_cost_arm", "prev_share_baseline", "prev_share_arm",
+                       "mix_share_arm"]
+
+
+def formed_pairs(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Exploratory, each arm against the baseline paired by seed (FORMED_PAIR_COLUMNS): how many of each formed an
+    induction head, the exact McNemar p over the seeds where only one of the two did, and, over the seeds where
+    both did, the means of claim (a)'s copy cost and of the key's token j−1 through the previous-token heads and
+    through the arm's mixing.
+
+    Claim (a) mixes two things: a run without an induction head has no copy to lose, so its cost is ~0 whether
+    or not its previous-token heads would matter to one. Read among the pairs where both formed one, the cost says
+    whether induction bypasses the previous-token heads; conditioning on an outcome is post hoc, hence exploratory."""
+    from statsmodels.stats.contingency_tables import mcnemar  # imported here: few callers need statsmodels
+
+    wide = per_seed.pivot_table(index="seed", columns="arm", values=["formed", "copy_cost_prev", "prev_share",
+                                                                      "mix_share"], aggfunc="first")
+    rows = []
+    present = set(per_seed["arm"])
+    for arm in [a for a in dict.fromkeys([*STUDY_ARMS, *sorted(present)]) if a in present and a != BASELINE]:
+        if BASELINE not in present:
+            break
+        pair = wide["formed"][[BASELINE, arm]].dropna().astype(bool)
+        base, other = pair[BASELINE], pair[arm]
+        table = [[int((base & other).sum()), int((base & ~other).sum())],
+                 [int((~base & other).sum()), int((~base & ~other).sum())]]
+        both = pair.index[base & other]
+        mean = lambda col, a: float(wide[col][a].loc[both].mean()) if len(both) else math.nan
+        rows.append(dict(arm=arm, pairs=len(pair), formed_baseline=int(base.sum()), formed_arm=int(other.sum()),
+                         baseline_only=table[0][1], arm_only=table[1][0],
+                         p_mcnemar=float(mcnemar(table, exact=True).pvalue), both_formed=len(both),
+                         copy_cost_baseline=mean("copy_cost_prev", BASELINE), copy_cost_arm=mean("copy_cost_prev", arm),
+                         prev_share_baseline=mean("prev_share", BASELINE), prev_share_arm=mean("prev_share", arm),
+                         mix_share_arm=mean("mix_share", arm)))
+    return pd.DataFrame(rows, columns=FORMED_PAIR_COLUMNS)

@@ -182,6 +182,27 @@ def formation_markdown(per_seed: pd.DataFrame) -> str:
                      + (["no records (left out of (b))"] if unrecorded.any() else []), rows)
 
 
+def formed_pairs_markdown(per_seed: pd.DataFrame) -> str:
+    """`ind.formed_pairs` as a table with the sentence that says why it is there ("" without a baseline)."""
+    pairs = ind.formed_pairs(per_seed)
+    if pairs.empty:
+        return ""
+    f2 = lambda v: _num(v, "{:.2f}")
+    rows = [[r["arm"], f"{r['formed_baseline']} / {r['formed_arm']} of {r['pairs']}",
+             f"{r['baseline_only']} / {r['arm_only']}", _p(r["p_mcnemar"]), r["both_formed"],
+             f"{f2(r['copy_cost_baseline'])} / {f2(r['copy_cost_arm'])}",
+             f"{f2(r['prev_share_baseline'])} / {f2(r['prev_share_arm'])}", f2(r["mix_share_arm"])]
+            for r in pairs.to_dict("records")]
+    return ("Exploratory: claim (a) mixes two things, since a run without an induction head has no copy to lose "
+            "(its cost is ~0 whether or not its previous-token heads would matter to one). Paired by seed, how often "
+            "each formed one (exact McNemar p over the seeds where only one did) and, over the seeds where both did, "
+            "what induction needs (`analysis.stats.induction.formed_pairs`; selected by an outcome, so not a "
+            "finding):\n\n" + _md_table(
+                ["arm", "formed (baseline / arm)", "only one formed (baseline / arm)", "McNemar p", "both formed",
+                 "(a) copy cost, nats (baseline / arm)", "key's token j−1 through previous-token heads (baseline / arm)",
+                 "through the arm's mixing"], rows))
+
+
 def _verdict_phrase(r: dict) -> str:
     """A claim's verdict with its numbers, for a sentence."""
     if r["verdict"].startswith("absent"):
@@ -359,6 +380,8 @@ def induction_markdown_section(tables: Tables, figures: Callable[[Sequence[str]]
         body += [claims_markdown(claims), "", method_markdown(claims), "",
                  "Runs that formed an induction head (any head ≥ "
                  f"{INDUCTION_THRESHOLD:g} at a record):", "", formation_markdown(per_seed), ""]
+        pairs = formed_pairs_markdown(per_seed)
+        body += [pairs, ""] if pairs else []
     body += figures(plots.INDUCTION_FIGURES[:3])
     if per_seed is not None:
         body += ["### Exploratory measures", "", exploratory_markdown(per_seed), "",

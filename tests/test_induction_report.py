@@ -262,3 +262,20 @@ def test_formed_pairs_counts_discordant_seeds_and_reads_the_cost_where_both_form
     assert (out["copy_cost_baseline"], out["copy_cost_arm"]) == (8.0, 0.5)
     assert (out["prev_share_arm"], out["mix_share_arm"]) == (pytest.approx(0.1), pytest.approx(0.9))
     assert ind.formed_pairs(pd.DataFrame(rows[1::2])).empty  # no baseline, nothing to pair
+
+
+def test_the_claims_are_read_again_over_the_seeds_whose_baseline_formed_an_induction_head():
+    """Four seeds, the baseline of seed 0 without an induction head: the claims again over seeds 1–3 (3 pairs),
+    where the paired differences are those of the full family's seeds 1–3; absent when every baseline formed."""
+    t = make_induction_tables(seeds=(0, 1, 2, 3), unformed=frozenset({("baseline", 0)}))
+    per_seed = ind.induction_per_seed(Tables(**t))
+    text = ri.baseline_formed_markdown(per_seed)
+    assert "over the 3 seeds whose baseline formed an induction head (all but 0)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| (a) copy")]
+    assert len(rows) == 4 and all(line.split(" | ")[3] == "3" for line in rows)  # n pairs
+    full = ri.induction_claims(per_seed[per_seed["seed"] != 0]).set_index(["claim", "arm"])["diff"]
+    sub = ri.induction_claims(per_seed).set_index(["claim", "arm"])["diff"]
+    assert not full.equals(sub)  # seed 0 moves the full family, so the subset is its own computation
+    section = "\n".join(ri.induction_markdown_section(Tables(**t), FIGURE_STUB)[0])
+    assert text in section
+    assert ri.baseline_formed_markdown(ind.induction_per_seed(Tables(**make_induction_tables(unformed=frozenset())))) == ""

@@ -235,6 +235,10 @@ def _cpu_small_model(d_model: int, seq_len: int = 128) -> ModelConfig:
 
 _CPU_SMALL_TRAIN = TrainConfig(steps=1600, batch_size=8, seq_len=128, max_doc_len=None, momentum_warmup_steps=150,
                                val_every=400, val_tokens=65_536, val_batch_size=64, val_seq_len=128)
+# cpu-induction's data and schedule: rows of 256 tokens, half of them repeated random spans (trainer/repeats.py).
+_CPU_INDUCTION_TRAIN = dataclasses.replace(
+    _CPU_SMALL_TRAIN, steps=3000, batch_size=4, seq_len=256, val_every=500, val_seq_len=256, val_batch_size=32,
+    copy_share=0.5, copy_lengths=(5, 30), copy_holdout=HELD_OUT_LENGTHS)
 
 PRESETS: dict[str, Preset] = {
     "speedrun-124m": Preset(
@@ -275,8 +279,7 @@ PRESETS: dict[str, Preset] = {
     # (trainer/repeats.py). The text is the embedded corpus, as in cpu-small.
     "cpu-induction": Preset(
         _cpu_small_model(128, seq_len=256),
-        dataclasses.replace(_CPU_SMALL_TRAIN, steps=3000, batch_size=4, seq_len=256, val_every=500, val_seq_len=256, val_batch_size=32,
-                copy_share=0.5, copy_lengths=(5, 30), copy_holdout=HELD_OUT_LENGTHS),
+        _CPU_INDUCTION_TRAIN,
         "induction heads on a CPU: cpu-small's model, rows of 256 tokens, half of them repeated random spans",
     ),
     # The one-layer test (Olsson et al. 2022's smeared keys): one attention layer cannot build an induction
@@ -286,8 +289,7 @@ PRESETS: dict[str, Preset] = {
     "cpu-induction-1layer": Preset(
         _small(2, 128, 2, 256, long_window_layers=(1,), no_attn_layers=(0,), no_mlp_layers=(),
                n_value_embeds=1, vocab_size=4096, bos_id=0),
-        dataclasses.replace(_CPU_SMALL_TRAIN, steps=3000, batch_size=4, seq_len=256, val_every=500, val_seq_len=256, val_batch_size=32,
-                copy_share=0.5, copy_lengths=(5, 30), copy_holdout=HELD_OUT_LENGTHS),
+        _CPU_INDUCTION_TRAIN,
         "the one-layer test: cpu-induction's data and schedule, one attention layer (two layers, layer 0 only an MLP)",
     ),
     "tiny": Preset(

@@ -282,6 +282,16 @@ PRESETS: dict[str, Preset] = {
         _CPU_INDUCTION_TRAIN,
         "induction heads on a CPU: cpu-small's model, rows of 256 tokens, half of them repeated random spans",
     ),
+    # cpu-induction with 4 heads of 32 a layer instead of 2 of 64 (the attention scale keeps the logit bound of
+    # 12.8; as many parameters). On cpu-induction 2 of 12 study seeds formed no induction head, and more steps,
+    # more repeats or higher learning rates each freed one stuck seed only to stick another; with twice the
+    # heads every seed tried formed one, the stuck ones included (docs/induction.md; figures/induction/PLAN.md,
+    # Amendment 3).
+    "cpu-induction-h4": Preset(
+        dataclasses.replace(_cpu_small_model(128, seq_len=256), n_heads=4, d_head=32, attn_scale=0.1 * 128 / 32),
+        _CPU_INDUCTION_TRAIN,
+        "cpu-induction with 4 heads of 32 a layer: more candidate circuits, an induction head in every seed tried",
+    ),
     # The one-layer test (Olsson et al. 2022's smeared keys): one attention layer cannot build an induction
     # head alone (no earlier layer writes token j−1 into the key position) unless a smear or key mix does.
     # The U-net needs an even number of layers, so: two layers, layer 0 with an MLP but no attention, layer 1

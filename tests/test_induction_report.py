@@ -241,8 +241,9 @@ def test_another_preset_reads_the_plans_claims_as_exploratory_and_no_baseline_ci
     assert "The baseline formed no induction head in any of its 3 runs" in text
     assert not re.findall(r"^- \*\*([\w.-]+)\*\*", text, re.M)  # no per-arm answer built on an absent circuit
     assert set(ri.induction_claims_table(claims)["role"]) == {"exploratory"}
-    planned = ri.induction_claims_table(ri.induction_markdown_section(Tables(**make_induction_tables()), FIGURE_STUB)[1])
-    assert set(planned["role"]) == {"primary"}
+    for preset in ("cpu-induction", "cpu-induction-h4"):  # the plan's preset and its Amendment 3's
+        section = ri.induction_markdown_section(Tables(**make_induction_tables(preset=preset)), FIGURE_STUB)[1]
+        assert set(ri.induction_claims_table(section)["role"]) == {"primary"}
 
 
 def test_formed_pairs_counts_discordant_seeds_and_reads_the_cost_where_both_formed():

@@ -18,8 +18,8 @@ from analysis.stats import induction as ind
 from analysis.writeup import plots, report
 from analysis.writeup import report_induction as ri
 from analysis.writeup.notebook_runner import run_notebooks
-from fixtures.synthetic_tables import (INDUCTION_PREV_ATTN, make_induction_tables, make_tables, write_induction_tables,
-                                       write_tables)
+from fixtures.synthetic_tables import (INDUCTION_NEVER, INDUCTION_PREV_ATTN, make_induction_tables, make_tables,
+                                       write_induction_tables, write_tables)
 from trainer.errors import AnalysisError
 
 FIGURE_STUB = lambda names: [f"<figure {n}>" for n in names]  # noqa: E731 (the section's figures, not drawn here)
@@ -280,3 +280,21 @@ def test_the_claims_are_read_again_over_the_seeds_whose_baseline_formed_an_induc
     section = "\n".join(ri.induction_markdown_section(Tables(**t), FIGURE_STUB)[0])
     assert text in section
     assert ri.baseline_formed_markdown(ind.induction_per_seed(Tables(**make_induction_tables(unformed=frozenset())))) == ""
+
+
+def test_across_presets_puts_each_runs_measures_side_by_side():
+    """The same arms and seeds on two presets: each (arm, seed, measure) once, second − first for the numbers; a
+    seed in one study only is dropped."""
+    first = ind.induction_per_seed(Tables(**make_induction_tables(seeds=(0, 1, 2))))
+    second = ind.induction_per_seed(Tables(**make_induction_tables(preset="cpu-induction-h4", seeds=(1, 2, 3),
+                                                                    unformed=INDUCTION_NEVER | {("baseline", 2)})))
+    second["formation_step"] += 250.0  # the second preset's heads form 250 steps later, run for run
+    out = ind.across_presets(first, second)
+    assert set(out["seed"]) == {1, 2} and not out.duplicated(["arm", "seed", "measure"]).any()
+    assert set(out["preset_first"]) == {"cpu-induction"} and set(out["preset_second"]) == {"cpu-induction-h4"}
+    steps = out[(out["measure"] == "formation_step") & ~((out["arm"] == "baseline") & (out["seed"] == 2))]
+    assert steps["diff"].to_numpy() == pytest.approx(250.0)
+    row = out[(out["arm"] == "keyshift") & (out["seed"] == 1) & (out["measure"] == "copy_cost_prev")].iloc[0]
+    assert row["first"] == first.set_index(["arm", "seed"]).loc[("keyshift", 1), "copy_cost_prev"]
+    formed = out[(out["measure"] == "formed") & (out["arm"] == "baseline")].set_index("seed")
+    assert bool(formed.loc[2, "first"]) and not bool(formed.loc[2, "second"]) and formed["diff"].isna().all()

@@ -242,3 +242,23 @@ def formed_pairs(per_seed: pd.DataFrame) -> pd.DataFrame:
                          prev_share_baseline=mean("prev_share", BASELINE), prev_share_arm=mean("prev_share", arm),
                          mix_share_arm=mean("mix_share", arm)))
     return pd.DataFrame(rows, columns=FORMED_PAIR_COLUMNS)
+
+
+ACROSS_MEASURES = ("formed", "copy_cost_prev", "formation_step", "mix_share", "best_induction")
+
+
+def across_presets(first: pd.DataFrame, second: pd.DataFrame, measures: tuple[str, ...] = ACROSS_MEASURES
+                   ) -> pd.DataFrame:
+    """Two studies of the same arms and seeds on two presets (`induction_per_seed` of each), per (arm, seed) and
+    measure side by side, tidy: arm, seed, measure, first, second, second − first (NaN for `formed`, a yes/no).
+    The presets are named in the columns `preset_first` and `preset_second`. Runs in one study only are dropped."""
+    def long(per_seed: pd.DataFrame) -> pd.DataFrame:
+        return per_seed.melt(id_vars=["arm", "seed", "preset"], value_vars=list(measures), var_name="measure")
+
+    out = long(first).merge(long(second), on=["arm", "seed", "measure"], suffixes=("_first", "_second"))
+    out = out.rename(columns={"value_first": "first", "value_second": "second"})
+    numeric = out["measure"] != "formed"
+    out["diff"] = math.nan
+    out.loc[numeric, "diff"] = (out.loc[numeric, "second"].astype(float) - out.loc[numeric, "first"].astype(float))
+    return out[["arm", "seed", "measure", "preset_first", "preset_second", "first", "second", "diff"]].sort_values(
+        ["measure", "arm", "seed"], ignore_index=True)

@@ -227,9 +227,9 @@ def _small(n_layers: int, d_model: int, n_heads: int, seq_len: int, **model_kw) 
 
 
 
-def _cpu_small_model(d_model: int, seq_len: int = 128) -> ModelConfig:
-    """cpu-small's model at width `d_model` (6 layers, 2 heads: the head size grows with the width)."""
-    return _small(6, d_model, 2, seq_len, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
+def _cpu_small_model(d_model: int, seq_len: int = 128, n_heads: int = 2) -> ModelConfig:
+    """cpu-small's model at width `d_model` (6 layers, 2 heads unless asked: the head size grows with the width)."""
+    return _small(6, d_model, n_heads, seq_len, long_window_layers=(0, 3), no_attn_layers=(4,), no_mlp_layers=(0,),
                   n_value_embeds=3, vocab_size=4096, bos_id=0)
 
 
@@ -288,7 +288,7 @@ PRESETS: dict[str, Preset] = {
     # heads every seed tried formed one, the stuck ones included (docs/induction.md; figures/induction/PLAN.md,
     # Amendment 3).
     "cpu-induction-h4": Preset(
-        dataclasses.replace(_cpu_small_model(128, seq_len=256), n_heads=4, d_head=32, attn_scale=0.1 * 128 / 32),
+        _cpu_small_model(128, seq_len=256, n_heads=4),
         _CPU_INDUCTION_TRAIN,
         "cpu-induction with 4 heads of 32 a layer: more candidate circuits, an induction head in every seed tried",
     ),

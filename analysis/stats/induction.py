@@ -201,9 +201,6 @@ def freed_roles(heads: pd.DataFrame, roles: pd.DataFrame | None, threshold: floa
     return out[["arm", "seed", "n_places", "metric", "value"]]
 
 
-__all__ = ["FORMATION_METRIC", "PER_SEED_COLUMNS", "STUDY_ARMS", "SESOIS", "INDUCTION_CLAIMS", "mixing_route",
-           "formation", "induction_per_seed", "BASELINE", "ROUTE_GROUPS", "FREED_METRICS", "score_over_training",
-           "route_shares", "copy_losses", "freed_roles"]
 
 
 FORMED_PAIR_COLUMNS = ["arm", "pairs", "formed_baseline", "formed_arm", "baseline_only", "arm_only", "p_mcnemar",
@@ -224,11 +221,11 @@ def formed_pairs(per_seed: pd.DataFrame) -> pd.DataFrame:
 
     wide = per_seed.pivot_table(index="seed", columns="arm", values=["formed", "copy_cost_prev", "prev_share",
                                                                       "mix_share"], aggfunc="first")
-    rows = []
     present = set(per_seed["arm"])
+    if BASELINE not in present:
+        return pd.DataFrame(columns=FORMED_PAIR_COLUMNS)
+    rows = []
     for arm in [a for a in dict.fromkeys([*STUDY_ARMS, *sorted(present)]) if a in present and a != BASELINE]:
-        if BASELINE not in present:
-            break
         pair = wide["formed"][[BASELINE, arm]].dropna().astype(bool)
         base, other = pair[BASELINE], pair[arm]
         table = [[int((base & other).sum()), int((base & ~other).sum())],
@@ -262,3 +259,9 @@ def across_presets(first: pd.DataFrame, second: pd.DataFrame, measures: tuple[st
     out.loc[numeric, "diff"] = (out.loc[numeric, "second"].astype(float) - out.loc[numeric, "first"].astype(float))
     return out[["arm", "seed", "measure", "preset_first", "preset_second", "first", "second", "diff"]].sort_values(
         ["measure", "arm", "seed"], ignore_index=True)
+
+
+__all__ = ["FORMATION_METRIC", "PER_SEED_COLUMNS", "STUDY_ARMS", "SESOIS", "INDUCTION_CLAIMS", "mixing_route",
+           "formation", "induction_per_seed", "BASELINE", "ROUTE_GROUPS", "FREED_METRICS", "score_over_training",
+           "route_shares", "copy_losses", "freed_roles", "FORMED_PAIR_COLUMNS", "formed_pairs", "ACROSS_MEASURES",
+           "across_presets"]

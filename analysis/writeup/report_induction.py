@@ -397,8 +397,8 @@ def induction_markdown_section(tables: Tables, figures: Callable[[Sequence[str]]
         body += [claims_markdown(claims), "", method_markdown(claims), "",
                  "Runs that formed an induction head (any head ≥ "
                  f"{INDUCTION_THRESHOLD:g} at a record):", "", formation_markdown(per_seed), ""]
-        body += [text for part in (formed_pairs_markdown(per_seed), baseline_formed_markdown(per_seed)) if part
-                 for text in (part, "")]
+        for part in (formed_pairs_markdown(per_seed), baseline_formed_markdown(per_seed)):
+            body += [part, ""] if part else []
     body += figures(plots.INDUCTION_FIGURES[:3])
     if per_seed is not None:
         body += ["### Exploratory measures", "", exploratory_markdown(per_seed), "",

@@ -233,7 +233,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                         tokens=args.tokens, ablation_tokens=args.ablation_tokens,
                         path_positions=args.path_positions, path_draws=args.path_draws)
     run_study(plan, args.out, launch=launch_from(args), notebooks=args.notebooks, progress=not args.no_progress,
-              drop=args.drop_checkpoints)
+              drop=args.drop_checkpoints, allow_split=args.allow_split_pairs)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -246,7 +246,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
               progress=not args.no_progress, command=args.command_line,
               arms=parse_arms(args.arms, "--arms") if args.arms else None,
               seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps, overrides=args.set,
-              data=args.data, record_every=args.record_every, metrics=metrics)
+              data=args.data, record_every=args.record_every, metrics=metrics, allow_split=args.allow_split_pairs)
 
 
 def cmd_study_copy(args: argparse.Namespace) -> None:
@@ -481,6 +481,9 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-checkpoints", action="store_true",
                    help="delete each run's checkpoints once it is analysed (the study stays resumable and reportable "
                         "from its tables; the inspection notebook needs checkpoints)")
+    p.add_argument("--allow-split-pairs", action="store_true",
+                   help="train seeds whose other runs began on another machine kind (refused by default: a seed's "
+                        "arms are pairs; commands/machine_kind.py)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study)
 
@@ -500,6 +503,9 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", metavar="A,B,...", help=f"arms of every size (new study: {','.join(study.DEFAULT_ARMS)})")
     _add_run_options(p, every="every run of every size (e.g. --set val_every=100 for validation points to match losses at)")
     _add_launch_options(p)
+    p.add_argument("--allow-split-pairs", action="store_true",
+                   help="train seeds whose other runs began on another machine kind (refused by default: a seed's "
+                        "arms are pairs; commands/machine_kind.py)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

@@ -43,6 +43,7 @@ from filelock import FileLock, Timeout
 
 from commands.cluster import PARTS, RayRunner
 from commands.jobs import Job, LocalRunner, Progress, last_step
+from commands.machine_kind import check_study_kinds, this_kind
 from commands.resources import Launch, local_slots, train_command
 from trainer import checkpoint as ckpt
 from trainer.arms import arm_spec
@@ -396,13 +397,14 @@ def prepare(plan: StudyPlan, runs_dir: Path) -> StudyPlan:
 def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | None = None,
               figures: str | Path | None = None, report: str | Path | None = None, launch: Launch = Launch(),
               notebooks: bool = False, command: str | None = None, progress: bool = True,
-              drop: bool = False, reference: str | Path | None = None) -> Path:
+              drop: bool = False, reference: str | Path | None = None, allow_split: bool = False) -> Path:
     """Train, analyse and report the plan; skip whatever is done. Returns the report.
 
     Defaults: tables in runs_dir/analysis, figures in runs_dir/figures, the report runs_dir/report.md.
     `launch`: where the jobs run (this machine's cores or GPUs, or a Ray cluster) and how many at a time.
     `drop`: delete each run's checkpoints once it is analysed (`--drop-checkpoints`). `reference`: an earlier
-    report's folder whose verdicts the report's summary states too (analysis.writeup.report.write_report)."""
+    report's folder whose verdicts the report's summary states too (analysis.writeup.report.write_report).
+    `allow_split`: train seeds whose other runs began on another machine kind (commands.machine_kind)."""
     from analysis.writeup.report import write_report
 
     start = time.perf_counter()
@@ -426,8 +428,10 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
             runs_dir, tables, data = runs_dir.absolute(), tables.absolute(), data.absolute()
         runs = [runs_dir / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
         analysed = analysed_runs(plan, runs, tables)
-        runner = make_runner(launch, runs_dir, sum(r not in analysed for r in runs))
+        runner = make_runner(launch, runs_dir, sum(r not in analysed for r in runs))  # checks the launch first
         try:
+            if launch.cluster == "local":  # on a cluster the nodes' kinds are the report's to state
+                check_kinds(plan, runs_dir, runs, analysed, launch, allow_split)
             print(f"[2/3] training {plan.preset}: arms {', '.join(plan.arms)} × seeds "
                   f"{', '.join(map(str, plan.seeds))}, {plan.steps} steps each, and each run's analysis once it is "
                   f"trained → {tables}; {runner.width} at a time ({runner.describe()})", flush=True)
@@ -447,6 +451,16 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
         lock.release()
     print(f"study finished in {(time.perf_counter() - start) / 60:.1f} min; report: {path}", flush=True)
     return path
+
+
+def check_kinds(plan: StudyPlan, runs_dir: Path, runs: list[Path], analysed: set[Path], launch: Launch,
+                allow_split: bool) -> None:
+    """Before training: no seed to train here has runs begun on another machine kind (unless `allow_split`)."""
+    to_train = {r for r in runs if r not in analysed and not finished(r, plan.steps)}
+    by_seed: dict[int, list[Path]] = {}
+    for (seed, _), run in zip(plan.runs(), runs):
+        by_seed.setdefault(seed, []).append(run)
+    check_study_kinds(runs_dir, by_seed, to_train, this_kind(launch), plan.overrides, allow_split)
 
 
 def study_command(plan: StudyPlan, out: Path) -> str:

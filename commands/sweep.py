@@ -60,7 +60,7 @@ def sweep_plans(out: Path, presets: Sequence[str], **study_kw) -> list[StudyPlan
 
 
 def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, launch: Launch = Launch(), progress: bool = True,
-              command: str | None = None, **study_kw) -> Path:
+              command: str | None = None, allow_split: bool = False, **study_kw) -> Path:
     """Train, analyse and report every preset's study (skipping what is done), then the sweep report."""
     from analysis.writeup.sweep_report import write_sweep_report
 
@@ -73,7 +73,7 @@ def run_sweep(out: str | Path, presets: Sequence[str] | None = None, *, launch: 
     atomic_write_text(out / MANIFEST, json.dumps({"presets": list(presets)}, indent=1))
     for i, plan in enumerate(plans, 1):
         print(f"== size {i}/{len(plans)}: {plan.preset} → {out / plan.preset}", flush=True)
-        run_study(plan, out / plan.preset, launch=launch, progress=progress)
+        run_study(plan, out / plan.preset, launch=launch, progress=progress, allow_split=allow_split)
     command = command or shlex.join(["smearlens", "sweep", "--out", str(out), "--presets", ",".join(presets)])
     path = write_sweep_report([out / p for p in presets], out, commands=[command])
     print(f"sweep report: {path}", flush=True)

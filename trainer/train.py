@@ -149,6 +149,9 @@ def prepare_run(run_dir: Path, run: Run, resume: bool, device: torch.device) -> 
                                   f"({old.get(key)!r} ≠ {new!r}); choose another --run name")
         if not resume and ckpt.complete_checkpoints(run_dir):
             raise ConfigError(f"{run_dir}: already has checkpoints; pass --resume to continue it")
+        if not ckpt.complete_checkpoints(run_dir) and old.get("machine") != machine_info(device):
+            # nothing to resume: the run starts afresh here, so it records this machine, not the one it began on
+            atomic_write_text(manifest, json.dumps(dict(old, machine=machine_info(device)), indent=1))
     else:
         atomic_write_text(manifest, json.dumps(dict(run.manifest(), code_version=ckpt.code_version(),
                                                     machine=machine_info(device)), indent=1))

@@ -8,7 +8,7 @@ NOTEBOOKS_STAMP := $(VENV)/.notebooks-installed
 TEST_STAMP := $(VENV)/.test-installed
 TABLES := checkpoints/analysis
 
-.PHONY: install demo test fuzz notebooks bench clean
+.PHONY: install demo test fuzz notebooks bench clean restore speedrun-study induction-study carry
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,37 @@ notebooks: $(NOTEBOOKS_STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_benchmark.py
 	$(BIN)/python benchmarks/probe_benchmark.py
+
+# The preregistered studies of figures/speedrun/PLAN.md and figures/induction/PLAN.md (Amendment 3), each hours of
+# a 2-core machine over several sittings. Their folders in studies/ are git-ignored, so each target starts from the
+# copy carried in figures/ when a checkout has none, and `make carry` copies what is analysed back (commit it).
+# Every sitting must be the machine kind its pairs began on (the study refuses otherwise: commands/machine_kind.py).
+SPEEDRUN_ARMS := baseline,smear,dose-0.8,baseline-noattn0,smear-noattn0,dose-0.8-noattn0,dose-0.8-anneal-800,smear-hold-0.8-400
+BUDGETS := 1120 1261 1421
+# study folder in studies/ → its carried copy in figures/
+CARRIED := speedrun:speedrun/study $(foreach n,$(BUDGETS),budgets-$(n):speedrun/budgets-$(n) arm-budgets-$(n):speedrun/arm-budgets-$(n)) induction-h4:induction/study-h4
+
+restore: $(STAMP)
+	@for pair in $(CARRIED); do s=studies/$${pair%%:*}; f=figures/$${pair#*:}; \
+		if [ ! -e $$s/study.json ] && [ -e $$f/study.json ]; then $(BIN)/smearlens study-copy $$f $$s; fi; done
+
+# parts B and C′, the steps saved and the report (part C is carried: figures/speedrun/budgets-*)
+speedrun-study: restore
+	$(BIN)/smearlens study --out studies/speedrun --preset cpu-small --arms $(SPEEDRUN_ARMS) --seeds 0-15 --set autocast=bf16 --jobs 2
+	arms=$$($(BIN)/python -c "from analysis.stats.steps_saved import read_study_losses; \
+		r = read_study_losses('studies/speedrun').runs.pivot(index='seed', columns='arm', values='val_loss'); \
+		print(','.join(a for a in r.columns if a != 'baseline' and (r[a] - r['baseline']).mean() < 0))") && \
+	for n in $(BUDGETS); do [ -z "$$arms" ] || $(BIN)/smearlens study --out studies/arm-budgets-$$n --preset cpu-small \
+		--arms $$arms --seeds 0-7 --steps $$n --set autocast=bf16 --metrics prev_token --jobs 2 || exit 1; done
+	$(BIN)/smearlens steps-saved studies/speedrun --budgets $$(ls -d $(foreach n,$(BUDGETS),studies/budgets-$(n) studies/arm-budgets-$(n)) 2>/dev/null)
+	$(BIN)/smearlens study --out studies/speedrun
+
+induction-study: restore
+	$(BIN)/smearlens study --out studies/induction-h4 --preset cpu-induction-h4 --arms baseline,smear,dose-0.8,keyshift,smeared-key --seeds 3-14 --set autocast=bf16 --record-every 50 --jobs 2
+
+carry: $(STAMP)
+	@for pair in $(CARRIED); do s=studies/$${pair%%:*}; f=figures/$${pair#*:}; \
+		if [ -e $$s/study.json ]; then $(BIN)/smearlens study-copy $$s $$f; fi; done
 
 clean:
 	rm -rf $(VENV) data

@@ -5,9 +5,9 @@ GEMMs where the CPU has them natively and fp32 ones rounded to bf16 elsewhere; a
 `--set autocast=bf16` study on a CPU without native bf16 GEMMs (AVX2) runs many times slower than fp32. CPUs of
 both kinds can report the same model name ("AMD EPYC"), so the kind is read from the kernels, not the name.
 
-Before a local study trains (`check_study_kinds`), it refuses to train a seed that has runs begun on another kind
-(that would split the seed's pairs across kinds, or a run itself) unless `--allow-split-pairs` is given, and warns
-where bf16 autocast meets a CPU without native bf16 GEMMs. On a cluster each node decides where a task runs, so
+Before a local study trains (`held_seeds`), it holds back every seed that has runs begun on another kind (training
+it here would split the seed's pairs across kinds, or a run itself), says so, and trains the other seeds, unless
+`--allow-split-pairs` is given; and it warns where bf16 autocast meets a CPU without native bf16 GEMMs. On a cluster each node decides where a task runs, so
 the check is left to the report, which states every seed's kinds (`analysis.writeup.report.machines_sentence`).
 """
 
@@ -20,7 +20,6 @@ from typing import Mapping, Sequence
 
 from commands.resources import Launch, gpus_per_run, visible_gpus
 from trainer.checkpoint import RUN_FILE
-from trainer.errors import ConfigError
 
 SPLIT_FLAG = "--allow-split-pairs"
 NATIVE_CPU = "CPU with native bf16 GEMMs"
@@ -66,21 +65,22 @@ def split_runs(runs_by_seed: Mapping[int, Sequence[Path]], to_train: set[Path], 
     return split
 
 
-def check_study_kinds(study: Path, runs_by_seed: Mapping[int, Sequence[Path]], to_train: set[Path], here: str,
-                      overrides: Sequence[str], allow_split: bool = False) -> None:
-    """Refuse (a ConfigError naming the seeds, runs and kinds) to train seeds whose runs began on another kind,
-    unless `allow_split`; warn on stderr where bf16 autocast meets a CPU without native bf16 GEMMs."""
+def held_seeds(study: Path, runs_by_seed: Mapping[int, Sequence[Path]], to_train: set[Path], here: str,
+               overrides: Sequence[str], allow_split: bool = False) -> list[int]:
+    """The seeds not to train here: those whose runs began on another kind (none with `allow_split`), each named
+    on stderr with its runs and kind. Also warns where bf16 autocast meets a CPU without native bf16 GEMMs."""
     if to_train and here == EMULATED_CPU and any(o.replace(" ", "") == "autocast=bf16" for o in overrides):
         print(f"warning: this is a {here}: --set autocast=bf16 runs many times slower here than fp32 "
               "(docs/benchmarks.md: 3,294 against 425 ms a cpu-small step on an AVX2 EPYC; about 100 ms in bf16 "
               "where bf16 GEMMs are native)", file=sys.stderr, flush=True)
-    split = split_runs(runs_by_seed, to_train, here)
-    if split and not allow_split:
+    split = {} if allow_split else split_runs(runs_by_seed, to_train, here)
+    if split:
         where = "; ".join(
             f"seeds {', '.join(map(str, seeds))} on a {kind} ({', '.join(sorted(n for ns in seeds.values() for n in ns)[:3])}"
             f"{', …' if sum(map(len, seeds.values())) > 3 else ''})" for kind, seeds in split.items())
-        raise ConfigError(
-            f"{study}: this machine is a {here}, and runs of seeds it would train began on another kind: {where}. "
-            f"Training the rest of those seeds here would split their pairs across machine kinds (a run's last bits "
-            f"depend on the kernels). Run this study on a machine of that kind, or pass {SPLIT_FLAG} (the report "
-            f"then names the split seeds)")
+        print(f"{study}: held back: this machine is a {here}, and runs of seeds it would train began on another "
+              f"kind: {where}. Training the rest of those seeds here would split their pairs across machine kinds "
+              f"(a run's last bits depend on the kernels), so they wait for a machine of that kind; the other seeds "
+              f"train. {SPLIT_FLAG} trains them here anyway (the report then names the split seeds).",
+              file=sys.stderr, flush=True)
+    return sorted({seed for seeds in split.values() for seed in seeds})

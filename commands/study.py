@@ -43,7 +43,7 @@ from filelock import FileLock, Timeout
 
 from commands.cluster import PARTS, RayRunner
 from commands.jobs import Job, LocalRunner, Progress, last_step
-from commands.machine_kind import check_study_kinds, this_kind
+from commands.machine_kind import held_seeds, this_kind
 from commands.resources import Launch, local_slots, train_command
 from trainer import checkpoint as ckpt
 from trainer.arms import arm_spec
@@ -237,14 +237,16 @@ def arm_overrides(overrides: Iterable[str], arm: str) -> list[str]:
 
 
 def training_jobs(plan: StudyPlan, data: Path, out: Path, analysed: set[Path],
-                  ranks: int = 1) -> tuple[dict[Path, Job], int]:
-    """A training job for every (seed, arm) of the plan not finished or `analysed` yet, by run folder (its
-    note: the step it starts from), and the steps of the runs already finished. `ranks` > 1: each trains
-    under torchrun with that many ranks (one a GPU of its slot)."""
+                  ranks: int = 1, held: set[Path] = frozenset()) -> tuple[dict[Path, Job], int]:
+    """A training job for every (seed, arm) of the plan not finished, `analysed` or `held` back yet, by run
+    folder (its note: the step it starts from), and the steps of the runs already finished. `ranks` > 1: each
+    trains under torchrun with that many ranks (one a GPU of its slot)."""
     todo, finished_steps = {}, 0
     for seed, arm in plan.runs():
         extra = [x for pair in arm_overrides(plan.overrides, arm) for x in ("--set", pair)]
         run_dir = out / run_name(plan.preset, seed, arm)
+        if run_dir in held:
+            continue
         if run_dir in analysed:
             finished_steps += plan.steps
             continue
@@ -285,8 +287,9 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
 
 
 def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, runner,
-                      progress: Progress, analysed: set[Path], drop: bool = False) -> None:
-    """Every training and analysis job of the plan not done yet, `runner.width` at a time in one queue
+                      progress: Progress, analysed: set[Path], drop: bool = False,
+                      held: set[Path] = frozenset()) -> None:
+    """Every training and analysis job of the plan not done or `held` back yet, `runner.width` at a time in one queue
     (which job goes next: `pick_job`); a run's analysis waits only for its training. A run is marked
     analysed once its `analyze` succeeds (its part merged into the tables, on a cluster) and, with `drop`,
     loses its checkpoints. `runner`: a LocalRunner or commands.cluster's RayRunner."""
@@ -294,9 +297,9 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
 
     jobs = runner.width
     merge_parts(out / PARTS, tables)
-    training, finished_steps = training_jobs(plan, data, out, analysed, runner.ranks)
-    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training,
-                                                runner.parts)]
+    training, finished_steps = training_jobs(plan, data, out, analysed, runner.ranks, held)
+    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed | held], tables,
+                                                training, runner.parts)]
     trained: list[Job] = []
 
     def on_done(job: Job, seconds: float) -> None:
@@ -429,17 +432,19 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
         runs = [runs_dir / run_name(plan.preset, seed, arm) for seed, arm in plan.runs()]
         analysed = analysed_runs(plan, runs, tables)
         runner = make_runner(launch, runs_dir, sum(r not in analysed for r in runs))  # checks the launch first
+        held: set[Path] = set()
         try:
             if launch.cluster == "local":  # on a cluster the nodes' kinds are the report's to state
-                check_kinds(plan, runs_dir, runs, analysed, launch, allow_split)
+                held = held_runs(plan, runs_dir, runs, analysed, launch, allow_split)
+            active = [r for r in runs if r not in held]
             print(f"[2/3] training {plan.preset}: arms {', '.join(plan.arms)} × seeds "
                   f"{', '.join(map(str, plan.seeds))}, {plan.steps} steps each, and each run's analysis once it is "
                   f"trained → {tables}; {runner.width} at a time ({runner.describe()})", flush=True)
-            done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in runs)
-            bar = Progress(plan.steps * len(runs), done, len(runs) if plan.metrics else 0, len(analysed),
-                           runner.width, enabled=progress)
+            done = sum(plan.steps if r in analysed else min(plan.steps, done_steps(r)) for r in active)
+            bar = Progress(plan.steps * len(active), done, len(active) if plan.metrics else 0,
+                           len(analysed.intersection(active)), runner.width, enabled=progress)
             try:
-                train_and_analyze(plan, data, runs_dir, runs, tables, runner, bar, analysed, drop)
+                train_and_analyze(plan, data, runs_dir, active, tables, runner, bar, analysed, drop, held)
             finally:
                 bar.close()
         finally:
@@ -450,17 +455,22 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, *, tables: str | Path | Non
     finally:
         lock.release()
     print(f"study finished in {(time.perf_counter() - start) / 60:.1f} min; report: {path}", flush=True)
+    if held:
+        print(f"held back, not trained here: {', '.join(sorted(r.name for r in held))} (see the note above)",
+              file=sys.stderr, flush=True)
     return path
 
 
-def check_kinds(plan: StudyPlan, runs_dir: Path, runs: list[Path], analysed: set[Path], launch: Launch,
-                allow_split: bool) -> None:
-    """Before training: no seed to train here has runs begun on another machine kind (unless `allow_split`)."""
+def held_runs(plan: StudyPlan, runs_dir: Path, runs: list[Path], analysed: set[Path], launch: Launch,
+              allow_split: bool) -> set[Path]:
+    """Before training: the runs left to train in seeds whose other runs began on another machine kind, held
+    back (none with `allow_split`): commands.machine_kind."""
     to_train = {r for r in runs if r not in analysed and not finished(r, plan.steps)}
     by_seed: dict[int, list[Path]] = {}
     for (seed, _), run in zip(plan.runs(), runs):
         by_seed.setdefault(seed, []).append(run)
-    check_study_kinds(runs_dir, by_seed, to_train, this_kind(launch), plan.overrides, allow_split)
+    seeds = held_seeds(runs_dir, by_seed, to_train, this_kind(launch), plan.overrides, allow_split)
+    return {r for seed in seeds for r in by_seed[seed] if r in to_train}
 
 
 def study_command(plan: StudyPlan, out: Path) -> str:

@@ -449,6 +449,12 @@ def _add_launch_options(p: argparse.ArgumentParser) -> None:
                    "cluster this machine joined with `ray start`; local: a cluster in this process)")
 
 
+def _add_split_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-split-pairs", action="store_true",
+                   help="also train seeds whose runs began on another machine kind (held back by default: a seed's "
+                        "arms are pairs; commands/machine_kind.py)")
+
+
 def launch_from(args: argparse.Namespace):
     """The Launch the options ask for."""
     from commands.resources import Launch
@@ -481,9 +487,7 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-checkpoints", action="store_true",
                    help="delete each run's checkpoints once it is analysed (the study stays resumable and reportable "
                         "from its tables; the inspection notebook needs checkpoints)")
-    p.add_argument("--allow-split-pairs", action="store_true",
-                   help="train seeds whose other runs began on another machine kind (refused by default: a seed's "
-                        "arms are pairs; commands/machine_kind.py)")
+    _add_split_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study)
 
@@ -503,9 +507,7 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", metavar="A,B,...", help=f"arms of every size (new study: {','.join(study.DEFAULT_ARMS)})")
     _add_run_options(p, every="every run of every size (e.g. --set val_every=100 for validation points to match losses at)")
     _add_launch_options(p)
-    p.add_argument("--allow-split-pairs", action="store_true",
-                   help="train seeds whose other runs began on another machine kind (refused by default: a seed's "
-                        "arms are pairs; commands/machine_kind.py)")
+    _add_split_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

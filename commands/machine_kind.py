@@ -2,13 +2,14 @@
 
 A run's last bits depend on the machine's kernels (`trainer.train.machine_info`: Muon's Newton–Schulz uses bf16
 GEMMs where the CPU has them natively and fp32 ones rounded to bf16 elsewhere; a GPU differs again), and a
-`--set autocast=bf16` study on a CPU without native bf16 GEMMs (AVX2) runs many times slower than fp32. CPUs of
+`--set autocast=bf16` study on a CPU without native bf16 GEMMs (e.g. AVX2 only) runs many times slower than fp32. CPUs of
 both kinds can report the same model name ("AMD EPYC"), so the kind is read from the kernels, not the name.
 
 Before a local study trains (`held_seeds`), it holds back every seed that has runs begun on another kind (training
 it here would split the seed's pairs across kinds, or a run itself), says so, and trains the other seeds, unless
-`--allow-split-pairs` is given; and it warns where bf16 autocast meets a CPU without native bf16 GEMMs. On a cluster each node decides where a task runs, so
-the check is left to the report, which states every seed's kinds (`analysis.writeup.report.machines_sentence`).
+`--allow-split-pairs` is given; and it warns where bf16 autocast meets a CPU without native bf16 GEMMs. On a
+cluster each node decides where a task runs, so the check is left to the report, which states every seed's kinds
+(`analysis.writeup.report.machines_sentence`).
 """
 
 from __future__ import annotations

@@ -162,8 +162,17 @@ def _load_tokenizer(path: Path) -> None:
 VALID_TOKENIZER = _valid_tokenizer()
 
 
+def _newline_merge_tokenizer() -> tuple[str, bytes]:
+    """Found by the deep run (2026-12-07): a merge of a token outside the vocabulary, a newline, made the parser's
+    message quote it across two lines; the error now escapes it."""
+    doc = json.loads(VALID_TOKENIZER)
+    doc["tokenizer"]["model"]["merges"][0] = ["\n", "t"]
+    return "replace", json.dumps(doc).encode()
+
+
 @CASES
 @given(how=file_mutations(VALID_TOKENIZER))
+@example(how=_newline_merge_tokenizer())
 def test_tokenizer_loader(how):
     (WORK / "tokdir").mkdir(exist_ok=True)
     accepts_or_refuses(_load_tokenizer, WORK / "tokdir" / "tokenizer.json", VALID_TOKENIZER, how)
@@ -197,6 +206,14 @@ def _absurd_model_meta() -> bytes:
     loader build it, and the run swapped at 13 GB; now refused against the weights file's size."""
     meta = json.loads((UNHASHED / ckpt.META_FILE).read_text())
     meta["model_config"]["n_layers"] = 10**9
+    return "replace", json.dumps(meta).encode()
+
+
+def _overflowing_scale_meta() -> bytes:
+    """Found by the deep run (2026-12-07): an attn_scale just beyond float32's largest number failed inside torch
+    as the model filled its buffer; now refused by the config."""
+    meta = json.loads((UNHASHED / ckpt.META_FILE).read_text())
+    meta["model_config"]["attn_scale"] = 3.402823466385289e38
     return "replace", json.dumps(meta).encode()
 
 
@@ -254,6 +271,7 @@ def unhashed_property(part: str):
     @CASES
     @given(how=file_mutations(valid))
     @example(how={ckpt.STATE_FILE: INT_STATE, ckpt.META_FILE: _absurd_model_meta()}.get(part, ("truncate", 9)))
+    @example(how=_overflowing_scale_meta() if part == ckpt.META_FILE else ("truncate", 5))
     def test(how):
         accepts_or_refuses(LOADERS[part], _ckpt_copy(UNHASHED, f"unhashed_{part}") / part, valid, how)
     return test
@@ -419,6 +437,7 @@ RAW_VALUES = st.one_of(
 
 @CASES
 @given(name=st.sampled_from(FIELDS), raw=RAW_VALUES)
+@example(name="copy_lengths", raw="[130, 227920381696499648]")  # deep run 2026-12-07: listed every length (MemoryError)
 def test_set_option_gives_a_run_or_one_line(tiny_data, name, raw):
     """Any --set value of any setting: a run that make_run accepts, or a one-line error."""
     try:

@@ -76,7 +76,8 @@ def test_copy_settings_are_checked_and_saved():
     for bad, message in [(dict(copy_share=1.0), "copy_share"), (dict(copy_share=-0.1), "copy_share"),
                          (dict(copy_lengths=(9, 3)), "copy_lengths"), (dict(copy_lengths=(5,)), "copy_lengths"),
                          (dict(copy_share=0.5, copy_lengths=(5, 6), copy_holdout=(5, 6)), "leaves no span length"),
-                         (dict(copy_share=0.5, copy_lengths=(40, 50)), "does not fit")]:
+                         (dict(copy_share=0.5, copy_lengths=(40, 50)), "does not fit"),
+                         (dict(copy_share=0.5, copy_lengths=(5, 10**17)), r"the longest span \(10{17} tokens\) is longer than a row")]:
         with pytest.raises(ConfigError, match=message):
             replace(tiny, **bad)
     cfg = replace(tiny, copy_share=0.25, copy_lengths=(4, 9), copy_holdout=(6,))

@@ -22,6 +22,7 @@ from trainer.errors import ConfigError
 from trainer.repeats import HELD_OUT_LENGTHS, check_copy_data
 
 GATE_DIM = 12  # both sparse gates read the first 12 channels of their input (record)
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ class ModelConfig:
             raise bad("block_size, initial_window and attn_scale must be positive")
         if self.mlp_ratio < 1 or self.scalar_pad_to < 1 or self.softcap <= 0 or self.softcap_div <= 0:
             raise bad("mlp_ratio, scalar_pad_to, softcap and softcap_div must be positive")
+        for name in ("attn_scale", "softcap", "softcap_div"):  # they become float32 buffers and constants
+            if not getattr(self, name) <= FLOAT32_MAX:
+                raise bad(f"{name} = {getattr(self, name)!r} is beyond float32 ({FLOAT32_MAX:.4g})")
         spec = self.arm_spec  # an unknown arm is a ConfigError naming the choices
         if spec.no_attn0 and 0 in self.no_attn_layers:
             raise bad(f"arm {self.arm!r} removes layer 0's attention, but layer 0 has none already "

@@ -34,6 +34,11 @@ def one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def escaped(text: str) -> str:
+    """`text` on one line whole: its control characters (a newline a library quotes, say) as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def warn(message: str) -> None:
     """A one-line warning on stderr, in the CLI's form (`smearlens: warning: …`)."""
     print(f"smearlens: warning: {message}", file=sys.stderr, flush=True)

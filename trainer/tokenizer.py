@@ -22,7 +22,7 @@ import tokenizers
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from trainer.errors import DataError, one_line
+from trainer.errors import DataError, escaped, one_line
 from trainer.io import atomic_write_text
 
 EOT = "<|endoftext|>"
@@ -119,7 +119,8 @@ class Tokenizer:
             except DataError as e:
                 raise DataError(f"tokenizer file {path}: {e}") from None
             except Exception as e:  # KeyError, or the Rust parser's plain Exception
-                raise DataError(f"tokenizer file {path}: malformed HF tokenizer ({e})") from None
+                # the parser quotes the bad token, which may be a newline
+                raise DataError(f"tokenizer file {path}: malformed HF tokenizer ({escaped(str(e))})") from None
         for key in ("vocab_size", "bos_id"):
             if meta.get(key) != getattr(tok, key):
                 raise DataError(f"tokenizer file {path}: metadata {key}={meta.get(key)} but the tokenizer has {getattr(tok, key)}")

@@ -289,17 +289,17 @@ def analysis_jobs(plan: StudyPlan, runs: list[Path], tables: Path, training: dic
 def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], tables: Path, runner,
                       progress: Progress, analysed: set[Path], drop: bool = False,
                       held: set[Path] = frozenset()) -> None:
-    """Every training and analysis job of the plan not done or `held` back yet, `runner.width` at a time in one queue
-    (which job goes next: `pick_job`); a run's analysis waits only for its training. A run is marked
-    analysed once its `analyze` succeeds (its part merged into the tables, on a cluster) and, with `drop`,
+    """Every training job of the plan but the `held` runs, and every analysis of `runs`, not done yet,
+    `runner.width` at a time in one queue (which job goes next: `pick_job`); a run's analysis waits only for its
+    training. A run is marked analysed once its `analyze` succeeds (its part merged into the tables, on a cluster) and, with `drop`,
     loses its checkpoints. `runner`: a LocalRunner or commands.cluster's RayRunner."""
     from analysis.analyze import merge_tables
 
     jobs = runner.width
     merge_parts(out / PARTS, tables)
     training, finished_steps = training_jobs(plan, data, out, analysed, runner.ranks, held)
-    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed | held], tables,
-                                                training, runner.parts)]
+    queue = [*training.values(), *analysis_jobs(plan, [r for r in runs if r not in analysed], tables, training,
+                                                runner.parts)]
     trained: list[Job] = []
 
     def on_done(job: Job, seconds: float) -> None:

@@ -57,13 +57,15 @@ def check_copy_data(share: float, lengths, holdout, seq_len: int) -> None:
         raise ConfigError(f"copy_lengths = {lengths!r} must be two whole numbers 1 ≤ shortest ≤ longest")
     if not (isinstance(holdout, tuple) and all(isinstance(x, int) for x in holdout)):
         raise ConfigError(f"copy_holdout = {holdout!r} must be a list of whole numbers")
-    if share and lengths[1] > seq_len:  # before listing the lengths: an absurd longest one would exhaust memory
+    if not share:
+        return  # no copy data: its lengths are never used
+    if lengths[1] > seq_len:  # before listing the lengths: an absurd longest one would exhaust memory
         raise ConfigError(f"copy_lengths = {lengths}: the longest span ({lengths[1]} tokens) is longer than a row "
                           f"(seq_len = {seq_len})")
-    allowed = span_lengths(lengths, holdout) if share else []
-    if share and not allowed:
+    allowed = span_lengths(lengths, holdout)
+    if not allowed:
         raise ConfigError(f"copy_lengths = {lengths} without copy_holdout = {holdout} leaves no span length")
-    if share and 2 * allowed[0] > seq_len:
+    if 2 * allowed[0] > seq_len:
         raise ConfigError(f"copy_lengths: the shortest span R R ({2 * allowed[0]} tokens) does not fit a row of "
                           f"seq_len = {seq_len}")
 

@@ -201,8 +201,6 @@ def freed_roles(heads: pd.DataFrame, roles: pd.DataFrame | None, threshold: floa
     return out[["arm", "seed", "n_places", "metric", "value"]]
 
 
-
-
 FORMED_PAIR_COLUMNS = ["arm", "pairs", "formed_baseline", "formed_arm", "baseline_only", "arm_only", "p_mcnemar",
                        "both_formed", "copy_cost_baseline", "copy_cost_arm", "prev_share_baseline", "prev_share_arm",
                        "mix_share_arm"]

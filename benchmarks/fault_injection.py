@@ -1,7 +1,7 @@
 """Fault injection: SIGKILL a tiny training run at random moments, resume it, compare with a clean run.
 
     python benchmarks/fault_injection.py --kills 20
-    python benchmarks/fault_injection.py --study --kills 12
+    python benchmarks/fault_injection.py --study --kills 12 [--seeds 2]
 
 A reference run trains uninterrupted with a checkpoint every step. The faulty run (same config)
 is started, killed with SIGKILL at a random moment once training is under way (often inside a
@@ -9,7 +9,7 @@ checkpoint write, since one is written every step), and resumed with --resume, a
 until it finishes. After each kill the newest complete checkpoint must equal the reference's at
 that step (weights and resume state), and the final weights must equal the reference's.
 
---study: the same for a whole `smearlens study` (tiny, 2 arms × 2 seeds, restricted metrics): the
+--study: the same for a whole `smearlens study` (tiny, 2 arms × --seeds seeds, restricted metrics): the
 study is interrupted at random moments, the first half while it trains, the rest while it analyses, in turn
 by SIGKILL of the study process alone (its training children must die with it), SIGKILL of its
 whole process group (a power loss) and SIGINT to the group (Ctrl-C), and rerun with the same
@@ -102,40 +102,43 @@ def make_data(workdir: Path) -> Path:
     return data
 
 
-STUDY_RUNS = [f"tiny-s{seed}-{arm}" for seed in (0, 1) for arm in ("baseline", "smear")]
+def study_runs(seeds: int) -> list[str]:
+    return [f"tiny-s{seed}-{arm}" for seed in range(seeds) for arm in ("baseline", "smear")]
+
+
 # the first training interrupt kills the study process alone: its training children must die with it
 INTERRUPTS = ("study process killed", "power loss", "ctrl-c")
 
 
-def study_cmd(data: Path, out: Path, steps: int) -> list[str]:
+def study_cmd(data: Path, out: Path, steps: int, seeds: int) -> list[str]:
     return [sys.executable, "-m", "commands.cli", "study", "--out", str(out), "--preset", "tiny",
-            "--arms", "baseline,smear", "--seeds", "2", "--steps", str(steps), "--data", str(data),
+            "--arms", "baseline,smear", "--seeds", str(seeds), "--steps", str(steps), "--data", str(data),
             "--set", "checkpoint_every=4", "--set", "val_every=0", "--record-every", "5",
             "--metrics", "prev_token", "induction", "smear", "paths", "--path-positions", "8", "--path-draws", "2",
             "--no-progress"]
 
 
-def study_phase(out: Path, steps: int) -> str:
+def study_phase(out: Path, steps: int, runs: list[str]) -> str:
     """Where a study stands by its files: training (a run not finished), analysis, or done."""
-    if not all((out / run).exists() and newest_step(out / run) >= steps for run in STUDY_RUNS):
+    if not all((out / run).exists() and newest_step(out / run) >= steps for run in runs):
         return "training"
     return "done" if (out / "report.md").exists() else "analysis"
 
 
-def study_files(out: Path) -> dict[str, pd.DataFrame]:
+def study_files(out: Path, runs: list[str]) -> dict[str, pd.DataFrame]:
     """Every table a study wrote, rows sorted (a resumed analysis may append groups in another order);
     loss logs without their wall-clock column."""
     found = {f"analysis/{p.name}": pd.read_parquet(p) for p in sorted((out / "analysis").glob("*.parquet"))}
-    for run in STUDY_RUNS:
+    for run in runs:
         for p in sorted((out / run).glob("record_*.parquet")):
             found[f"{run}/{p.name}"] = pd.read_parquet(p)
         found[f"{run}/loss.csv"] = pd.read_csv(out / run / "loss.csv").drop(columns="step_seconds")
     return {k: df.sort_values(list(df.columns), kind="stable").reset_index(drop=True) for k, df in found.items()}
 
 
-def compare_studies(ref: Path, faulty: Path, steps: int) -> tuple[bool, bool, list[str]]:
+def compare_studies(ref: Path, faulty: Path, steps: int, runs: list[str]) -> tuple[bool, bool, list[str]]:
     """(exactly equal, equal to float tolerance, what differs) over tables, loss logs and final weights."""
-    a, b = study_files(ref), study_files(faulty)
+    a, b = study_files(ref, runs), study_files(faulty, runs)
     diffs = [f"{k}: only in one study" for k in sorted(set(a) ^ set(b))]
     exact = close = not diffs
     for key in sorted(set(a) & set(b)):
@@ -149,7 +152,7 @@ def compare_studies(ref: Path, faulty: Path, steps: int) -> tuple[bool, bool, li
             except AssertionError as e:
                 close = False
                 diffs.append(f"{key}: {str(e).splitlines()[0]}")
-    for run in STUDY_RUNS:
+    for run in runs:
         if not same_checkpoint(ckpt.step_dir(ref / run, steps), ckpt.step_dir(faulty / run, steps)):
             exact = close = False
             diffs.append(f"{run}: final weights differ")
@@ -168,12 +171,13 @@ def group_gone(pgid: int, wait: float = 10.0) -> bool:
     return False
 
 
-def run_study_faults(kills: int, steps: int, seed: int, workdir: Path) -> dict:
+def run_study_faults(kills: int, steps: int, seed: int, seeds: int, workdir: Path) -> dict:
+    runs = study_runs(seeds)
     data = make_data(workdir)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     quiet = dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.perf_counter()
-    subprocess.run(study_cmd(data, workdir / "ref", steps), check=True, **quiet)
+    subprocess.run(study_cmd(data, workdir / "ref", steps, seeds), check=True, **quiet)
     clean_seconds = time.perf_counter() - t0
 
     rng = random.Random(seed)
@@ -181,24 +185,24 @@ def run_study_faults(kills: int, steps: int, seed: int, workdir: Path) -> dict:
     tried = {"training": 0, "analysis": 0}
     orphans = launches = 0
     t0 = time.perf_counter()
-    while study_phase(out, steps) != "done":
+    while study_phase(out, steps, runs) != "done":
         launches += 1
         if launches > 3 * kills + 5:
             raise SystemExit("the faulty study does not finish")
-        started = {run: newest_step(out / run) for run in STUDY_RUNS}
+        started = {run: newest_step(out / run) for run in runs}
         # its own process group, as a shell job: "power loss" and ctrl-c reach the study and its children
-        proc = subprocess.Popen(study_cmd(data, out, steps), start_new_session=True, **quiet)
+        proc = subprocess.Popen(study_cmd(data, out, steps, seeds), start_new_session=True, **quiet)
         n = sum(tried.values())
         # the first half of the interrupts while it trains (each waits for training to get on), the rest
         # while it analyses
         target = ("training" if n < (kills + 1) // 2 else "analysis") if n < kills else None
-        if target == "training" and study_phase(out, steps) != "training":
+        if target == "training" and study_phase(out, steps, runs) != "training":
             target = "analysis"
         phase = None
         if target:
             while proc.poll() is None:  # wait until the target phase is under way in this launch
-                phase = study_phase(out, steps)
-                if target == "training" and any(newest_step(out / r) > started[r] for r in STUDY_RUNS):
+                phase = study_phase(out, steps, runs)
+                if target == "training" and any(newest_step(out / r) > started[r] for r in runs):
                     break
                 if target == "analysis" and phase == "analysis" and (out / "analysis" / "analysis.json").exists():
                     break
@@ -208,7 +212,7 @@ def run_study_faults(kills: int, steps: int, seed: int, workdir: Path) -> dict:
             time.sleep(rng.uniform(0, 0.5 if target == "training" else 1.5))
         how = INTERRUPTS[n % len(INTERRUPTS)]
         if target and proc.poll() is None:
-            phase = study_phase(out, steps)
+            phase = study_phase(out, steps, runs)
             if how == "power loss":
                 os.killpg(proc.pid, signal.SIGKILL)
             elif how == "study process killed":
@@ -231,7 +235,7 @@ def run_study_faults(kills: int, steps: int, seed: int, workdir: Path) -> dict:
         elif proc.wait() != 0:
             raise SystemExit(f"the study failed with exit {proc.returncode}")
     faulty_seconds = time.perf_counter() - t0
-    exact, close, diffs = compare_studies(workdir / "ref", out, steps)
+    exact, close, diffs = compare_studies(workdir / "ref", out, steps, runs)
     for d in diffs:
         print("  " + d)
     return dict(tried=tried, orphans=orphans, exact=exact, close=close, launches=launches,
@@ -244,11 +248,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="training steps (default 150; --study: 12)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study", action="store_true", help="interrupt a whole tiny `smearlens study` instead")
+    parser.add_argument("--seeds", type=int, default=2, help="--study: seeds of its two arms (default 2)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="smearlens-faults-"))
     try:
         if args.study:
-            r = run_study_faults(args.kills, args.steps or 12, args.seed, workdir)
+            r = run_study_faults(args.kills, args.steps or 12, args.seed, args.seeds, workdir)
         else:
             # ~4 steps pass between kills: room for 20+
             tried, identical, final = run(args.kills, args.steps or 150, args.seed, workdir)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from hypothesis import settings
 
 # The fuzz properties (tests/test_hostile_inputs.py) take their case count and randomness from a profile.
@@ -21,16 +24,39 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 from trainer.corpus import build_dataset, embedded_corpus_path, split_gutenberg
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """Train/val shards and a 512-token BPE from the first ~300 KB of the first book."""
-    root = tmp_path_factory.mktemp("tiny_data")
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], dict]) -> dict:
+    """`build(folder)`'s JSON result, built once for the whole pytest run: pytest-xdist workers each hold their
+    own session and module fixtures, so an expensive one would otherwise be built by every worker that runs
+    one of its tests. The first worker builds it under a lock in the run's shared temporary folder; the
+    others wait for it and read its result."""
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp()
+    result = shared / f"{name}.json"
+    with FileLock(shared / f"{name}.lock"):
+        if not result.exists():
+            folder = shared / name
+            if folder.exists():
+                pytest.fail(f"the shared fixture {name!r} failed in another worker: see its first error")
+            folder.mkdir()
+            result.write_text(json.dumps(build(folder)))
+    return json.loads(result.read_text())
+
+
+def _build_tiny_data(root: Path) -> dict:
     book = split_gutenberg(embedded_corpus_path().read_text(encoding="utf-8"))[0]
     text = root / "book.txt"
     text.write_text(book[:300_000], encoding="utf-8")
     out = root / "data"
     build_dataset(out, [str(text)], tokenizer="bpe", vocab_size=512, val_fraction=0.1)
-    return out
+    return {"data": str(out)}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Train/val shards and a 512-token BPE from the first ~300 KB of the first book (read-only: every
+    worker shares it)."""
+    return Path(built_once(tmp_path_factory, "tiny_data", _build_tiny_data)["data"])
 
 
 @pytest.fixture(scope="module")

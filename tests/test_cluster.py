@@ -30,12 +30,13 @@ STORE = 80 * 2**20  # object store bytes a node: the tasks pass a few strings
 # waiting up to 10 s): ~5 s, long enough that a node starved by a busy machine is not taken for dead
 FAST_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
               "health_check_failure_threshold": 5}
-RUNS = [f"tiny-s{seed}-{arm}" for seed in (0, 1) for arm in ("baseline", "smear")]
+# one seed: its two runs start at once on three one-CPU nodes, so at least one trains on a worker node
+RUNS = [f"tiny-s0-{arm}" for arm in ("baseline", "smear")]
 STEPS = 30
 
 
 def study_args(data: Path, out: Path) -> list[str]:
-    return ["study", "--out", str(out), "--preset", "tiny", "--arms", "baseline,smear", "--seeds", "2",
+    return ["study", "--out", str(out), "--preset", "tiny", "--arms", "baseline,smear", "--seeds", "1",
             "--steps", str(STEPS), "--data", str(data), "--set", "checkpoint_every=5", "--set", "val_every=0",
             "--record-every", "5", "--metrics", "prev_token", "smear", "--no-progress"]
 
@@ -94,7 +95,8 @@ def test_a_study_survives_a_lost_node_and_equals_local_processes(cluster, tiny_d
                                  "--address", cluster.address], cwd=REPO, stdout=err, stderr=err)
         try:
             run, newest, mtime = watch_and_kill(proc, out, cluster, workers)
-            assert proc.wait(timeout=300) == 0, (out / "ray.err").read_text()[-3000:]
+            # as generous as the watcher: beside two training processes the rest once took over 300 s
+            assert proc.wait(timeout=600) == 0, (out / "ray.err").read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()

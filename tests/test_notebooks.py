@@ -17,6 +17,7 @@ from PIL import Image
 
 from analysis.writeup import plots
 from analysis import stats
+from conftest import built_once
 from fixtures.synthetic_tables import make_tables, write_induction_tables, write_tables
 from trainer.errors import AnalysisError
 
@@ -48,9 +49,15 @@ def check_image(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory) -> dict[str, Path]:
-    """Execute the notebooks on good and bad synthetic tables, in parallel (each starts its own kernel)."""
-    root = tmp_path_factory.mktemp("notebooks")
+def executed(tmp_path_factory) -> dict[str, Path | str]:
+    """The notebooks executed once for the whole test run (the slowest fixture: nine kernels)."""
+    done = built_once(tmp_path_factory, "notebooks", execute_notebooks)
+    return {key: value if key.endswith("-terminal") else Path(value) for key, value in done.items()}
+
+
+def execute_notebooks(root: Path) -> dict[str, str]:
+    """Execute the notebooks on good and bad synthetic tables, in parallel (each starts its own kernel): each
+    executed notebook's path, and the runner's terminal output."""
     good = write_tables(root / "good" / "checkpoints" / "analysis")
     mixed = root / "mixed" / "analysis"
     mixed.mkdir(parents=True)
@@ -103,9 +110,9 @@ def executed(tmp_path_factory) -> dict[str, Path]:
     for key, (proc, out) in procs.items():
         log, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"notebook {key} failed:\n{log[-3000:]}"
-        done[key] = out
+        done[key] = str(out)
         done[f"{key}-terminal"] = log
-    done["figures"] = figs
+    done["figures"] = str(figs)
     return done
 
 

@@ -30,7 +30,7 @@ $(TEST_STAMP): $(STAMP)
 
 # one pytest worker a CPU (pytest-xdist): the tests are one-thread, many of them waiting on subprocesses
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -n auto --dist worksteal
+	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15
 
 # The fuzz properties (tests/test_hostile_inputs.py) with fresh randomness and FUZZ_EXAMPLES cases each, for a
 # deeper search than `make test` and CI, which draw the same 1,000 a property on every run. Pin what it finds

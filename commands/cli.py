@@ -17,7 +17,7 @@ from pathlib import Path
 from analysis.analyze import DEFAULT_ABLATION_TOKENS, DEFAULT_OUT as DEFAULT_TABLES_OUT, DEFAULT_TOKENS, METRICS
 from analysis.mechanism.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAULT_POSITIONS as DEFAULT_PATH_POSITIONS
 from analysis.measures.recorder import DEFAULT_EVERY
-from analysis.writeup.report import DEFAULT_FIGURES, DEFAULT_TABLES
+from analysis.writeup import DEFAULT_FIGURES, DEFAULT_TABLES
 from analysis.stats import DEFAULT_THRESHOLD
 from commands.cli_reading import add_reading_parsers
 from trainer.arms import ARMS, DOSE_PREFIX, NOATTN0_SUFFIX, arm_spec

@@ -40,3 +40,13 @@ def test_every_analysis_module_says_what_it_does_not_which_issue():
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc, f"{path.relative_to(REPO)} has no docstring"
         assert not re.search(r"\b(issue|item) \d+", doc, re.I), f"{path.relative_to(REPO)} points at a tracker item"
+
+
+def test_the_command_line_starts_without_the_plotting_stack():
+    """Every study run is a `smearlens train` or `analyze` process: the command line imports matplotlib (and the
+    report it draws) only for the commands that draw, not at start-up."""
+    code = ("import sys, commands.cli; "
+            "print(sorted(m for m in ('matplotlib', 'analysis.writeup.report') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -6,3 +6,9 @@
 by family. The top of the analysis layers: it may import everything below it, and nothing in `analysis`
 imports it.
 """
+
+from pathlib import Path
+
+# here, not in `report`, so the command line's help can name them without importing matplotlib
+DEFAULT_TABLES = Path("checkpoints/analysis")
+DEFAULT_FIGURES = Path("figures")

@@ -41,8 +41,6 @@ from analysis.stats import DEFAULT_THRESHOLD, Summary, Tables
 from trainer.errors import AnalysisError, SmearlensError
 from trainer.io import atomic_write_text
 
-DEFAULT_TABLES = Path("checkpoints/analysis")
-DEFAULT_FIGURES = Path("figures")
 # drawn in their own sections, only when their arms (or the induction tables) are there
 STUDY_FIGURES = plots.DOSE_FIGURES + plots.GATE_FIGURES + plots.SPEEDRUN_FIGURES + plots.INDUCTION_FIGURES
 OWN_SECTIONS = plots.SUMMARY_FIGURES + plots.MECHANISM_FIGURES + STUDY_FIGURES  # not in the Figures section

@@ -17,7 +17,7 @@ from pathlib import Path
 from analysis.analyze import DEFAULT_ABLATION_TOKENS, DEFAULT_OUT as DEFAULT_TABLES_OUT, DEFAULT_TOKENS, METRICS
 from analysis.mechanism.paths import DEFAULT_DRAWS as DEFAULT_PATH_DRAWS, DEFAULT_POSITIONS as DEFAULT_PATH_POSITIONS
 from analysis.measures.recorder import DEFAULT_EVERY
-from analysis.writeup import DEFAULT_FIGURES, DEFAULT_TABLES
+from analysis.writeup import DEFAULT_FIGURES
 from analysis.stats import DEFAULT_THRESHOLD
 from commands.cli_reading import add_reading_parsers
 from trainer.arms import ARMS, DOSE_PREFIX, NOATTN0_SUFFIX, arm_spec
@@ -331,7 +331,7 @@ def add_analysis_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("report", help="write the markdown report: figures, statistics, commands, configs")
-    p.add_argument("--tables", default=str(DEFAULT_TABLES), help=f"analysis tables folder (default {DEFAULT_TABLES})")
+    p.add_argument("--tables", default=str(DEFAULT_TABLES_OUT), help=f"analysis tables folder (default {DEFAULT_TABLES_OUT})")
     p.add_argument("--figures", default=str(DEFAULT_FIGURES), help=f"figures folder (default {DEFAULT_FIGURES})")
     p.add_argument("--out", help="report file (default FIGURES/report.md)")
     p.add_argument("--notebooks", action="store_true",

@@ -291,8 +291,8 @@ def train_and_analyze(plan: StudyPlan, data: Path, out: Path, runs: list[Path], 
                       held: set[Path] = frozenset()) -> None:
     """Every training job of the plan but the `held` runs, and every analysis of `runs`, not done yet,
     `runner.width` at a time in one queue (which job goes next: `pick_job`); a run's analysis waits only for its
-    training. A run is marked analysed once its `analyze` succeeds (its part merged into the tables, on a cluster) and, with `drop`,
-    loses its checkpoints. `runner`: a LocalRunner or commands.cluster's RayRunner."""
+    training. A run is marked analysed once its `analyze` succeeds (its part merged into the tables, on a
+    cluster) and, with `drop`, loses its checkpoints. `runner`: a LocalRunner or commands.cluster's RayRunner."""
     from analysis.analyze import merge_tables
 
     jobs = runner.width

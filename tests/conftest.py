@@ -29,9 +29,8 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], dict]) -> di
     own session and module fixtures, so an expensive one would otherwise be built by every worker that runs
     one of its tests. The first worker builds it under a lock in the run's shared temporary folder; the
     others wait for it and read its result."""
-    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = tmp_path_factory.getbasetemp()
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, above each popen-gwK/
     result = shared / f"{name}.json"
     with FileLock(shared / f"{name}.lock"):
         if not result.exists():

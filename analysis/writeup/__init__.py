@@ -9,6 +9,5 @@ imports it.
 
 from pathlib import Path
 
-# here, not in `report`, so the command line's help can name them without importing matplotlib
-DEFAULT_TABLES = Path("checkpoints/analysis")
+# here, not in `report`, so the command line's help can name it without importing matplotlib
 DEFAULT_FIGURES = Path("figures")

@@ -184,9 +184,14 @@ class Tables:
                 self.write(name, rows if frame.empty else pd.concat([frame, rows], ignore_index=True))
                 self.added[name] += len(rows)
 
+    @staticmethod
+    def ordered(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` with its rows in the table's fixed order."""
+        return frame.sort_values(ROW_ORDER.get(name, GROUP_KEYS[name]), kind="stable", ignore_index=True)
+
     def write(self, name: str, frame: pd.DataFrame) -> None:
         """Replace the table (and its CSV) by `frame`, its rows in a fixed order; the caller holds the lock."""
-        frame = frame.sort_values(ROW_ORDER.get(name, GROUP_KEYS[name]), kind="stable", ignore_index=True)
+        frame = self.ordered(name, frame)
         with atomic_path(self.path(name)) as tmp:
             frame.to_parquet(tmp, index=False, compression="zstd")
         self.frames[name], self.stamps[name] = frame, self._stamp(name)
@@ -198,12 +203,14 @@ class Tables:
             self.frames[name].to_csv(tmp, index=False)
 
     def rewrite(self) -> None:
-        """Write every table again, e.g. one an older version wrote in another row order."""
+        """Write again every table not in the fixed row order, e.g. one an older version wrote. Tables already
+        in order stay byte for byte (a carried study copied again is no churn in git, whatever pandas wrote it)."""
         with self.lock:
             for name in COLUMNS:
                 self.refresh(name)
-                if self.stamps[name] is not None:
-                    self.write(name, self.frames[name])
+                frame = self.frames[name]
+                if self.stamps[name] is not None and not self.ordered(name, frame).equals(frame):
+                    self.write(name, frame)
 
     def finish(self) -> None:
         """Every table exists afterwards (empty when nothing belongs in it), and its CSV when asked,

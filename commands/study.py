@@ -208,8 +208,8 @@ def copy_study(src: str | Path, dst: str | Path) -> list[str]:
     """Copy the study in `src` to `dst` without checkpoints: study.json, the tables, report, its headline table and figures,
     and the folder of each analysed run (its run.json, loss.csv, records and analysed.json). The copy
     resumes with the same command: its analysed runs are done, the rest train from the start. An existing
-    `dst` is updated in place; its tables are written again in the row order this version writes (compact
-    in git, whichever version wrote `src`). Returns the runs copied."""
+    `dst` is updated in place; a table not in the row order this version writes is written again in it (compact
+    in git, whichever version wrote `src`), one in order is left byte for byte (`Tables.rewrite`). Returns the runs copied."""
     from analysis.analyze import Tables
     from analysis.stats.headline import FILE as HEADLINE
 
